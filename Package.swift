@@ -1,0 +1,49 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// One settings array for every target: Swift 6 language mode comes with tools 6.0;
+// `ExistentialAny` keeps the cost of existentials visible.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "haven",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "haven", targets: ["HavenCLI"]),
+        .library(name: "HavenSpec", targets: ["HavenSpec"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // Pure: YAML desired state -> typed, validated model. No sockets, no pool.
+        .target(
+            name: "HavenSpec",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: swiftSettings
+        ),
+        // Wiring only: parses arguments, calls the libraries, maps results to exit codes.
+        .executableTarget(
+            name: "HavenCLI",
+            dependencies: [
+                "HavenSpec",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "HavenBench",
+            dependencies: ["HavenSpec"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HavenSpecTests",
+            dependencies: ["HavenSpec"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)
