@@ -2,7 +2,7 @@
 /// `FILE:LINE:COL: error: MESSAGE`.
 ///
 /// The `code` is stable and meant for machines (`--output json`); the message is for people.
-public struct SpecDiagnostic: Error, Hashable, Sendable, Codable, CustomStringConvertible {
+public struct SpecDiagnostic: Error, Hashable, Sendable, Encodable, CustomStringConvertible {
     public enum Severity: String, Sendable, Codable, Comparable {
         case error
         case warning
@@ -60,6 +60,19 @@ public struct SpecDiagnostic: Error, Hashable, Sendable, Codable, CustomStringCo
     }
 
     public var description: String { "\(location): \(severity.rawValue): \(message)" }
+
+    enum CodingKeys: String, CodingKey { case file, line, column, severity, code, message }
+
+    /// Flat, for `--output json`: `{file, line, column, severity, code, message}`.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(location.file, forKey: .file)
+        try c.encode(location.line, forKey: .line)
+        try c.encode(location.column, forKey: .column)
+        try c.encode(severity, forKey: .severity)
+        try c.encode(code, forKey: .code)
+        try c.encode(message, forKey: .message)
+    }
 }
 
 /// Collects diagnostics while a directory is read; one per load, never shared across tasks.

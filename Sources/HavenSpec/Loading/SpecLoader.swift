@@ -158,7 +158,8 @@ public enum SpecLoader {
             context.sink.error(.missingField, at: context.location(root), "\(kind.rawValue) document is missing required field '\(key)'")
         }
         var metadata = Metadata(name: "", labels: [:], annotations: [:])
-        if let m = doc.mapping("metadata") {
+        let metadataReader = doc.mapping("metadata")
+        if let m = metadataReader {
             if let name = m.string("name") {
                 if Metadata.isValidName(name.value) {
                     metadata.name = name.value
@@ -173,7 +174,7 @@ public enum SpecLoader {
             metadata.annotations = m.stringMap("annotations") ?? [:]
         }
         let source = context.location(root)
-        let nameLocation = doc.mapping("metadata")?.valueLocation("name") ?? source
+        let nameLocation = metadataReader?.valueLocation("name") ?? source
         guard let specNode = doc.node("spec") else { return }
         let specLocation = doc.keyLocation("spec")
         func reader(_ shape: ObjectShape) -> MappingReader? {

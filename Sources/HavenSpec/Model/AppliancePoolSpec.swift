@@ -45,10 +45,12 @@ extension AppliancePoolSpec {
         sr = r.string("sr")?.value ?? ""
         network = r.string("network")?.value ?? ""
         addresses = []
+        var unreadableAddresses = false
         for item in r.stringList("addresses") ?? [] {
             switch AddressRange.parse(item.value) {
             case .success(let range): addresses.append(Located(range, at: item.location))
             case .failure(let e):
+                unreadableAddresses = true
                 ctx.sink.error(.invalidAddress, at: item.location, "invalid address '\(item.value)' in 'spec.addresses': \(e.message)")
             }
         }
@@ -80,7 +82,7 @@ extension AppliancePoolSpec {
                 memory = m
             }
         }
-        checkAddressing(r)
+        checkAddressing(r, countAddresses: !unreadableAddresses)
     }
 
     private static func address(_ r: MappingReader, _ key: String) -> IPAddress? {
@@ -92,7 +94,7 @@ extension AppliancePoolSpec {
         return ip
     }
 
-    private func checkAddressing(_ r: MappingReader) {
+    private func checkAddressing(_ r: MappingReader, countAddresses: Bool) {
         let ctx = r.context
         var prefix: Int?
         if let netmask {
@@ -124,8 +126,8 @@ extension AppliancePoolSpec {
             }
         }
         let staticCount = addresses.reduce(UInt128(0)) { $0 + $1.value.count }
-        if !dhcpFallback && staticCount < UInt128(max) {
-            let loc = r.has("max") ? r.valueLocation("max") : r.location
+        if countAddresses && !dhcpFallback && staticCount < UInt128(max) {
+            let loc = r.has("max") ? r.valueLocation("max") : r.keyLocation("addresses")
             let what = staticCount == 0 ? "no static addresses" : "only \(staticCount) static address\(staticCount == 1 ? "" : "es")"
             ctx.sink.error(
                 .invalidValue, at: loc,

@@ -158,7 +158,7 @@ extension BackupPolicySpec {
             retention = Retention(
                 keepLast: value("keepLast"), hourly: value("hourly"), daily: value("daily"),
                 weekly: value("weekly"), monthly: value("monthly"), yearly: value("yearly"))
-            if retention.keepsNothing && !unreadable {
+            if retention.keepsNothing && !unreadable && !rr.hadUnknownKeys {
                 ctx.sink.error(
                     .retentionKeepsNothing, at: rr.location,
                     "\(ctx.resource): 'spec.retention' keeps nothing; set keepLast or at least one of hourly, daily, weekly, monthly, yearly above 0")

@@ -165,7 +165,15 @@ private func checkURL(_ text: Located<String>, _ r: MappingReader) {
     let ctx = r.context
     guard let url = URL(string: text.value), let scheme = url.scheme?.lowercased(), let host = url.host, !host.isEmpty
     else {
-        ctx.sink.error(.invalidValue, at: text.location, "'spec.url' must be an address like https://pool-master.example.com, found '\(text.value)'")
+        let shown = text.value.contains("@") ? "a value with '@' (not repeated here)" : "'\(text.value)'"
+        ctx.sink.error(.invalidValue, at: text.location, "'spec.url' must be an address like https://pool-master.example.com, found \(shown)")
+        return
+    }
+    if url.user != nil || url.password != nil {
+        // The text itself is not repeated: it may hold a password.
+        ctx.sink.error(
+            .inlineSecret, at: text.location,
+            "'spec.url' must not carry a user or password; use 'spec.credentials' with 'usernameEnv' and 'passwordEnv' or 'passwordFile'")
         return
     }
     switch scheme {
@@ -176,10 +184,5 @@ private func checkURL(_ text: Located<String>, _ r: MappingReader) {
             "\(ctx.resource): 'spec.url' uses plain http; the password and session travel unencrypted")
     default:
         ctx.sink.error(.invalidValue, at: text.location, "'spec.url' must start with https:// (or http://), found '\(text.value)'")
-    }
-    if url.user != nil || url.password != nil {
-        ctx.sink.error(
-            .inlineSecret, at: text.location,
-            "'spec.url' must not carry a user or password; use 'spec.credentials' with 'usernameEnv' and 'passwordEnv' or 'passwordFile'")
     }
 }

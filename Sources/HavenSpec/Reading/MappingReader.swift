@@ -53,6 +53,8 @@ struct MappingReader {
     /// Where the mapping's own key was written (for "missing field" errors).
     let location: SourceLocation
     private var entries: [String: (key: Node, value: Node)] = [:]
+    /// Whether some key was not understood: checks of the whole mapping would only echo it.
+    private(set) var hadUnknownKeys = false
 
     init?(node: Node, shape: ObjectShape, at location: SourceLocation, context: ReadContext) {
         self.context = context
@@ -73,6 +75,7 @@ struct MappingReader {
             }
             let name = keyScalar.string
             guard allowed.contains(name) else {
+                hadUnknownKeys = true
                 accountedFor.formUnion(reportUnknown(name, at: context.location(key)))
                 continue
             }

@@ -40,7 +40,7 @@ struct CrossValidator {
             if let other = seen[key] {
                 sink.error(
                     .duplicateName, at: p.nameLocation,
-                    "Pool '\(p.name)' has the same address as Pool '\(other.name)' (\(other.source)); one pool must be declared once")
+                    "Pool '\(p.name)' has the same address as Pool '\(other.name)' (\(other.nameLocation)); one pool must be declared once")
             } else {
                 seen[key] = p
             }

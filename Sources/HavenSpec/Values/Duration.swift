@@ -14,6 +14,9 @@ public struct SpecDuration: Hashable, Sendable, Comparable, Codable, CustomStrin
     public static func parse(_ text: String) -> Result<SpecDuration, ValueError> {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         guard !trimmed.isEmpty else { return .failure(ValueError("empty duration")) }
+        if trimmed.contains(where: \.isWhitespace) {
+            return .failure(ValueError("write durations without spaces and with a one-letter unit, e.g. 90s, 30m, 24h, 7d or 1h30m"))
+        }
         var total: Int64 = 0
         var digits = ""
         var seenUnits: Set<Character> = []
@@ -43,16 +46,16 @@ public struct SpecDuration: Hashable, Sendable, Comparable, Codable, CustomStrin
         return .success(SpecDuration(seconds: total))
     }
 
-    /// Canonical text: the largest units first, e.g. 5400 s -> `1h30m`.
+    /// Canonical text as people write schedules: whole days beyond one day (`2d`, `7d`), else
+    /// hours, minutes and seconds (`24h`, `1h30m`, `90s` reads as `1m30s`).
     public var description: String {
         if seconds == 0 { return "0s" }
+        if seconds > 86_400, seconds % 86_400 == 0 { return "\(seconds / 86_400)d" }
         var rest = seconds
         var out = ""
-        for unit in Self.units where rest >= unit.seconds {
-            // Weeks only when exact, so `14d` stays readable as `2w` but `10d` is not `1w3d`.
-            if unit.suffix == "w", rest % unit.seconds != 0 { continue }
-            out += "\(rest / unit.seconds)\(unit.suffix)"
-            rest %= unit.seconds
+        for (suffix, size) in [("h", Int64(3_600)), ("m", 60), ("s", 1)] where rest >= size {
+            out += "\(rest / size)\(suffix)"
+            rest %= size
         }
         return out
     }

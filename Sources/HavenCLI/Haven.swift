@@ -1,0 +1,23 @@
+import ArgumentParser
+
+@main
+struct Haven: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "haven",
+        abstract: "Declarative backup and disaster recovery for XenServer / XCP-ng pools.",
+        discussion: """
+            Keep the protection of your pools as YAML in Git (apiVersion haven/v1: Pool, Repository, \
+            AppliancePool, BackupPolicy, ReplicationPolicy). haven checks it, shows what would change, \
+            and makes the pools match.
+
+            Exit codes: 0 success (for diff: in sync), 1 changes pending (diff), 2 error or invalid \
+            configuration; argument errors keep the parser's own code (64).
+            """,
+        version: HavenVersion.current,
+        subcommands: [ValidateCommand.self, SchemaCommand.self]
+    )
+}
+
+enum HavenVersion {
+    static let current = "0.1.0-dev"
+}
