@@ -42,7 +42,7 @@ let package = Package(
         .testTarget(
             name: "HavenSpecTests",
             dependencies: ["HavenSpec"],
-            resources: [.copy("Fixtures")],
+            exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
     ]
