@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "haven", targets: ["HavenCLI"]),
+        .executable(name: "haven-bench", targets: ["HavenBench"]),
         .library(name: "HavenSpec", targets: ["HavenSpec"]),
     ],
     dependencies: [
@@ -43,6 +44,12 @@ let package = Package(
             name: "HavenSpecTests",
             dependencies: ["HavenSpec"],
             exclude: ["Fixtures"],
+            swiftSettings: swiftSettings
+        ),
+        // Drives the built `haven` binary end to end.
+        .testTarget(
+            name: "HavenCLITests",
+            dependencies: [],
             swiftSettings: swiftSettings
         ),
     ]

@@ -7,8 +7,8 @@ struct ValidateCommand: ParsableCommand {
         commandName: "validate",
         abstract: "Check a configuration directory without touching any pool.",
         discussion: """
-            Reads every *.yaml and *.yml file below DIR (recursively, several documents per file; hidden \
-            entries and paths listed in DIR/.havenignore are skipped) and reports every problem at once as \
+            Reads every *.yaml and *.yml file below DIRECTORY (recursively, several documents per file; hidden \
+            entries and paths listed in DIRECTORY/.havenignore are skipped) and reports every problem at once as \
             FILE:LINE:COL: error: MESSAGE on standard error.
 
             Exit status: 0 when the configuration is valid (warnings allowed), 2 when it is not.

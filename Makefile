@@ -1,0 +1,42 @@
+# haven — the two set-up commands are `make demo` and `make test`; both install what they need.
+SWIFT ?= swift
+HAVEN := .build/debug/haven
+
+.PHONY: all deps build demo test bench schema format lint clean
+
+all: build
+
+deps:
+	@scripts/ensure-deps
+
+build: deps
+	$(SWIFT) build --product haven
+
+## The main job on the built-in example (later: against the simulated pool).
+demo: build
+	$(HAVEN) validate examples/quickstart
+
+## Every test: unit, fixtures, schema referee, end-to-end through the binary.
+test: deps
+	$(SWIFT) build
+	$(SWIFT) test
+
+## Benchmarks (release build); prints ratios measured in the same run.
+bench:
+	@scripts/ensure-deps --bench
+	$(SWIFT) build -c release --product haven-bench
+	.build/release/haven-bench
+
+## Regenerate the JSON Schema and the reference page from the field list.
+schema: build
+	$(HAVEN) schema > manifests/haven.schema.json
+	$(HAVEN) schema --format markdown > docs/spec.md
+
+format:
+	$(SWIFT) format --in-place --recursive Sources Tests Package.swift
+
+lint:
+	$(SWIFT) format lint --recursive Sources Tests Package.swift
+
+clean:
+	rm -rf .build .demo .bench bench-results.json
