@@ -19,7 +19,7 @@ demo: build
 ## Every test: unit, fixtures, schema referee, end-to-end through the binary.
 test: deps
 	$(SWIFT) build
-	$(SWIFT) test
+	$(SWIFT) test --disable-xctest
 
 ## Benchmarks (release build); prints ratios measured in the same run.
 bench:
