@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "haven", targets: ["HavenCLI"]),
         .executable(name: "haven-bench", targets: ["HavenBench"]),
         .library(name: "HavenSpec", targets: ["HavenSpec"]),
+        .library(name: "XenAPI", targets: ["XenAPI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
@@ -24,6 +25,22 @@ let package = Package(
         .target(
             name: "HavenSpec",
             dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: swiftSettings
+        ),
+        // libcurl's variadic setters and an in-handshake certificate pin (OpenSSL).
+        .target(
+            name: "CCurl",
+            linkerSettings: [.linkedLibrary("curl"), .linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
+        // OpenSSL for the simulator's HTTPS server.
+        .target(
+            name: "CSSL",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
+        // XenAPI client: wire formats, libcurl transport, sessions, typed records and calls.
+        .target(
+            name: "XenAPI",
+            dependencies: ["CCurl"],
             swiftSettings: swiftSettings
         ),
         // Wiring only: parses arguments, calls the libraries, maps results to exit codes.

@@ -1,0 +1,150 @@
+import Foundation
+
+public typealias VMRef = XenRef<VMRecord>
+public typealias VDIRef = XenRef<VDIRecord>
+public typealias VBDRef = XenRef<VBDRecord>
+public typealias SRRef = XenRef<SRRecord>
+public typealias NetworkRef = XenRef<NetworkRecord>
+public typealias TaskRef = XenRef<TaskRecord>
+public typealias HostRef = XenRef<HostRecord>
+
+extension XenAPIClient {
+    // MARK: VM
+
+    /// Snapshots a VM. `ignoreVDIs` is sent only to pools whose API has the parameter; older ones
+    /// get the two-parameter call (sending three gives MESSAGE_PARAMETER_COUNT_MISMATCH there).
+    public func snapshot(_ vm: VMRef, name: String, ignoreVDIs: [VDIRef] = []) async throws -> VMRef {
+        let caps = try await currentCapabilities()
+        let v: XenValue
+        if caps.snapshotTakesIgnoreVDIs {
+            v = try await call(.vmSnapshot, [vm.value, .string(name), .array(ignoreVDIs.map(\.value))])
+        } else {
+            v = try await call(.vmSnapshotLegacy, [vm.value, .string(name)])
+        }
+        return XenRef(v.stringValue ?? "")
+    }
+
+    public func destroy(_ vm: VMRef) async throws { _ = try await call(.vmDestroy, [vm.value]) }
+    public func clone(_ vm: VMRef, name: String) async throws -> VMRef {
+        XenRef(try await call(.vmClone, [vm.value, .string(name)]).stringValue ?? "")
+    }
+    public func copy(_ vm: VMRef, name: String, sr: SRRef) async throws -> VMRef {
+        XenRef(try await call(.vmCopy, [vm.value, .string(name), sr.value]).stringValue ?? "")
+    }
+    public func provision(_ vm: VMRef) async throws { _ = try await call(.vmProvision, [vm.value]) }
+    public func start(_ vm: VMRef, paused: Bool = false, force: Bool = false) async throws {
+        _ = try await call(.vmStart, [vm.value, .bool(paused), .bool(force)])
+    }
+    public func cleanShutdown(_ vm: VMRef) async throws { _ = try await call(.vmCleanShutdown, [vm.value]) }
+    public func hardShutdown(_ vm: VMRef) async throws { _ = try await call(.vmHardShutdown, [vm.value]) }
+    public func setNameLabel(_ vm: VMRef, _ name: String) async throws { _ = try await call(.vmSetNameLabel, [vm.value, .string(name)]) }
+    public func setIsATemplate(_ vm: VMRef, _ value: Bool) async throws { _ = try await call(.vmSetIsATemplate, [vm.value, .bool(value)]) }
+
+    /// Sets a key of a VM's other_config, replacing an existing value (xapi's add refuses
+    /// duplicates with MAP_DUPLICATE_KEY, so the key is removed first).
+    public func setOtherConfig(_ vm: VMRef, key: String, value: String) async throws {
+        _ = try await call(.vmRemoveFromOtherConfig, [vm.value, .string(key)])
+        _ = try await call(.vmAddToOtherConfig, [vm.value, .string(key), .string(value)])
+    }
+    public func removeOtherConfig(_ vm: VMRef, key: String) async throws {
+        _ = try await call(.vmRemoveFromOtherConfig, [vm.value, .string(key)])
+    }
+    public func block(_ vm: VMRef, operation: String, reason: String) async throws {
+        _ = try await call(.vmRemoveFromBlockedOperations, [vm.value, .string(operation)])
+        _ = try await call(.vmAddToBlockedOperations, [vm.value, .string(operation), .string(reason)])
+    }
+    public func unblock(_ vm: VMRef, operation: String) async throws {
+        _ = try await call(.vmRemoveFromBlockedOperations, [vm.value, .string(operation)])
+    }
+    public func addTag(_ vm: VMRef, _ tag: String) async throws { _ = try await call(.vmAddTags, [vm.value, .string(tag)]) }
+    public func removeTag(_ vm: VMRef, _ tag: String) async throws { _ = try await call(.vmRemoveTags, [vm.value, .string(tag)]) }
+
+    // MARK: VDI
+
+    public func enableCBT(_ vdi: VDIRef) async throws { _ = try await call(.vdiEnableCBT, [vdi.value]) }
+    public func disableCBT(_ vdi: VDIRef) async throws { _ = try await call(.vdiDisableCBT, [vdi.value]) }
+    /// The base64 bitmap of 64 KiB blocks changed between `from` (older) and `to` (newer).
+    public func listChangedBlocks(from: VDIRef, to: VDIRef) async throws -> String {
+        try await call(.vdiListChangedBlocks, [from.value, to.value]).stringValue ?? ""
+    }
+    public func dataDestroy(_ vdi: VDIRef) async throws { _ = try await call(.vdiDataDestroy, [vdi.value]) }
+    public func nbdInfo(_ vdi: VDIRef) async throws -> [NBDServerInfo] {
+        (try await call(.vdiGetNBDInfo, [vdi.value]).arrayValue ?? []).map { NBDServerInfo($0.structValue ?? [:]) }
+    }
+    public func destroy(_ vdi: VDIRef) async throws { _ = try await call(.vdiDestroy, [vdi.value]) }
+    public func snapshot(_ vdi: VDIRef) async throws -> VDIRef {
+        XenRef(try await call(.vdiSnapshot, [vdi.value, .structure([:])]).stringValue ?? "")
+    }
+    /// Creates a VDI; `record` holds at least SR, virtual_size, type, sharable, read_only, other_config.
+    public func createVDI(_ record: [String: XenValue]) async throws -> VDIRef {
+        XenRef(try await call(.vdiCreate, [.structure(record)]).stringValue ?? "")
+    }
+    public func setOtherConfig(_ vdi: VDIRef, key: String, value: String) async throws {
+        _ = try await call(.vdiRemoveFromOtherConfig, [vdi.value, .string(key)])
+        _ = try await call(.vdiAddToOtherConfig, [vdi.value, .string(key), .string(value)])
+    }
+    public func setNameLabel(_ vdi: VDIRef, _ name: String) async throws { _ = try await call(.vdiSetNameLabel, [vdi.value, .string(name)]) }
+
+    // MARK: VBD
+
+    public func createVBD(_ record: [String: XenValue]) async throws -> VBDRef {
+        XenRef(try await call(.vbdCreate, [.structure(record)]).stringValue ?? "")
+    }
+    public func plug(_ vbd: VBDRef) async throws { _ = try await call(.vbdPlug, [vbd.value]) }
+    public func unplug(_ vbd: VBDRef) async throws { _ = try await call(.vbdUnplug, [vbd.value]) }
+    public func destroy(_ vbd: VBDRef) async throws { _ = try await call(.vbdDestroy, [vbd.value]) }
+    public func createVIF(_ record: [String: XenValue]) async throws -> XenRef<VIFRecord> {
+        XenRef(try await call(.vifCreate, [.structure(record)]).stringValue ?? "")
+    }
+
+    // MARK: network
+
+    public func addPurpose(_ network: NetworkRef, _ purpose: String) async throws {
+        _ = try await call(.networkAddPurpose, [network.value, .string(purpose)])
+    }
+    public func removePurpose(_ network: NetworkRef, _ purpose: String) async throws {
+        _ = try await call(.networkRemovePurpose, [network.value, .string(purpose)])
+    }
+
+    // MARK: tasks
+
+    public func createTask(label: String, description: String = "") async throws -> TaskRef {
+        XenRef(try await call(.taskCreate, [.string(label), .string(description)]).stringValue ?? "")
+    }
+    public func destroy(_ task: TaskRef) async throws { _ = try await call(.taskDestroy, [task.value]) }
+    public func cancel(_ task: TaskRef) async throws { _ = try await call(.taskCancel, [task.value]) }
+
+    /// Waits for a task to finish, watching it with event.from; returns its result (the XML-RPC
+    /// text xapi stores) or throws the task's error.
+    public func wait(for task: TaskRef, timeout: Double = 3_600) async throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        var token = ""
+        while Date() < deadline {
+            let record = try await self.record(task)
+            switch record.status {
+            case .success: return record.result
+            case .failure, .cancelled:
+                let info = record.errorInfo
+                throw XenAPIError(code: info.first ?? "INTERNAL_ERROR", parameters: Array(info.dropFirst()))
+            case .pending, .cancelling:
+                let batch = try await events(of: ["task/\(task.raw)"], token: token, timeout: 5)
+                token = batch.token
+            }
+        }
+        throw XenAPIError(code: "TASK_TIMEOUT", parameters: [task.raw])
+    }
+
+    /// Runs `Async.<method>`, waits, destroys the task, and returns the result value.
+    public func callAndWait(_ method: XenMethod, _ params: [XenValue]) async throws -> XenValue {
+        let task = try await callAsync(method, params)
+        defer { Task { try? await self.destroy(task) } }
+        let text = try await wait(for: task)
+        if text.isEmpty { return .null }
+        return (try? XMLRPC.parseValue(text)) ?? .string(text)
+    }
+
+    func currentCapabilities() async throws -> PoolCapabilities {
+        if let c = capabilities { return c }
+        return try await login()
+    }
+}

@@ -1,0 +1,202 @@
+import Foundation
+import Synchronization
+
+/// Who logs in. The password never appears in descriptions, logs or errors.
+public struct XenCredentials: Sendable, CustomStringConvertible {
+    public var username: String
+    public var password: String
+
+    public init(username: String, password: String) {
+        self.username = username
+        self.password = password
+    }
+
+    public var description: String { "\(username) (password redacted)" }
+}
+
+/// Which wire protocol a client speaks.
+public enum WireProtocol: String, Sendable { case jsonrpc, xmlrpc }
+
+/// What the pool supports, learned at login.
+public struct PoolCapabilities: Sendable, Hashable {
+    public var apiMajor: Int64
+    public var apiMinor: Int64
+    /// `pool.restrictions` (`restrict_cbt` = "false" means CBT is licensed; a missing key counts as restricted).
+    public var restrictions: [String: String]
+    public var softwareVersion: [String: String]
+
+    /// API 2.8 (XenServer 7.3) brought CBT, NBD and network purposes.
+    public var hasCBTAPI: Bool { (apiMajor, apiMinor) >= (2, 8) }
+    public var cbtLicensed: Bool { restrictions["restrict_cbt"] == "false" }
+    public var canUseCBT: Bool { hasCBTAPI && cbtLicensed }
+    /// `VM.snapshot(…, ignore_vdis)` arrived with xapi 21.4 (API 2.21 era; absent on the 1.249 line, API 2.15).
+    public var snapshotTakesIgnoreVDIs: Bool { (apiMajor, apiMinor) >= (2, 16) }
+    public var apiVersion: String { "\(apiMajor).\(apiMinor)" }
+}
+
+/// A logged-in connection to one pool. Follows `HOST_IS_SLAVE` to the master, logs in again on
+/// `SESSION_INVALID`, prefers JSON-RPC and falls back to XML-RPC.
+public actor XenAPIClient {
+    public nonisolated let credentials: XenCredentials
+    public nonisolated let http: HTTPClient
+    public let originator: String
+    public private(set) var baseURL: String
+    public private(set) var wire: WireProtocol
+    public private(set) var session: String?
+    public private(set) var capabilities: PoolCapabilities?
+    private var requestID = 0
+    private let preferred: WireProtocol
+
+    /// `url` is any host of the pool (`https://host[:port]`); the path is ignored.
+    public init(url: String, credentials: XenCredentials, tls: TLSPolicy, wire: WireProtocol = .jsonrpc, originator: String = "haven") {
+        self.baseURL = Self.origin(of: url)
+        self.credentials = credentials
+        self.http = HTTPClient(tls: tls)
+        self.preferred = wire
+        self.wire = wire
+        self.originator = originator
+    }
+
+    static func origin(of url: String) -> String {
+        guard let u = URL(string: url), let scheme = u.scheme, let host = u.host else { return url }
+        let h = host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host
+        return "\(scheme)://\(h)" + (u.port.map { ":\($0)" } ?? "")
+    }
+
+    /// Logs in (following the master) and learns the pool's capabilities.
+    @discardableResult
+    public func login() async throws -> PoolCapabilities {
+        var hops = 0
+        while true {
+            do {
+                let ref = try await rawLogin()
+                session = ref
+                break
+            } catch let e as XenAPIError where e.code == XenAPIError.Code.hostIsSlave && hops < 3 {
+                hops += 1
+                baseURL = Self.replacingHost(of: baseURL, with: e.parameters.first ?? "")
+            }
+        }
+        let pools = try await records(PoolRecord.self)
+        guard let pool = pools.values.first else { throw XenAPIError(code: "INTERNAL_ERROR", parameters: ["pool has no pool object"]) }
+        let master = HostRecord(try await call(.hostGetRecord, [pool.master.value]).structValue ?? [:])
+        let caps = PoolCapabilities(
+            apiMajor: master.apiVersionMajor, apiMinor: master.apiVersionMinor, restrictions: pool.restrictions,
+            softwareVersion: master.softwareVersion)
+        capabilities = caps
+        return caps
+    }
+
+    static func replacingHost(of base: String, with host: String) -> String {
+        guard var c = URLComponents(string: base), !host.isEmpty else { return base }
+        c.host = host.contains(":") ? "[\(host)]" : host
+        return c.string ?? base
+    }
+
+    private func rawLogin() async throws -> String {
+        let params: [XenValue] = [.string(credentials.username), .string(credentials.password), "1.1", .string(originator)]
+        do {
+            return try await send(.sessionLogin, params).stringValue ?? ""
+        } catch let e as WireFallback {
+            guard wire == .jsonrpc else { throw e.underlying }
+            // Old hosts without /jsonrpc: speak XML-RPC from now on.
+            wire = .xmlrpc
+            return try await send(.sessionLogin, params).stringValue ?? ""
+        }
+    }
+
+    public func logout() async {
+        guard let s = session else { return }
+        _ = try? await send(.sessionLogout, [.string(s)])
+        session = nil
+    }
+
+    /// Calls a method with the session prepended; logs in again once on `SESSION_INVALID` and
+    /// follows a master change (`HOST_IS_SLAVE`) once.
+    public func call(_ method: XenMethod, _ params: [XenValue]) async throws -> XenValue {
+        if session == nil { try await login() }
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                return try await send(method, [.string(session ?? "")] + params)
+            } catch let e as XenAPIError where attempt == 1 && e.code == XenAPIError.Code.sessionInvalid {
+                session = nil
+                try await login()
+            } catch let e as XenAPIError where attempt == 1 && e.code == XenAPIError.Code.hostIsSlave {
+                baseURL = Self.replacingHost(of: baseURL, with: e.parameters.first ?? "")
+                session = nil
+                try await login()
+            }
+        }
+    }
+
+    /// Starts `Async.<method>` and returns the task.
+    public func callAsync(_ method: XenMethod, _ params: [XenValue]) async throws -> XenRef<TaskRecord> {
+        if session == nil { try await login() }
+        let v = try await send(method, [.string(session ?? "")] + params, async: true)
+        return XenRef(v.stringValue ?? "")
+    }
+
+    struct WireFallback: Error { var underlying: any Error }
+
+    private func send(_ method: XenMethod, _ params: [XenValue], async: Bool = false, timeout: Double = 120) async throws -> XenValue {
+        let name = async ? method.asyncName : method.name
+        requestID += 1
+        let id = requestID
+        let wire = self.wire
+        let url = baseURL + (wire == .jsonrpc ? "/jsonrpc" : "/")
+        let body = wire == .jsonrpc ? JSONRPC.request(method: name, params: params, id: id) : XMLRPC.request(method: name, params: params)
+        let contentType = wire == .jsonrpc ? "application/json" : "text/xml"
+        let http = self.http
+        let (head, data) = try await runBlocking {
+            try http.fetch(
+                HTTPRequest(method: .post, url: url, headers: [("Content-Type", contentType)], timeout: timeout), body: .bytes(body))
+        }
+        if head.status != 200 {
+            let err = XenAPIError(code: "HTTP_\(head.status)", parameters: [name, url])
+            if wire == .jsonrpc, head.status == 404 || head.status == 500 { throw WireFallback(underlying: err) }
+            throw err
+        }
+        let outcome: Result<XenValue, XenAPIError>
+        do {
+            outcome = wire == .jsonrpc ? try JSONRPC.parseResponse(data) : try XMLRPC.parseResponse(data)
+        } catch {
+            if wire == .jsonrpc { throw WireFallback(underlying: error) }
+            throw error
+        }
+        return try outcome.get()
+    }
+
+    /// The event.from call needs a reply timeout longer than its own wait.
+    func sendLong(_ method: XenMethod, _ params: [XenValue], timeout: Double) async throws -> XenValue {
+        if session == nil { try await login() }
+        do {
+            return try await send(method, [.string(session ?? "")] + params, timeout: timeout)
+        } catch let e as XenAPIError where e.code == XenAPIError.Code.sessionInvalid {
+            session = nil
+            try await login()
+            return try await send(method, [.string(session ?? "")] + params, timeout: timeout)
+        }
+    }
+
+    /// `get_all_records` of one class: one call, whatever the number of objects.
+    public func records<R: XenRecord>(_ type: R.Type) async throws -> [XenRef<R>: R] {
+        let v = try await call(XenMethod.getAllRecords(R.className), [])
+        var out: [XenRef<R>: R] = [:]
+        for (ref, fields) in v.structValue ?? [:] {
+            out[XenRef(ref)] = R(fields.structValue ?? [:])
+        }
+        return out
+    }
+
+    public func record<R: XenRecord>(_ ref: XenRef<R>) async throws -> R {
+        R(try await call(XenMethod("\(R.className).get_record", 2), [ref.value]).structValue ?? [:])
+    }
+
+    /// The session reference, for HTTP data paths and NBD export names.
+    public func sessionReference() async throws -> String {
+        if session == nil { try await login() }
+        return session ?? ""
+    }
+}
