@@ -43,11 +43,24 @@ let package = Package(
             dependencies: ["CCurl"],
             swiftSettings: swiftSettings
         ),
+        // Pure codecs of the disk and archive formats xapi speaks: VHD, tar (XVA), XXH64.
+        .target(
+            name: "DiskFormats",
+            swiftSettings: swiftSettings
+        ),
+        // The simulated pool (`haven sim`): xapi's object model, RPC, HTTP data paths, CBT, NBD via nbdkit.
+        .target(
+            name: "HavenSim",
+            dependencies: ["XenAPI", "DiskFormats", "CSSL", .product(name: "Yams", package: "Yams")],
+            swiftSettings: swiftSettings
+        ),
         // Wiring only: parses arguments, calls the libraries, maps results to exit codes.
         .executableTarget(
             name: "HavenCLI",
             dependencies: [
                 "HavenSpec",
+                "XenAPI",
+                "HavenSim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

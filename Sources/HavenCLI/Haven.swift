@@ -14,7 +14,7 @@ struct Haven: AsyncParsableCommand {
             configuration; argument errors keep the parser's own code (64).
             """,
         version: HavenVersion.current,
-        subcommands: [ValidateCommand.self, SchemaCommand.self]
+        subcommands: [ValidateCommand.self, SchemaCommand.self, SimCommand.self]
     )
 }
 

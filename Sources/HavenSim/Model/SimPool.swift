@@ -1,0 +1,210 @@
+import CSSL
+import Foundation
+import XenAPI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One host of a simulated pool: its address, certificate and servers.
+final class SimHost: @unchecked Sendable {
+    // @unchecked: `server` and `nbd` are set once while the pool starts, before any request.
+    let index: Int
+    let name: String
+    let address: String
+    let ref: String
+    let certificate: String
+    let key: String
+    let fingerprint: String
+    var server: HTTPServer?
+    var nbd: NBDServer?
+
+    init(index: Int, name: String, address: String, ref: String, certificate: String, key: String, fingerprint: String) {
+        self.index = index
+        self.name = name
+        self.address = address
+        self.ref = ref
+        self.certificate = certificate
+        self.key = key
+        self.fingerprint = fingerprint
+    }
+
+    var pemCertificate: String { (try? String(contentsOfFile: certificate, encoding: .utf8)) ?? "" }
+}
+
+/// One simulated pool: a xapi database, its hosts' HTTP(S) servers, disks and NBD servers.
+public final class SimPool: @unchecked Sendable {
+    // @unchecked: the database is guarded by its own lock; the host list and configuration are
+    // fixed after `start()`; fault rules live in the database's lock domain (`faults`).
+    let spec: World.PoolSpec
+    let directory: URL
+    let db: Database
+    let disks: DiskStore
+    let username: String
+    let password: String
+    let apiMajor: Int64
+    let apiMinor: Int64
+    let useTLS: Bool
+    let port: Int
+    var hosts: [SimHost] = []
+    /// Guarded by `db.lock`.
+    var faults: [FaultRule] = []
+    var nbdPluginPath = ""
+    var controlToken = ""
+    private var flusher: Thread?
+    private var stopping = false
+
+    public var name: String { spec.name }
+
+    init(spec: World.PoolSpec, directory: URL) throws {
+        self.spec = spec
+        self.directory = directory
+        username = spec.credentials?.username ?? "root"
+        password = spec.credentials?.password ?? "password"
+        let version = (spec.apiVersion ?? "2.21").split(separator: ".").compactMap { Int64($0) }
+        apiMajor = version.first ?? 2
+        apiMinor = version.count > 1 ? version[1] : 21
+        useTLS = spec.tls ?? true
+        port = spec.port ?? (useTLS ? 443 : 80)
+        guard !spec.hosts.isEmpty else { throw SimError("pool \(spec.name) declares no hosts") }
+        for h in spec.hosts where !h.address.hasPrefix("127.") {
+            throw SimError("pool \(spec.name): host address \(h.address) is not on loopback (127.0.0.0/8)")
+        }
+        let fm = FileManager.default
+        try fm.createDirectory(at: directory.appendingPathComponent("disks"), withIntermediateDirectories: true)
+        try fm.createDirectory(at: directory.appendingPathComponent("pki"), withIntermediateDirectories: true)
+        disks = DiskStore(directory: directory.appendingPathComponent("disks"))
+        let dbFile = directory.appendingPathComponent("db.json")
+        if let data = try? Data(contentsOf: dbFile) {
+            db = Database(snapshot: try JSONDecoder().decode(DatabaseSnapshot.self, from: data))
+        } else {
+            db = Database()
+        }
+        if let data = try? Data(contentsOf: directory.appendingPathComponent("faults.json")),
+            let saved = try? JSONDecoder().decode([FaultRule].self, from: data)
+        {
+            faults = saved
+        } else {
+            faults = try (spec.faults ?? []).map(FaultRule.parse)
+        }
+    }
+
+    var hasCBTAPI: Bool { (apiMajor, apiMinor) >= (2, 8) }
+    var snapshotHasIgnoreVDIs: Bool { (apiMajor, apiMinor) >= (2, 16) }
+
+    /// The master's host, as the database says (failover moves it).
+    var masterRef: String {
+        db.withLock { db.refs("pool").first.flatMap { db.field($0, "master")?.stringValue } ?? hosts[0].ref }
+    }
+
+    func host(ref: String) -> SimHost? { hosts.first { $0.ref == ref } }
+
+    // MARK: start and stop
+
+    func start() throws {
+        try makeCertificates()
+        if db.objects.isEmpty {
+            try bootstrap()
+        }
+        for host in hosts {
+            let tls = useTLS ? try TLSServerContext(certificate: host.certificate, key: host.key) : nil
+            let server = HTTPServer(address: host.address, port: port, tls: tls) { [weak self, host] req, res in
+                self?.handle(req, res, host: host)
+            }
+            try server.start()
+            host.server = server
+        }
+        try reconfigureNBD()
+        flusher = Thread { [weak self] in self?.flushLoop() }
+        flusher?.start()
+    }
+
+    func stop() {
+        db.withLock { stopping = true }
+        for h in hosts {
+            h.server?.stop()
+            h.nbd?.stop()
+        }
+        flush()
+    }
+
+    private func flushLoop() {
+        while true {
+            Thread.sleep(forTimeInterval: 0.2)
+            if db.withLock({ stopping }) { return }
+            flush()
+        }
+    }
+
+    /// Writes the database when it changed (atomically: temporary file, then rename).
+    func flush() {
+        let data: Data? = db.withLock {
+            guard db.dirty else { return nil }
+            db.markClean()
+            return try? JSONEncoder().encode(db.snapshot())
+        }
+        guard let data else { return }
+        let file = directory.appendingPathComponent("db.json")
+        try? data.write(to: file, options: .atomic)
+    }
+
+    func saveFaults() {
+        let data = db.withLock { try? JSONEncoder().encode(faults) }
+        try? data?.write(to: directory.appendingPathComponent("faults.json"), options: .atomic)
+    }
+
+    // MARK: certificates
+
+    private func makeCertificates() throws {
+        let pki = directory.appendingPathComponent("pki")
+        let hostRefs: [String] = db.withLock { db.refs("host") }
+        for (i, h) in spec.hosts.enumerated() {
+            let name = h.name ?? "\(spec.name)-host\(i + 1)"
+            let cert = pki.appendingPathComponent("\(h.address).pem").path
+            let key = pki.appendingPathComponent("\(h.address).key").path
+            if !FileManager.default.fileExists(atPath: cert) {
+                try runOpenSSL([
+                    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "3650", "-subj", "/CN=\(name)",
+                    "-addext", "subjectAltName=IP:\(h.address),DNS:\(name)",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                ])
+            }
+            var digest = [UInt8](repeating: 0, count: 32)
+            guard haven_cert_sha256(cert, &digest) == 0 else { throw SimError("cannot read certificate \(cert)") }
+            let fp = digest.map { String(format: "%02X", $0) }.joined(separator: ":")
+            let ref = i < hostRefs.count ? hostRefs[i] : Database.newRef()
+            hosts.append(SimHost(index: i, name: name, address: h.address, ref: ref, certificate: cert, key: key, fingerprint: fp))
+        }
+        // Matching host objects to world hosts by address keeps refs stable across restarts.
+        db.withLock {
+            for h in hosts {
+                if let existing = db.find("host", where: { $0["address"]?.stringValue == h.address }).first, existing != h.ref {
+                    if let i = hosts.firstIndex(where: { $0 === h }) {
+                        hosts[i] = SimHost(
+                            index: h.index, name: h.name, address: h.address, ref: existing, certificate: h.certificate,
+                            key: h.key, fingerprint: h.fingerprint)
+                    }
+                }
+            }
+        }
+    }
+
+    private func runOpenSSL(_ args: [String]) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else {
+            let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            throw SimError("openssl \(args.first ?? "") failed: \(text)")
+        }
+    }
+
+    /// `https://127.0.1.1:4443`
+    func url(of host: SimHost) -> String { "\(useTLS ? "https" : "http")://\(host.address):\(port)" }
+}

@@ -1,0 +1,103 @@
+import Foundation
+import Yams
+
+/// A simulated world: the pools `haven sim` serves, read from a YAML file.
+public struct World: Codable, Sendable {
+    public var pools: [PoolSpec]
+
+    public struct PoolSpec: Codable, Sendable {
+        public var name: String
+        public var hosts: [HostSpec]
+        public var port: Int?
+        /// HTTPS unless false (plain HTTP is offered for speed in tests).
+        public var tls: Bool?
+        public var credentials: CredentialSpec?
+        public var apiVersion: String?
+        public var licence: LicenceSpec?
+        public var srs: [SRSpec]?
+        public var networks: [NetworkSpec]?
+        public var templates: [VMSpec]?
+        public var vms: [VMSpec]?
+        public var faults: [String]?
+    }
+
+    public struct HostSpec: Codable, Sendable {
+        public var name: String?
+        public var address: String
+    }
+
+    public struct CredentialSpec: Codable, Sendable {
+        public var username: String
+        public var password: String
+    }
+
+    public struct LicenceSpec: Codable, Sendable {
+        public var cbt: Bool?
+    }
+
+    public struct SRSpec: Codable, Sendable {
+        public var name: String
+        public var type: String?
+        public var size: String?
+        public var shared: Bool?
+        public var `default`: Bool?
+    }
+
+    public struct NetworkSpec: Codable, Sendable {
+        public var name: String
+        public var purpose: [String]?
+        public var bridge: String?
+    }
+
+    public struct VMSpec: Codable, Sendable {
+        public var name: String
+        public var power: String?
+        public var tags: [String]?
+        public var otherConfig: [String: String]?
+        public var networks: [String]?
+        public var memory: String?
+        public var disks: [DiskSpec]?
+
+        enum CodingKeys: String, CodingKey {
+            case name, power, tags, networks, memory, disks
+            case otherConfig = "other_config"
+        }
+    }
+
+    public struct DiskSpec: Codable, Sendable {
+        public var name: String?
+        public var size: String
+        public var sr: String?
+        public var fill: FillSpec?
+    }
+
+    /// How a disk's 64 KiB blocks are seeded: shares of never-written, random, compressible text
+    /// and duplicated blocks (the rest, if the shares do not add up to 1, stays unallocated).
+    public struct FillSpec: Codable, Sendable, Hashable {
+        public var seed: UInt64?
+        public var unallocated: Double?
+        public var random: Double?
+        public var text: Double?
+        public var duplicate: Double?
+    }
+
+    public static func load(path: String) throws -> World {
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        do {
+            return try YAMLDecoder().decode(World.self, from: text)
+        } catch {
+            throw SimError("\(path): \(error)")
+        }
+    }
+
+    /// Sizes as `64Mi`, `4Gi` or bytes.
+    static func bytes(_ text: String) throws -> Int64 {
+        let units: [(String, Int64)] = [("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40)]
+        for (suffix, m) in units where text.hasSuffix(suffix) {
+            guard let n = Int64(text.dropLast(2)) else { break }
+            return n * m
+        }
+        guard let n = Int64(text) else { throw SimError("'\(text)' is not a size (use e.g. 64Mi, 4Gi)") }
+        return n
+    }
+}
