@@ -15,7 +15,7 @@ final class NBDServer: @unchecked Sendable {
 
     struct State {
         var mode: Mode = .off
-        var process: Process?
+        var process: ChildProcess?
         var connections = 0
         var dropAfter: Int64 = 0
     }
@@ -45,36 +45,23 @@ final class NBDServer: @unchecked Sendable {
 
     /// Starts or restarts nbdkit in the mode the network purposes ask for.
     func configure(mode: Mode) throws {
-        let old: Process? = state.withLock { s in
-            guard s.mode != mode || (mode != .off && s.process?.isRunning != true) else { return nil }
+        let change: (needed: Bool, old: ChildProcess?) = state.withLock { s in
+            guard s.mode != mode || (mode != .off && s.process?.isRunning != true) else { return (false, nil) }
             let p = s.process
             s.process = nil
             s.mode = mode
-            return p ?? Process()
+            return (true, p)
         }
-        guard let old else { return }
-        if old.isRunning {
-            old.terminate()
-            old.waitUntilExit()
-        }
+        guard change.needed else { return }
+        change.old?.stop()
         guard mode != .off else { return }
         unlink(socketPath)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: NBDServer.nbdkitPath)
         var args = ["--foreground", "--exit-with-parent", "--unix", socketPath, "--readonly", "--no-sr",
                     "--mask-handshake=1", "--threads", "16"]
         args += mode == .tls ? ["--tls=require", "--tls-certificates=\(tlsDirectory)"] : ["--tls=off"]
         args += ["--filter=blocksize-policy", "python", pluginPath, "blocksize-minimum=512", "blocksize-error-policy=error"]
         args += pluginArgs
-        p.arguments = args
-        p.standardOutput = FileHandle.nullDevice
-        let log = FileHandle(forWritingAtPath: socketPath + ".log") ?? {
-            FileManager.default.createFile(atPath: socketPath + ".log", contents: nil)
-            return FileHandle(forWritingAtPath: socketPath + ".log")!
-        }()
-        log.seekToEndOfFile()
-        p.standardError = log
-        try p.run()
+        let p = try ChildProcess(executable: Self.nbdkitPath, arguments: args, stderrPath: socketPath + ".log")
         // Wait for the socket so the first client does not race nbdkit's start.
         for _ in 0..<200 where access(socketPath, F_OK) != 0 { usleep(10_000) }
         state.withLock { $0.process = p }
@@ -116,14 +103,11 @@ final class NBDServer: @unchecked Sendable {
             close(listenFD)
             listenFD = -1
         }
-        let p = state.withLock { s -> Process? in
+        let p = state.withLock { s -> ChildProcess? in
             defer { s.process = nil }
             return s.process
         }
-        if let p, p.isRunning {
-            p.terminate()
-            p.waitUntilExit()
-        }
+        p?.stop()
     }
 
     private func acceptLoop() {
