@@ -76,6 +76,11 @@ let package = Package(
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
+        .testTarget(
+            name: "HavenSimTests",
+            dependencies: ["HavenSim", "XenAPI", "DiskFormats"],
+            swiftSettings: swiftSettings
+        ),
         // Drives the built `haven` binary end to end.
         .testTarget(
             name: "HavenCLITests",

@@ -10,6 +10,7 @@ public struct PoolEndpoint: Codable, Sendable {
     public var password: String
     /// SHA-256 of the master's certificate, `AB:CD:…`; empty for plain HTTP.
     public var fingerprint: String
+    /// PEM bundle of every host's certificate: trusts whichever host is master.
     public var caFile: String
 
     public struct HostEndpoint: Codable, Sendable {
@@ -70,7 +71,7 @@ public final class Simulator: @unchecked Sendable {
             name: p.name, masterURL: p.url(of: master),
             hosts: p.hosts.map { .init(name: $0.name, address: $0.address, url: p.url(of: $0), fingerprint: $0.fingerprint, certificate: $0.certificate) },
             username: p.username, password: p.password, fingerprint: p.useTLS ? master.fingerprint : "",
-            caFile: p.useTLS ? master.certificate : "")
+            caFile: p.useTLS ? p.caBundle : "")
     }
 
     public func pool(named name: String) -> SimPool? { pools.first { $0.name == name } }

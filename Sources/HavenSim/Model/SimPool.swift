@@ -176,6 +176,9 @@ public final class SimPool: @unchecked Sendable {
             let ref = i < hostRefs.count ? hostRefs[i] : Database.newRef()
             hosts.append(SimHost(index: i, name: name, address: h.address, ref: ref, certificate: cert, key: key, fingerprint: fp))
         }
+        // One file trusting every host of the pool, for clients that follow the master around.
+        let bundle = hosts.map(\.pemCertificate).joined()
+        try bundle.write(to: pki.appendingPathComponent("pool-bundle.pem"), atomically: true, encoding: .utf8)
         // Matching host objects to world hosts by address keeps refs stable across restarts.
         db.withLock {
             for h in hosts {
@@ -204,6 +207,8 @@ public final class SimPool: @unchecked Sendable {
             throw SimError("openssl \(args.first ?? "") failed: \(text)")
         }
     }
+
+    var caBundle: String { directory.appendingPathComponent("pki/pool-bundle.pem").path }
 
     /// `https://127.0.1.1:4443`
     func url(of host: SimHost) -> String { "\(useTLS ? "https" : "http")://\(host.address):\(port)" }
