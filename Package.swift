@@ -77,6 +77,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "XenAPITests",
+            dependencies: ["XenAPI"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "HavenSimTests",
             dependencies: ["HavenSim", "XenAPI", "DiskFormats"],
             swiftSettings: swiftSettings
@@ -85,6 +90,7 @@ let package = Package(
         .testTarget(
             name: "HavenCLITests",
             dependencies: [],
+            exclude: ["Referee"],
             swiftSettings: swiftSettings
         ),
     ]

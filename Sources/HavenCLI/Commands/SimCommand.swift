@@ -100,6 +100,9 @@ struct SimWriteCommand: ParsableCommand {
     @Option(help: "Seed, for repeatable writes.")
     var seed: Int64?
 
+    @Option(help: "text, or json (the VDI and every block index written).")
+    var output: OutputFormat = .text
+
     func validate() throws {
         guard percent > 0, percent <= 100 else { throw ValidationError("--percent must be in (0, 100]") }
     }
@@ -111,6 +114,10 @@ struct SimWriteCommand: ParsableCommand {
         ]
         if let seed { command["seed"] = .int(seed) }
         let reply = try simControl(target, command)
+        if output == .json {
+            print(String(decoding: JSON.encode(reply), as: UTF8.self))
+            return
+        }
         let blocks = reply["blocks"]?.arrayValue?.count ?? 0
         print("wrote \(blocks) blocks of 64 KiB to disk \(disk) of \(vm) (VDI \(reply["vdi"]?.stringValue ?? ""))")
     }

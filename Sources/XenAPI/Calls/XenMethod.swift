@@ -20,6 +20,10 @@ public struct XenMethod: Sendable, Hashable, CustomStringConvertible {
     public var asyncName: String { "Async.\(name)" }
 
     static func getAllRecords(_ cls: String) -> XenMethod { XenMethod("\(cls).get_all_records", 1) }
+    static func getRecord(_ cls: String) -> XenMethod { XenMethod("\(cls).get_record", 2) }
+
+    /// The classes the client reads whole records of.
+    static let recordClasses = ["pool", "host", "VM", "VBD", "VDI", "SR", "PBD", "SM", "network", "PIF", "VIF", "task", "message"]
 }
 
 extension XenMethod {
@@ -106,7 +110,7 @@ extension XenMethod {
         vdiSnapshot, vdiAddToOtherConfig, vdiRemoveFromOtherConfig, vdiSetNameLabel, vbdGetRecord, vbdCreate, vbdPlug,
         vbdUnplug, vbdDestroy, vifCreate, networkAddPurpose, networkRemovePurpose, taskCreate, taskGetRecord,
         taskCancel, taskDestroy, eventFrom, eventInject,
-    ]
+    ] + recordClasses.flatMap { [getAllRecords($0), getRecord($0)] }
 }
 
 extension XenMethod {

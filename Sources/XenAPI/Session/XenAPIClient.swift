@@ -191,7 +191,7 @@ public actor XenAPIClient {
     }
 
     public func record<R: XenRecord>(_ ref: XenRef<R>) async throws -> R {
-        R(try await call(XenMethod("\(R.className).get_record", 2), [ref.value]).structValue ?? [:])
+        R(try await call(XenMethod.getRecord(R.className), [ref.value]).structValue ?? [:])
     }
 
     /// The session reference, for HTTP data paths and NBD export names.
