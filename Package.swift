@@ -67,7 +67,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "HavenBench",
-            dependencies: ["HavenSpec"],
+            dependencies: ["HavenSpec", "XenAPI", "HavenSim"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
