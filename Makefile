@@ -12,9 +12,9 @@ deps:
 build: deps
 	$(SWIFT) build --product haven
 
-## The main job on the built-in example (later: against the simulated pool).
+## The main job on the built-in simulated pool.
 demo: build
-	$(HAVEN) validate examples/quickstart
+	scripts/demo.sh
 
 ## Every test: unit, fixtures, schema referee, end-to-end through the binary.
 test: deps
