@@ -15,10 +15,12 @@ let package = Package(
         .executable(name: "haven-bench", targets: ["HavenBench"]),
         .library(name: "HavenSpec", targets: ["HavenSpec"]),
         .library(name: "XenAPI", targets: ["XenAPI"]),
+        .library(name: "HavenData", targets: ["HavenData"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // Pure: YAML desired state -> typed, validated model. No sockets, no pool.
@@ -52,6 +54,15 @@ let package = Package(
         .target(
             name: "HavenSim",
             dependencies: ["XenAPI", "DiskFormats", "CSSL", .product(name: "Yams", package: "Yams")],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "CNBD", linkerSettings: [.linkedLibrary("nbd")]),
+        .target(name: "CSystem"),
+        .target(name: "CZstd", linkerSettings: [.linkedLibrary("zstd")]),
+        // The data plane: NBD reading (libnbd), the chunk repository, backup, restore, verify, GC.
+        .target(
+            name: "HavenData",
+            dependencies: ["CNBD", "CZstd", "CSystem", "DiskFormats", "XenAPI", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
         // Wiring only: parses arguments, calls the libraries, maps results to exit codes.

@@ -1,0 +1,2 @@
+/* libnbd is used through its header; this file gives SwiftPM a C target to link it. */
+#include "cnbd.h"

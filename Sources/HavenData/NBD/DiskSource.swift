@@ -1,0 +1,176 @@
+import Foundation
+
+/// What to read for one chunk: the chunk's index and the ranges of the disk within it (all of
+/// it for a full read, the changed blocks for an incremental one).
+public struct ReadJob: Sendable {
+    public var chunk: Int
+    public var ranges: [ByteRange]
+    public var bytes: Int { ranges.reduce(0) { $0 + $1.length } }
+}
+
+/// A readable disk. `read` fills, for each job, a chunk-sized buffer (the job's ranges at their
+/// offsets within the chunk) and hands it to `deliver`, from several threads at once; `deliver`
+/// may keep the buffer (it is the caller's from then on).
+public protocol DiskSource: Sendable {
+    var size: Int64 { get }
+    var label: String { get }
+    func read(_ jobs: [ReadJob], chunkSize: Int, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws
+}
+
+/// A chunk-sized buffer handed between threads; freed when the last owner lets go.
+public final class ChunkBuffer: @unchecked Sendable {
+    // @unchecked: a buffer is filled by one reader thread, then handed over through a queue to
+    // one worker thread; never touched by two threads at once.
+    public let memory: UnsafeMutableRawBufferPointer
+
+    public init(size: Int) {
+        memory = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
+    }
+
+    deinit { memory.deallocate() }
+}
+
+/// A disk read through libnbd over several connections, each with many reads in flight. A
+/// connection that drops is opened again and its unfinished reads are issued again; nothing is
+/// skipped.
+public final class NBDDiskSource: DiskSource, @unchecked Sendable {
+    // @unchecked: immutable after init.
+    public let endpoint: NBDEndpoint
+    public let size: Int64
+    public let connections: Int
+    public let depth: Int
+    public let maxRetries: Int
+    public var label: String { endpoint.description }
+
+    public init(_ endpoint: NBDEndpoint, connections: Int = 4, depth: Int = 8, maxRetries: Int = 5) throws {
+        self.endpoint = endpoint
+        self.connections = max(1, connections)
+        self.depth = max(1, depth)
+        self.maxRetries = maxRetries
+        size = try NBDConnection(endpoint).size
+    }
+
+    public func read(_ jobs: [ReadJob], chunkSize: Int, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws {
+        guard !jobs.isEmpty else { return }
+        // Connections take jobs from a shared list in order, so the disk is read front to back.
+        let cursor = JobCursor(jobs)
+        let count = min(connections, jobs.count)
+        try runThreads(count, name: "nbd-read") { [self] _ in
+            try readLoop(cursor: cursor, chunkSize: chunkSize, deliver: deliver)
+        }
+    }
+
+    private func readLoop(cursor: JobCursor, chunkSize: Int, deliver: (ReadJob, ChunkBuffer) throws -> Void) throws {
+        struct InFlight {
+            var job: ReadJob
+            var buffer: ChunkBuffer
+            var cookies: [Int64]
+        }
+        var connection = try NBDConnection(endpoint)
+        var inFlight: [InFlight] = []
+        var retries = 0
+        func issue(_ item: inout InFlight) throws {
+            item.cookies = []
+            let chunkStart = Int64(item.job.chunk) * Int64(chunkSize)
+            for r in item.job.ranges {
+                let at = item.buffer.memory.baseAddress! + Int(r.offset - chunkStart)
+                item.cookies.append(try connection.startRead(into: at, count: r.length, offset: r.offset))
+            }
+        }
+        while true {
+            do {
+                while inFlight.count < depth, let job = cursor.next() {
+                    var item = InFlight(job: job, buffer: ChunkBuffer(size: chunkSize), cookies: [])
+                    try issue(&item)
+                    inFlight.append(item)
+                }
+                if inFlight.isEmpty { return }
+                try connection.poll(timeoutMs: 30_000)
+                var i = 0
+                while i < inFlight.count {
+                    var done = true
+                    var remaining: [Int64] = []
+                    for c in inFlight[i].cookies {
+                        if try connection.completed(c) { continue }
+                        done = false
+                        remaining.append(c)
+                    }
+                    inFlight[i].cookies = remaining
+                    if done {
+                        let item = inFlight.remove(at: i)
+                        try deliver(item.job, item.buffer)
+                        retries = 0
+                    } else {
+                        i += 1
+                    }
+                }
+            } catch let e as DataError where e.code == .nbd {
+                // The connection (or a read) failed: reconnect and read the unfinished jobs again.
+                retries += 1
+                if retries > maxRetries { throw e }
+                Thread.sleep(forTimeInterval: min(2, 0.1 * Double(1 << retries)))
+                connection = try NBDConnection(endpoint)
+                for i in inFlight.indices { try issue(&inFlight[i]) }
+            }
+        }
+    }
+}
+
+/// Hands out jobs in order to several threads.
+final class JobCursor: @unchecked Sendable {
+    // @unchecked: guarded by `lock`.
+    private let lock = NSLock()
+    private let jobs: [ReadJob]
+    private var nextIndex = 0
+
+    init(_ jobs: [ReadJob]) { self.jobs = jobs }
+
+    func next() -> ReadJob? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard nextIndex < jobs.count else { return nil }
+        defer { nextIndex += 1 }
+        return jobs[nextIndex]
+    }
+}
+
+/// A disk image file read with pread (tests, and backing up an image haven can see directly).
+public final class FileDiskSource: DiskSource, @unchecked Sendable {
+    // @unchecked: immutable after init; pread is safe from several threads.
+    public let path: String
+    public let size: Int64
+    public let threads: Int
+    public var label: String { path }
+    private let fd: Int32
+
+    public init(path: String, threads: Int = 2) throws {
+        self.path = path
+        self.threads = max(1, threads)
+        fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw DataError(.io, path, String(cString: strerror(errno))) }
+        var st = stat()
+        fstat(fd, &st)
+        size = Int64(st.st_size)
+    }
+
+    deinit { close(fd) }
+
+    public func read(_ jobs: [ReadJob], chunkSize: Int, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws {
+        let cursor = JobCursor(jobs)
+        try runThreads(min(threads, max(1, jobs.count)), name: "file-read") { [self] _ in
+            while let job = cursor.next() {
+                let buffer = ChunkBuffer(size: chunkSize)
+                let chunkStart = Int64(job.chunk) * Int64(chunkSize)
+                for r in job.ranges {
+                    var done = 0
+                    while done < r.length {
+                        let n = pread(fd, buffer.memory.baseAddress! + Int(r.offset - chunkStart) + done, r.length - done, off_t(r.offset) + off_t(done))
+                        guard n > 0 else { throw DataError(.io, path, "short read at \(r.offset + Int64(done))") }
+                        done += n
+                    }
+                }
+                try deliver(job, buffer)
+            }
+        }
+    }
+}

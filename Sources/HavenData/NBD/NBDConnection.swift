@@ -1,0 +1,94 @@
+import CNBD
+import Foundation
+
+/// One libnbd connection: many reads in flight (libnbd's asynchronous API), reused for the
+/// lifetime of a transfer. Not shared between threads.
+final class NBDConnection {
+    let handle: OpaquePointer
+    let endpoint: NBDEndpoint
+    let size: Int64
+    private var certDirectory: String?
+
+    init(_ endpoint: NBDEndpoint, writable: Bool = false) throws {
+        guard let h = nbd_create() else { throw DataError(.nbd, endpoint.description, Self.lastError()) }
+        handle = h
+        self.endpoint = endpoint
+        func check(_ rc: Int32) throws {
+            if rc == -1 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
+        }
+        do {
+            try check(nbd_set_export_name(h, endpoint.exportName))
+            // xapi-nbd has no structured replies; do not ask.
+            try check(nbd_set_request_structured_replies(h, false))
+            switch endpoint.tls {
+            case .off:
+                try check(nbd_set_tls(h, Int32(LIBNBD_TLS_DISABLE)))
+            case .certificate(let pem):
+                let dir = FileManager.default.temporaryDirectory.appendingPathComponent("haven-nbd-\(UUID().uuidString)")
+                try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+                try pem.write(to: dir.appendingPathComponent("ca-cert.pem"), atomically: true, encoding: .utf8)
+                certDirectory = dir.path
+                try check(nbd_set_tls(h, Int32(LIBNBD_TLS_REQUIRE)))
+                try check(nbd_set_tls_certificates(h, dir.path))
+            case .certificateDirectory(let dir):
+                try check(nbd_set_tls(h, Int32(LIBNBD_TLS_REQUIRE)))
+                try check(nbd_set_tls_certificates(h, dir))
+            }
+            try check(nbd_connect_tcp(h, endpoint.address, String(endpoint.port)))
+            let s = nbd_get_size(h)
+            if s < 0 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
+            size = s
+            if writable, nbd_is_read_only(h) == 1 {
+                throw DataError(.nbd, endpoint.description, "the export is read-only")
+            }
+        } catch {
+            nbd_close(h)
+            if let d = certDirectory { try? FileManager.default.removeItem(atPath: d) }
+            throw error
+        }
+    }
+
+    deinit {
+        _ = nbd_shutdown(handle, 0)
+        nbd_close(handle)
+        if let d = certDirectory { try? FileManager.default.removeItem(atPath: d) }
+    }
+
+    static func lastError() -> String {
+        guard let e = nbd_get_error() else { return "unknown libnbd error" }
+        return String(cString: e)
+    }
+
+    var noCompletion: nbd_completion_callback { nbd_completion_callback(callback: nil, user_data: nil, free: nil) }
+
+    /// Starts a read into `buffer`; returns its cookie.
+    func startRead(into buffer: UnsafeMutableRawPointer, count: Int, offset: Int64) throws -> Int64 {
+        let cookie = nbd_aio_pread(handle, buffer, count, UInt64(offset), noCompletion, 0)
+        if cookie < 0 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
+        return cookie
+    }
+
+    func startWrite(from buffer: UnsafeRawPointer, count: Int, offset: Int64) throws -> Int64 {
+        let cookie = nbd_aio_pwrite(handle, buffer, count, UInt64(offset), noCompletion, 0)
+        if cookie < 0 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
+        return cookie
+    }
+
+    /// Waits for any progress on the socket (up to `timeoutMs`).
+    func poll(timeoutMs: Int32) throws {
+        if nbd_poll(handle, timeoutMs) == -1 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
+    }
+
+    /// 1 done, 0 not yet; throws when the command failed (the cookie is retired either way).
+    func completed(_ cookie: Int64) throws -> Bool {
+        let rc = nbd_aio_command_completed(handle, UInt64(cookie))
+        if rc == -1 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
+        return rc == 1
+    }
+
+    func flush() throws {
+        if nbd_can_flush(handle) == 1, nbd_flush(handle, 0) == -1 {
+            throw DataError(.nbd, endpoint.description, Self.lastError())
+        }
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+
+/// What `verify` found.
+public struct VerifyReport: Sendable {
+    public struct Problem: Sendable, CustomStringConvertible {
+        public var chunk: String
+        public var error: DataError
+        /// The versions that need the chunk.
+        public var versions: [String]
+        public var description: String { "chunk \(chunk): \(error.message); needed by \(versions.joined(separator: ", "))" }
+    }
+
+    public var checkedChunks: Int
+    public var checkedVersions: Int
+    public var problems: [Problem]
+    public var ok: Bool { problems.isEmpty }
+}
+
+/// What `gc` did.
+public struct GCReport: Sendable {
+    public var liveChunks: Int
+    public var deletedChunks: Int
+    public var deletedBytes: Int64
+    public var keptYoungChunks: Int
+    public var removedTemporaryFiles: Int
+}
+
+extension Repository {
+    /// Re-reads and re-hashes the chunks of the given versions (all when empty), and the index
+    /// pages that lead to them. Every bad or missing chunk is reported with the versions needing it.
+    public func verify(versions: [String] = []) throws -> VerifyReport {
+        let all = try manifests()
+        let chosen = versions.isEmpty ? all : try versions.map { try manifest($0) }
+        var users: [ChunkID: Set<String>] = [:]
+        var problems: [VerifyReport.Problem] = []
+        for m in chosen {
+            for d in m.disks {
+                do {
+                    let (pages, entries) = try DiskIndex.walk(d.index, from: self)
+                    for id in pages + entries where !id.isZero { users[id, default: []].insert(m.id) }
+                } catch let e as DataError {
+                    problems.append(.init(chunk: d.index.root, error: e, versions: [m.id]))
+                }
+            }
+        }
+        let ids = Array(users.keys)
+        let needs = users
+        let cursor = IndexCursor(Array(ids.indices))
+        let found = ProblemList()
+        try runThreads(min(ProcessInfo.processInfo.activeProcessorCount, max(1, ids.count)), name: "verify") { [self] _ in
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(config.chunkSize, 1024 * 32), alignment: 4096)
+            defer { buffer.deallocate() }
+            while let i = cursor.next() {
+                do {
+                    _ = try getChunk(ids[i], into: buffer)
+                } catch let e as DataError {
+                    found.append(.init(chunk: ids[i].hex, error: e, versions: needs[ids[i]]!.sorted()))
+                }
+            }
+        }
+        problems += found.items.sorted { $0.chunk < $1.chunk }
+        return VerifyReport(checkedChunks: ids.count, checkedVersions: chosen.count, problems: problems)
+    }
+
+    /// Marks every chunk reachable from a manifest and deletes the rest that are older than
+    /// `safetyWindow` (chunks of a backup still being written are young). Holds the lock exclusively.
+    public func collectGarbage(safetyWindow: TimeInterval = 3_600, lockTimeout: Double? = nil) throws -> GCReport {
+        try withLock(exclusive: true, timeout: lockTimeout) {
+            var live = Set<ChunkID>()
+            for m in try manifests() {
+                for d in m.disks {
+                    let (pages, entries) = try DiskIndex.walk(d.index, from: self)
+                    live.formUnion(pages)
+                    live.formUnion(entries)
+                }
+            }
+            let fm = FileManager.default
+            let cutoff = Date().addingTimeInterval(-safetyWindow)
+            var report = GCReport(liveChunks: live.count, deletedChunks: 0, deletedBytes: 0, keptYoungChunks: 0, removedTemporaryFiles: 0)
+            for prefix in (try? fm.contentsOfDirectory(atPath: chunksDir.path)) ?? [] {
+                let dir = chunksDir.appendingPathComponent(prefix).path
+                for name in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] {
+                    guard let id = ChunkID(hex: name), !live.contains(id) else { continue }
+                    let path = dir + "/" + name
+                    var st = stat()
+                    guard stat(path, &st) == 0 else { continue }
+                    if Date(timeIntervalSince1970: TimeInterval(st.st_mtim.tv_sec)) > cutoff {
+                        report.keptYoungChunks += 1
+                        continue
+                    }
+                    if unlink(path) == 0 {
+                        report.deletedChunks += 1
+                        report.deletedBytes += Int64(st.st_size)
+                    }
+                }
+            }
+            for name in (try? fm.contentsOfDirectory(atPath: tmpDir.path)) ?? [] {
+                let path = tmpDir.appendingPathComponent(name).path
+                var st = stat()
+                if stat(path, &st) == 0, Date(timeIntervalSince1970: TimeInterval(st.st_mtim.tv_sec)) <= cutoff, unlink(path) == 0 {
+                    report.removedTemporaryFiles += 1
+                }
+            }
+            return report
+        }
+    }
+
+    /// Bytes the repository occupies on disk.
+    public func diskUsage() -> Int64 {
+        var total: Int64 = 0
+        let e = FileManager.default.enumerator(atPath: root.path)
+        while let p = e?.nextObject() as? String {
+            var st = stat()
+            if stat(root.appendingPathComponent(p).path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG { total += Int64(st.st_blocks) * 512 }
+        }
+        return total
+    }
+}
+
+final class ProblemList: @unchecked Sendable {
+    // @unchecked: guarded by `lock`.
+    private let lock = NSLock()
+    private var list: [VerifyReport.Problem] = []
+    func append(_ p: VerifyReport.Problem) {
+        lock.lock()
+        list.append(p)
+        lock.unlock()
+    }
+    var items: [VerifyReport.Problem] {
+        lock.lock()
+        defer { lock.unlock() }
+        return list
+    }
+}

@@ -1,0 +1,349 @@
+import CSystem
+import Crypto
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `config.json` at the repository's root: how chunks are cut, compressed and sealed.
+public struct RepositoryConfig: Codable, Sendable, Equatable {
+    public var formatVersion: Int
+    public var id: String
+    public var chunkSize: Int
+    /// `none`, or `zstd:N`.
+    public var compression: String
+    public var encrypted: Bool
+    /// HMAC of a fixed text with the key: tells a wrong key from corruption.
+    public var keyCheck: String?
+    public var created: Date
+
+    public var zstdLevel: Int32? {
+        guard compression.hasPrefix("zstd:"), let n = Int32(compression.dropFirst(5)) else { return nil }
+        return n
+    }
+}
+
+/// A local directory of content-addressed chunks, index pages and version manifests. See
+/// docs/repository.md for the layout. Safe for several writers at once; GC excludes writers with
+/// a lock.
+public final class Repository: @unchecked Sendable {
+    // @unchecked: immutable after open; the file system is the shared state and every write is
+    // a rename of a complete file, so concurrent writers cannot see each other's partial files.
+    public let root: URL
+    public let config: RepositoryConfig
+    let encryptionKey: SymmetricKey?
+    let idKey: SymmetricKey?
+
+    static let magic: [UInt8] = Array("HVC1".utf8)
+
+    var chunksDir: URL { root.appendingPathComponent("chunks") }
+    var manifestsDir: URL { root.appendingPathComponent("manifests") }
+    var tmpDir: URL { root.appendingPathComponent("tmp") }
+    var lockFile: URL { root.appendingPathComponent("lock") }
+
+    private init(root: URL, config: RepositoryConfig, key: SymmetricKey?) {
+        self.root = root
+        self.config = config
+        if let key {
+            encryptionKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Data("haven chunk encryption".utf8), outputByteCount: 32)
+            idKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Data("haven chunk id".utf8), outputByteCount: 32)
+        } else {
+            encryptionKey = nil
+            idKey = nil
+        }
+    }
+
+    /// Creates a repository. With `keyFile`, chunks are encrypted; the key file is created (32
+    /// random bytes, hex, mode 0600) when it does not exist.
+    @discardableResult
+    public static func initialize(at path: String, chunkSize: Int = 1 << 20, compression: String = "zstd:3", keyFile: String? = nil) throws
+        -> Repository
+    {
+        let root = URL(fileURLWithPath: path)
+        let fm = FileManager.default
+        if fm.fileExists(atPath: root.appendingPathComponent("config.json").path) {
+            throw DataError(.repositoryExists, path, "a repository already exists here")
+        }
+        guard chunkSize >= 65_536, chunkSize & (chunkSize - 1) == 0, chunkSize <= 64 << 20 else {
+            throw DataError(.unsupported, path, "chunk size must be a power of two from 64 KiB to 64 MiB")
+        }
+        guard compression == "none" || (compression.hasPrefix("zstd:") && Int(compression.dropFirst(5)).map({ (1...22).contains($0) }) == true) else {
+            throw DataError(.unsupported, path, "compression must be none or zstd:N (1-22)")
+        }
+        var key: SymmetricKey?
+        if let keyFile {
+            if fm.fileExists(atPath: keyFile) {
+                key = try readKey(keyFile)
+            } else {
+                let k = SymmetricKey(size: .bits256)
+                let hex = k.withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
+                guard fm.createFile(atPath: keyFile, contents: Data((hex + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+                    throw DataError(.io, keyFile, "cannot create the key file")
+                }
+                key = k
+            }
+        }
+        for dir in ["chunks", "manifests", "tmp"] {
+            try fm.createDirectory(at: root.appendingPathComponent(dir), withIntermediateDirectories: true)
+        }
+        var config = RepositoryConfig(
+            formatVersion: 1, id: UUID().uuidString.lowercased(), chunkSize: chunkSize, compression: compression,
+            encrypted: key != nil, keyCheck: nil, created: Date())
+        if let key { config.keyCheck = keyCheck(key) }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        try writeAtomically(try encoder.encode(config), to: root.appendingPathComponent("config.json"), tmp: root.appendingPathComponent("tmp"))
+        return Repository(root: root, config: config, key: key)
+    }
+
+    /// Opens a repository; an encrypted one needs its key file, and a wrong key is refused here.
+    public static func open(at path: String, keyFile: String? = nil) throws -> Repository {
+        let root = URL(fileURLWithPath: path)
+        guard let data = FileManager.default.contents(atPath: root.appendingPathComponent("config.json").path) else {
+            throw DataError(.noRepository, path, "no repository here (no config.json); create one with `haven repo init`")
+        }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        let config = try decoder.decode(RepositoryConfig.self, from: data)
+        guard config.formatVersion == 1 else {
+            throw DataError(.unsupported, path, "repository format \(config.formatVersion) is newer than this haven understands")
+        }
+        var key: SymmetricKey?
+        if config.encrypted {
+            guard let keyFile else { throw DataError(.wrongKey, path, "the repository is encrypted; give its key file") }
+            let k = try readKey(keyFile)
+            guard keyCheck(k) == config.keyCheck else {
+                throw DataError(.wrongKey, keyFile, "this key does not open the repository at \(path)")
+            }
+            key = k
+        }
+        return Repository(root: root, config: config, key: key)
+    }
+
+    static func readKey(_ file: String) throws -> SymmetricKey {
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw DataError(.wrongKey, file, "cannot read the key file")
+        }
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let id = ChunkID(hex: text) else {
+            throw DataError(.wrongKey, file, "a key file holds 64 hex digits (32 bytes)")
+        }
+        return SymmetricKey(data: id.bytes)
+    }
+
+    static func keyCheck(_ key: SymmetricKey) -> String {
+        let mac = HMAC<SHA256>.authenticationCode(for: Data("haven repository key check".utf8), using: key)
+        return Data(mac).map { String(format: "%02x", $0) }.joined()
+    }
+
+    // MARK: chunks
+
+    /// The id a chunk with these bytes has in this repository.
+    public func chunkID(of data: UnsafeRawBufferPointer) -> ChunkID {
+        if let idKey {
+            return ChunkID(bytes: Array(HMAC<SHA256>.authenticationCode(for: data, using: idKey)))
+        }
+        return ChunkID(bytes: Array(SHA256.hash(data: data)))
+    }
+
+    func chunkPath(_ id: ChunkID) -> String {
+        let hex = id.hex
+        return chunksDir.path + "/" + hex.prefix(2) + "/" + hex
+    }
+
+    public func hasChunk(_ id: ChunkID) -> Bool { id.isZero || access(chunkPath(id), F_OK) == 0 }
+
+    /// Stores a chunk unless it is already there; returns the bytes written (0 when deduplicated).
+    /// The file appears under its name only once complete (rename), so a crash leaves at most
+    /// a temporary file behind.
+    @discardableResult
+    public func putChunk(_ id: ChunkID, _ data: UnsafeRawBufferPointer) throws -> Int {
+        if hasChunk(id) { return 0 }
+        let encoded = try encode(id, data)
+        let final = chunkPath(id)
+        let dir = (final as NSString).deletingLastPathComponent
+        if access(dir, F_OK) != 0 { mkdir(dir, 0o755) }
+        let tmp = tmpDir.path + "/" + id.hex + "." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { throw DataError(.io, tmp, String(cString: strerror(errno))) }
+        var ok = encoded.withUnsafeBytes { writeAll(fd, $0) }
+        ok = Glibc.close(fd) == 0 && ok
+        guard ok else {
+            unlink(tmp)
+            throw DataError(.io, tmp, "cannot write chunk: \(String(cString: strerror(errno)))")
+        }
+        CrashPoints.hit("chunk-written")
+        guard rename(tmp, final) == 0 else {
+            unlink(tmp)
+            throw DataError(.io, final, String(cString: strerror(errno)))
+        }
+        return encoded.count
+    }
+
+    /// Reads, checks and decodes a chunk into `buffer`; returns its length. A chunk that does
+    /// not decrypt, decompress or hash back to its name is reported as corrupt.
+    public func getChunk(_ id: ChunkID, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        if id.isZero {
+            buffer.initializeMemory(as: UInt8.self, repeating: 0)
+            return buffer.count
+        }
+        let path = chunkPath(id)
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw DataError(.missingChunk, id.hex, "chunk is missing from the repository")
+        }
+        let n = try decode(id, [UInt8](data), into: buffer)
+        let check = chunkID(of: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        guard check == id else { throw DataError(.corruptChunk, id.hex, "content does not match its hash") }
+        return n
+    }
+
+    /// Header: "HVC1", flags (1 = zstd, 2 = AES-256-GCM), 3 reserved bytes, plaintext length
+    /// (u32 little-endian); then the payload (nonce | ciphertext | tag when encrypted).
+    func encode(_ id: ChunkID, _ data: UnsafeRawBufferPointer) throws -> [UInt8] {
+        var flags: UInt8 = 0
+        var payload: [UInt8]
+        if let level = config.zstdLevel {
+            let compressed = try Zstd.compress(data, level: level)
+            if compressed.count < data.count {
+                payload = compressed
+                flags |= 1
+            } else {
+                payload = Array(data)
+            }
+        } else {
+            payload = Array(data)
+        }
+        if let encryptionKey {
+            let sealed = try AES.GCM.seal(payload, using: encryptionKey, authenticating: id.bytes)
+            payload = Array(sealed.combined!)
+            flags |= 2
+        }
+        var out = Self.magic + [flags, 0, 0, 0]
+        let length = UInt32(data.count)
+        out += [UInt8(length & 0xff), UInt8(length >> 8 & 0xff), UInt8(length >> 16 & 0xff), UInt8(length >> 24)]
+        out += payload
+        return out
+    }
+
+    func decode(_ id: ChunkID, _ file: [UInt8], into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard file.count >= 12, Array(file[0..<4]) == Self.magic else {
+            throw DataError(.corruptChunk, id.hex, "not a chunk file (bad header or truncated)")
+        }
+        let flags = file[4]
+        let length = Int(file[8]) | Int(file[9]) << 8 | Int(file[10]) << 16 | Int(file[11]) << 24
+        guard length <= buffer.count else { throw DataError(.corruptChunk, id.hex, "chunk longer than the buffer") }
+        var payload = Array(file[12...])
+        if flags & 2 != 0 {
+            guard let encryptionKey else { throw DataError(.wrongKey, id.hex, "chunk is encrypted but the repository has no key") }
+            do {
+                let box = try AES.GCM.SealedBox(combined: payload)
+                payload = Array(try AES.GCM.open(box, using: encryptionKey, authenticating: id.bytes))
+            } catch {
+                throw DataError(.corruptChunk, id.hex, "chunk does not decrypt (tampered or truncated)")
+            }
+        } else if encryptionKey != nil {
+            throw DataError(.corruptChunk, id.hex, "chunk is not encrypted in an encrypted repository")
+        }
+        if flags & 1 != 0 {
+            let n: Int
+            do {
+                n = try payload.withUnsafeBytes { try Zstd.decompress($0, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])) }
+            } catch {
+                throw DataError(.corruptChunk, id.hex, "chunk does not decompress")
+            }
+            guard n == length else { throw DataError(.corruptChunk, id.hex, "chunk decompressed to \(n) bytes, not \(length)") }
+        } else {
+            guard payload.count == length else { throw DataError(.corruptChunk, id.hex, "chunk has \(payload.count) bytes, not \(length)") }
+            payload.withUnsafeBytes { buffer.copyMemory(from: $0) }
+        }
+        return length
+    }
+
+    /// Makes every file written so far durable (one `syncfs` of the repository's file system,
+    /// far cheaper than an fsync per chunk).
+    public func syncAll() throws {
+        let fd = Glibc.open(root.path, O_RDONLY | O_DIRECTORY)
+        guard fd >= 0 else { throw DataError(.io, root.path, String(cString: strerror(errno))) }
+        defer { Glibc.close(fd) }
+        guard haven_syncfs(fd) == 0 else { throw DataError(.io, root.path, "syncfs: \(String(cString: strerror(errno)))") }
+        CrashPoints.hit("synced")
+    }
+
+    // MARK: locks
+
+    /// Writers hold the lock shared, GC holds it exclusive; `timeout` nil waits forever.
+    public func withLock<T>(exclusive: Bool, timeout: Double? = nil, _ body: () throws -> T) throws -> T {
+        let fd = Glibc.open(lockFile.path, O_RDWR | O_CREAT, 0o644)
+        guard fd >= 0 else { throw DataError(.io, lockFile.path, String(cString: strerror(errno))) }
+        defer { Glibc.close(fd) }
+        let op = exclusive ? LOCK_EX : LOCK_SH
+        let deadline = timeout.map { Date().addingTimeInterval($0) }
+        while flock(fd, op | LOCK_NB) != 0 {
+            if let deadline, Date() >= deadline {
+                throw DataError(.locked, root.path, exclusive ? "a backup is writing to the repository" : "garbage collection is running")
+            }
+            usleep(50_000)
+        }
+        defer { flock(fd, LOCK_UN) }
+        return try body()
+    }
+}
+
+func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    var done = 0
+    while done < bytes.count {
+        let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
+        if n < 0, errno == EINTR { continue }
+        if n <= 0 { return false }
+        done += n
+    }
+    return true
+}
+
+/// Writes a file so that it either exists whole or not at all: temporary file, fsync, rename,
+/// fsync of the directory.
+func writeAtomically(_ data: Data, to url: URL, tmp: URL) throws {
+    let tmpPath = tmp.appendingPathComponent(url.lastPathComponent + "." + UUID().uuidString).path
+    let fd = Glibc.open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    guard fd >= 0 else { throw DataError(.io, tmpPath, String(cString: strerror(errno))) }
+    let ok = data.withUnsafeBytes { writeAll(fd, $0) } && fsync(fd) == 0
+    Glibc.close(fd)
+    guard ok else {
+        unlink(tmpPath)
+        throw DataError(.io, tmpPath, "cannot write: \(String(cString: strerror(errno)))")
+    }
+    CrashPoints.hit("manifest-written")
+    guard rename(tmpPath, url.path) == 0 else {
+        unlink(tmpPath)
+        throw DataError(.io, url.path, String(cString: strerror(errno)))
+    }
+    let dir = Glibc.open(url.deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY)
+    if dir >= 0 {
+        fsync(dir)
+        Glibc.close(dir)
+    }
+    CrashPoints.hit("manifest-renamed")
+}
+
+/// Test instrumentation: with `HAVEN_CRASH_AT=N`, the process dies (`_exit`, no clean-up) at
+/// the Nth durable step of a write, so crash tests can stop a backup at a precise point.
+enum CrashPoints {
+    static let limit: Int = Int(ProcessInfo.processInfo.environment["HAVEN_CRASH_AT"] ?? "") ?? 0
+    // Guarded by `lock`.
+    nonisolated(unsafe) static var count = 0
+    static let lock = NSLock()
+
+    static func hit(_ label: String) {
+        guard limit > 0 else { return }
+        lock.lock()
+        count += 1
+        let now = count
+        lock.unlock()
+        if now >= limit {
+            FileHandle.standardError.write(Data("haven: crash point \(now) (\(label))\n".utf8))
+            _exit(99)
+        }
+    }
+}

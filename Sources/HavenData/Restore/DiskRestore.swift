@@ -1,0 +1,185 @@
+import DiskFormats
+import Foundation
+
+/// Writes a disk version back: to a sparse raw file, a dynamic VHD file, a writable NBD export,
+/// or any sink of bytes (the upload to `/import_raw_vdi`). Bit-identical to what was stored.
+public struct DiskRestore: Sendable {
+    public let repository: Repository
+    public let workers: Int
+
+    public init(repository: Repository, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
+        self.repository = repository
+        self.workers = max(1, workers)
+    }
+
+    /// A raw image: zero chunks (and zero 64 KiB blocks inside chunks) stay holes.
+    public func toRawFile(_ disk: DiskVersion, path: String, progress: (@Sendable (TransferProgress) -> Void)? = nil) throws {
+        let entries = try DiskIndex.read(disk.index, from: repository)
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { throw DataError(.io, path, String(cString: strerror(errno))) }
+        defer { close(fd) }
+        guard ftruncate(fd, off_t(disk.size)) == 0 else { throw DataError(.io, path, "cannot size the file: \(String(cString: strerror(errno)))") }
+        let work = entries.indices.filter { !entries[$0].isZero }
+        let cursor = IndexCursor(work)
+        let done = ByteCounter()
+        let repo = repository
+        try runThreads(min(workers, max(1, work.count)), name: "restore") { _ in
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: disk.chunkSize, alignment: 4096)
+            defer { buffer.deallocate() }
+            while let i = cursor.next() {
+                let start = Int64(i) * Int64(disk.chunkSize)
+                let length = Int(min(Int64(disk.chunkSize), disk.size - start))
+                let n = try repo.getChunk(entries[i], into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length]))
+                guard n == length else { throw DataError(.corruptChunk, entries[i].hex, "chunk has \(n) bytes, expected \(length)") }
+                var off = 0
+                let block = 65_536
+                while off < length {
+                    let len = min(block, length - off)
+                    let piece = UnsafeRawBufferPointer(rebasing: buffer[off..<(off + len)])
+                    if !piece.isZero {
+                        var w = 0
+                        while w < len {
+                            let r = pwrite(fd, piece.baseAddress! + w, len - w, off_t(start) + off_t(off + w))
+                            guard r > 0 else { throw DataError(.io, path, "write failed: \(String(cString: strerror(errno)))") }
+                            w += r
+                        }
+                    }
+                    off += len
+                }
+                progress?(TransferProgress(bytesDone: done.add(Int64(length)), bytesTotal: disk.size))
+            }
+        }
+        guard fsync(fd) == 0 else { throw DataError(.io, path, "fsync failed") }
+    }
+
+    /// A dynamic VHD (2 MiB blocks; only blocks with data are present) that qemu-img reads.
+    public func toVHDFile(_ disk: DiskVersion, path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { throw DataError(.io, path, String(cString: strerror(errno))) }
+        defer { close(fd) }
+        try toVHDStream(disk) { bytes in
+            guard writeAll(fd, bytes) else { throw DataError(.io, path, "write failed: \(String(cString: strerror(errno)))") }
+        }
+        guard fsync(fd) == 0 else { throw DataError(.io, path, "fsync failed") }
+    }
+
+    /// The size of the VHD `toVHDStream` produces (for a Content-Length upload).
+    public func vhdSize(_ disk: DiskVersion) throws -> Int64 {
+        VHD.Layout(size: UInt64(disk.size), presentBlocks: try presentVHDBlocks(disk, entries: DiskIndex.read(disk.index, from: repository))).fileSize
+    }
+
+    func presentVHDBlocks(_ disk: DiskVersion, entries: [ChunkID]) -> [Int] {
+        var present = Set<Int>()
+        for (i, id) in entries.enumerated() where !id.isZero {
+            let start = Int64(i) * Int64(disk.chunkSize)
+            let end = min(disk.size, start + Int64(disk.chunkSize))
+            for b in Int(start / Int64(VHD.blockSize))...Int((end - 1) / Int64(VHD.blockSize)) { present.insert(b) }
+        }
+        return present.sorted()
+    }
+
+    /// Streams a dynamic VHD front to back.
+    public func toVHDStream(_ disk: DiskVersion, emit: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let entries = try DiskIndex.read(disk.index, from: repository)
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: disk.chunkSize, alignment: 4096)
+        defer { chunk.deallocate() }
+        try VHD.write(size: UInt64(disk.size), presentBlocks: presentVHDBlocks(disk, entries: entries), readBlock: { block, buffer in
+            let start = Int64(block) * Int64(VHD.blockSize)
+            let end = min(disk.size, start + Int64(VHD.blockSize))
+            var pos = start
+            while pos < end {
+                let c = Int(pos / Int64(disk.chunkSize))
+                let cStart = Int64(c) * Int64(disk.chunkSize)
+                let cLen = Int(min(Int64(disk.chunkSize), disk.size - cStart))
+                let from = Int(pos - cStart)
+                let n = Int(min(Int64(cLen - from), end - pos))
+                if !entries[c].isZero {
+                    _ = try repository.getChunk(entries[c], into: UnsafeMutableRawBufferPointer(rebasing: chunk[0..<cLen]))
+                    (buffer.baseAddress! + Int(pos - start)).copyMemory(from: chunk.baseAddress! + from, byteCount: n)
+                }
+                pos += Int64(n)
+            }
+        }, emit: emit)
+    }
+
+    /// The raw disk, front to back, in order (for `/import_raw_vdi` with format raw).
+    public func toRawStream(_ disk: DiskVersion, emit: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let entries = try DiskIndex.read(disk.index, from: repository)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: disk.chunkSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        for (i, id) in entries.enumerated() {
+            let start = Int64(i) * Int64(disk.chunkSize)
+            let length = Int(min(Int64(disk.chunkSize), disk.size - start))
+            let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
+            if id.isZero { view.initializeMemory(as: UInt8.self, repeating: 0) } else { _ = try repository.getChunk(id, into: view) }
+            try emit(UnsafeRawBufferPointer(view))
+        }
+    }
+
+    /// Writes into a writable NBD export. `targetIsZero` skips zero chunks (a fresh export).
+    public func toNBD(_ disk: DiskVersion, endpoint: NBDEndpoint, targetIsZero: Bool = false, connections: Int = 2) throws {
+        let entries = try DiskIndex.read(disk.index, from: repository)
+        let probe = try NBDConnection(endpoint, writable: true)
+        guard probe.size >= disk.size else {
+            throw DataError(.nbd, endpoint.description, "the export has \(probe.size) bytes, the disk \(disk.size)")
+        }
+        let work = entries.indices.filter { !(targetIsZero && entries[$0].isZero) }
+        let cursor = IndexCursor(work)
+        let repo = repository
+        try runThreads(min(connections, max(1, work.count)), name: "nbd-write") { _ in
+            let conn = try NBDConnection(endpoint, writable: true)
+            var buffers: [(Int64, UnsafeMutableRawBufferPointer)] = []
+            defer { for (_, b) in buffers { b.deallocate() } }
+            var inFlight: [(Int64, UnsafeMutableRawBufferPointer)] = []
+            while true {
+                while inFlight.count < 8, let i = cursor.next() {
+                    let start = Int64(i) * Int64(disk.chunkSize)
+                    let length = Int(min(Int64(disk.chunkSize), disk.size - start))
+                    let b = buffers.popLast()?.1 ?? UnsafeMutableRawBufferPointer.allocate(byteCount: disk.chunkSize, alignment: 4096)
+                    let view = UnsafeMutableRawBufferPointer(rebasing: b[0..<length])
+                    if entries[i].isZero { view.initializeMemory(as: UInt8.self, repeating: 0) } else { _ = try repo.getChunk(entries[i], into: view) }
+                    let cookie = try conn.startWrite(from: b.baseAddress!, count: length, offset: start)
+                    inFlight.append((cookie, b))
+                }
+                if inFlight.isEmpty { break }
+                try conn.poll(timeoutMs: 30_000)
+                var k = 0
+                while k < inFlight.count {
+                    if try conn.completed(inFlight[k].0) {
+                        buffers.append(inFlight.remove(at: k))
+                    } else {
+                        k += 1
+                    }
+                }
+            }
+            try conn.flush()
+        }
+    }
+}
+
+final class IndexCursor: @unchecked Sendable {
+    // @unchecked: guarded by `lock`.
+    private let lock = NSLock()
+    private let items: [Int]
+    private var next_ = 0
+    init(_ items: [Int]) { self.items = items }
+    func next() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard next_ < items.count else { return nil }
+        defer { next_ += 1 }
+        return items[next_]
+    }
+}
+
+final class ByteCounter: @unchecked Sendable {
+    // @unchecked: guarded by `lock`.
+    private let lock = NSLock()
+    private var total: Int64 = 0
+    func add(_ n: Int64) -> Int64 {
+        lock.lock()
+        defer { lock.unlock() }
+        total += n
+        return total
+    }
+}
