@@ -72,6 +72,7 @@ let package = Package(
                 "HavenSpec",
                 "XenAPI",
                 "HavenSim",
+                "HavenData",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -12,11 +12,11 @@ public struct TransferProgress: Sendable {
 /// (the rest of each chunk comes from the repository, not the network). Either way the result is
 /// a complete index: no chains.
 public struct DiskBackup: Sendable {
-    public let repository: Repository
+    public let repository: BackupRepository
     /// Threads hashing, compressing and storing beside the readers.
     public let workers: Int
 
-    public init(repository: Repository, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
+    public init(repository: BackupRepository, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
         self.repository = repository
         self.workers = max(1, workers)
     }

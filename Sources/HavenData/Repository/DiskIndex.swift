@@ -14,7 +14,7 @@ enum DiskIndex {
     static let fanout = 1024
 
     /// Stores the entries as pages; returns the root and the bytes newly written.
-    static func write(_ entries: [ChunkID], to repo: Repository) throws -> (IndexRoot, Int) {
+    static func write(_ entries: [ChunkID], to repo: BackupRepository) throws -> (IndexRoot, Int) {
         var level = entries
         var depth = 0
         var written = 0
@@ -41,7 +41,7 @@ enum DiskIndex {
     }
 
     /// Reads every entry of a version.
-    static func read(_ root: IndexRoot, from repo: Repository) throws -> [ChunkID] {
+    static func read(_ root: IndexRoot, from repo: BackupRepository) throws -> [ChunkID] {
         guard let id = ChunkID(hex: root.root) else { throw DataError(.badManifest, root.root, "bad index root") }
         var level = [id]
         for _ in 0..<root.depth { level = try level.flatMap { try page($0, repo) } }
@@ -53,7 +53,7 @@ enum DiskIndex {
     }
 
     /// Every page id of the tree (for GC and verify), along with the entries.
-    static func walk(_ root: IndexRoot, from repo: Repository) throws -> (pages: [ChunkID], entries: [ChunkID]) {
+    static func walk(_ root: IndexRoot, from repo: BackupRepository) throws -> (pages: [ChunkID], entries: [ChunkID]) {
         guard let id = ChunkID(hex: root.root) else { throw DataError(.badManifest, root.root, "bad index root") }
         var pages = [id]
         var level = [id]
@@ -64,7 +64,7 @@ enum DiskIndex {
         return (pages, try level.flatMap { try page($0, repo) })
     }
 
-    static func page(_ id: ChunkID, _ repo: Repository) throws -> [ChunkID] {
+    static func page(_ id: ChunkID, _ repo: BackupRepository) throws -> [ChunkID] {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: fanout * 32, alignment: 16)
         defer { buffer.deallocate() }
         let n = try repo.getChunk(id, into: buffer)

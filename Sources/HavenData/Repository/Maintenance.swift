@@ -25,7 +25,7 @@ public struct GCReport: Sendable {
     public var removedTemporaryFiles: Int
 }
 
-extension Repository {
+extension BackupRepository {
     /// Re-reads and re-hashes the chunks of the given versions (all when empty), and the index
     /// pages that lead to them. Every bad or missing chunk is reported with the versions needing it.
     public func verify(versions: [String] = []) throws -> VerifyReport {

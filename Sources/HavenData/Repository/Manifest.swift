@@ -81,7 +81,7 @@ public struct BackupManifest: Codable, Sendable {
     public var storedBytes: Int64 { disks.reduce(0) { $0 + $1.storedBytes } }
 }
 
-extension Repository {
+extension BackupRepository {
     static let encoder: JSONEncoder = {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .prettyPrinted]

@@ -27,7 +27,7 @@ public struct RepositoryConfig: Codable, Sendable, Equatable {
 /// A local directory of content-addressed chunks, index pages and version manifests. See
 /// docs/repository.md for the layout. Safe for several writers at once; GC excludes writers with
 /// a lock.
-public final class Repository: @unchecked Sendable {
+public final class BackupRepository: @unchecked Sendable {
     // @unchecked: immutable after open; the file system is the shared state and every write is
     // a rename of a complete file, so concurrent writers cannot see each other's partial files.
     public let root: URL
@@ -58,7 +58,7 @@ public final class Repository: @unchecked Sendable {
     /// random bytes, hex, mode 0600) when it does not exist.
     @discardableResult
     public static func initialize(at path: String, chunkSize: Int = 1 << 20, compression: String = "zstd:3", keyFile: String? = nil) throws
-        -> Repository
+        -> BackupRepository
     {
         let root = URL(fileURLWithPath: path)
         let fm = FileManager.default
@@ -95,11 +95,11 @@ public final class Repository: @unchecked Sendable {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
         try writeAtomically(try encoder.encode(config), to: root.appendingPathComponent("config.json"), tmp: root.appendingPathComponent("tmp"))
-        return Repository(root: root, config: config, key: key)
+        return BackupRepository(root: root, config: config, key: key)
     }
 
     /// Opens a repository; an encrypted one needs its key file, and a wrong key is refused here.
-    public static func open(at path: String, keyFile: String? = nil) throws -> Repository {
+    public static func open(at path: String, keyFile: String? = nil) throws -> BackupRepository {
         let root = URL(fileURLWithPath: path)
         guard let data = FileManager.default.contents(atPath: root.appendingPathComponent("config.json").path) else {
             throw DataError(.noRepository, path, "no repository here (no config.json); create one with `haven repo init`")
@@ -119,7 +119,7 @@ public final class Repository: @unchecked Sendable {
             }
             key = k
         }
-        return Repository(root: root, config: config, key: key)
+        return BackupRepository(root: root, config: config, key: key)
     }
 
     static func readKey(_ file: String) throws -> SymmetricKey {

@@ -4,10 +4,10 @@ import Foundation
 /// Writes a disk version back: to a sparse raw file, a dynamic VHD file, a writable NBD export,
 /// or any sink of bytes (the upload to `/import_raw_vdi`). Bit-identical to what was stored.
 public struct DiskRestore: Sendable {
-    public let repository: Repository
+    public let repository: BackupRepository
     public let workers: Int
 
-    public init(repository: Repository, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
+    public init(repository: BackupRepository, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
         self.repository = repository
         self.workers = max(1, workers)
     }

@@ -1,0 +1,310 @@
+import ArgumentParser
+import Foundation
+import HavenData
+import HavenSpec
+
+/// Which repository a command works on: a path, or a Repository of the configuration.
+struct RepositoryOptions: ParsableArguments {
+    @Option(name: .customLong("repo"), help: "Repository directory (instead of reading the configuration).")
+    var path: String?
+
+    @Option(name: .customLong("key-file"), help: "Key file of an encrypted repository given with --repo.")
+    var keyFile: String?
+
+    @Option(name: [.customShort("f"), .customLong("config")], help: "Configuration directory.")
+    var config: String = "."
+
+    @Option(help: "Repository resource to use when the configuration declares several.")
+    var repository: String?
+
+    func open() throws -> BackupRepository {
+        do {
+            if let path { return try BackupRepository.open(at: path, keyFile: keyFile) }
+            let (p, k) = try fromConfig()
+            return try BackupRepository.open(at: p, keyFile: k)
+        } catch let e as DataError {
+            fail("\(e)")
+        }
+    }
+
+    func fromConfig() throws -> (String, String?) {
+        let result = SpecLoader.load(path: config)
+        guard let state = result.state else {
+            for d in result.errors { FileHandle.standardError.write(Data("\(d)\n".utf8)) }
+            fail("\(config): the configuration is not valid; give --repo PATH or fix it")
+        }
+        let candidates = state.repositories.filter { repository == nil || $0.name == repository }
+        guard candidates.count == 1, let r = candidates.first else {
+            let names = state.repositories.map(\.name).joined(separator: ", ")
+            fail(candidates.isEmpty ? "no Repository \(repository.map { "'\($0)' " } ?? "")in \(config) (declared: \(names))"
+                 : "\(config) declares several repositories (\(names)); choose one with --repository")
+        }
+        return (r.spec.path, r.spec.encryption?.keyFile)
+    }
+}
+
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("haven: \(message)\n".utf8))
+    Foundation.exit(2)
+}
+
+func humanBytes(_ n: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n)
+    var u = 0
+    while v >= 1024, u < units.count - 1 {
+        v /= 1024
+        u += 1
+    }
+    return u == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[u])
+}
+
+struct RepoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "repo", abstract: "Create, check and clean a backup repository.",
+        subcommands: [RepoInitCommand.self, RepoVerifyCommand.self, RepoGCCommand.self, RepoImportImageCommand.self])
+}
+
+struct RepoInitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "init", abstract: "Create a repository.",
+        discussion: "With --encrypt, chunks are sealed with AES-256-GCM; the key file is created (mode 0600) when it does not exist. Keep it safe: without it nothing can be restored.")
+
+    @Argument(help: "Directory of the new repository.")
+    var path: String
+
+    @Flag(help: "Encrypt chunks and index pages.")
+    var encrypt = false
+
+    @Option(name: .customLong("key-file"), help: "Key file (required with --encrypt).")
+    var keyFile: String?
+
+    @Option(help: "Chunk size (a power of two from 64Ki to 64Mi).")
+    var chunkSize: String = RepositorySpec.defaultChunkSize.description
+
+    @Option(help: "none, zstd or zstd:N.")
+    var compression: String = "zstd:3"
+
+    func validate() throws {
+        if encrypt && keyFile == nil { throw ValidationError("--encrypt needs --key-file") }
+        if !encrypt && keyFile != nil { throw ValidationError("--key-file goes with --encrypt") }
+    }
+
+    func run() throws {
+        guard case .success(let size) = ByteSize.parse(chunkSize) else { throw ValidationError("--chunk-size: '\(chunkSize)' is not a size") }
+        guard case .success(let comp) = Compression.parse(compression) else { throw ValidationError("--compression: '\(compression)' is not none, zstd or zstd:N") }
+        do {
+            let repo = try BackupRepository.initialize(at: path, chunkSize: Int(size.bytes), compression: comp.description, keyFile: keyFile)
+            print("created repository \(path) (id \(repo.config.id), chunks \(size), \(comp)\(encrypt ? ", encrypted with \(keyFile!)" : ""))")
+        } catch let e as DataError {
+            fail("\(e)")
+        }
+    }
+}
+
+struct RepoVerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify", abstract: "Re-read and re-hash chunks; report every bad one with the versions that need it.",
+        discussion: "Exit status 0 when everything checks out, 2 when any chunk is missing or damaged.")
+
+    @OptionGroup var target: RepositoryOptions
+
+    @Option(name: .customLong("version"), help: "Only these versions (repeatable); all when omitted.")
+    var versions: [String] = []
+
+    @Option(help: "text or json.")
+    var output: OutputFormat = .text
+
+    func run() throws {
+        let repo = try target.open()
+        let report: VerifyReport
+        do {
+            report = try repo.verify(versions: versions)
+        } catch let e as DataError {
+            fail("\(e)")
+        }
+        if output == .json {
+            let problems: [[String: Any]] = report.problems.map { ["chunk": $0.chunk, "code": $0.error.code.rawValue, "message": $0.error.message, "versions": $0.versions] }
+            let obj: [String: Any] = ["ok": report.ok, "checkedChunks": report.checkedChunks, "checkedVersions": report.checkedVersions, "problems": problems]
+            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted]), as: UTF8.self))
+        } else {
+            for p in report.problems { print("BAD \(p)") }
+            print("\(report.ok ? "ok" : "FAILED"): \(report.checkedChunks) chunks of \(report.checkedVersions) versions checked, \(report.problems.count) bad")
+        }
+        if !report.ok { throw HavenExit.failure }
+    }
+}
+
+struct RepoGCCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc", abstract: "Delete chunks no version needs (older than the safety window).")
+
+    @OptionGroup var target: RepositoryOptions
+
+    @Option(help: "Keep unreferenced chunks younger than this (a backup may still be writing them).")
+    var safetyWindow: String = "1h"
+
+    @Option(help: "How long to wait for running backups to finish (seconds); forever when omitted.")
+    var lockTimeout: Double?
+
+    func run() throws {
+        guard case .success(let window) = SpecDuration.parse(safetyWindow) else { throw ValidationError("--safety-window: not a duration") }
+        let repo = try target.open()
+        do {
+            let r = try repo.collectGarbage(safetyWindow: TimeInterval(window.seconds), lockTimeout: lockTimeout)
+            print("gc: \(r.liveChunks) chunks in use, \(r.deletedChunks) deleted (\(humanBytes(r.deletedBytes))), \(r.keptYoungChunks) unreferenced but younger than \(window) kept, \(r.removedTemporaryFiles) temporary files removed")
+        } catch let e as DataError {
+            fail("\(e)")
+        }
+    }
+}
+
+/// Stores a disk image (a file, or an NBD export) as a backup version: seeds a repository,
+/// and is how the data plane is exercised without a pool.
+struct RepoImportImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import-image", abstract: "Store a disk image file or NBD export as a backup version.")
+
+    @OptionGroup var target: RepositoryOptions
+
+    @Option(help: "Image file to read.")
+    var file: String?
+
+    @Option(help: "NBD address:port/export to read (plain, or TLS with --nbd-ca).")
+    var nbd: String?
+
+    @Option(help: "CA certificate (PEM) the NBD server's certificate must chain to.")
+    var nbdCA: String?
+
+    @Option(help: "Name recorded as the VM name.")
+    var name: String = "image"
+
+    @Option(help: "Version to patch (incremental).")
+    var base: String?
+
+    @Option(help: "File holding the base64 changed-block bitmap since --base.")
+    var changedBlocks: String?
+
+    @Option(help: "NBD connections.")
+    var connections: Int = 4
+
+    func run() throws {
+        let repo = try target.open()
+        do {
+            let source: any DiskSource
+            if let file {
+                source = try FileDiskSource(path: file)
+            } else if let nbd {
+                let hostPort = nbd.split(separator: "/", maxSplits: 1).map(String.init)
+                let hp = hostPort[0].split(separator: ":").map(String.init)
+                let endpoint = NBDEndpoint(
+                    address: hp[0], port: hp.count > 1 ? Int(hp[1]) ?? 10809 : 10809, exportName: hostPort.count > 1 ? hostPort[1] : "",
+                    tls: nbdCA.map { .certificate((try? String(contentsOfFile: $0, encoding: .utf8)) ?? "") } ?? .off)
+                source = try NBDDiskSource(endpoint, connections: connections)
+            } else {
+                throw ValidationError("give --file or --nbd")
+            }
+            var previous: DiskVersion?
+            var changed: ChangedBlocks?
+            if let base {
+                guard let changedBlocks else { throw ValidationError("--base needs --changed-blocks") }
+                previous = try repo.manifest(base).disks.first
+                changed = try ChangedBlocks(base64: try String(contentsOfFile: changedBlocks, encoding: .utf8), diskSize: source.size)
+            }
+            let disk = try repo.withLock(exclusive: false) {
+                try DiskBackup(repository: repo).run(.init(key: "0", name: name, vdiUUID: "", sourceSnapshotVDI: "", source: source,
+                                                           previous: previous, changed: changed))
+            }
+            let manifest = BackupManifest(kind: previous == nil ? .full : .incremental, vmUUID: "", vmName: name, pool: "", policy: "",
+                                          vmRecord: [:], sourceSnapshotUUID: "", disks: [disk])
+            try repo.commit(manifest)
+            print(manifest.id)
+        } catch let e as DataError {
+            fail("\(e)")
+        }
+    }
+}
+
+struct BackupsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backups", abstract: "List backup versions.", subcommands: [BackupsListCommand.self])
+}
+
+struct BackupsListCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the versions in a repository.")
+
+    @OptionGroup var target: RepositoryOptions
+
+    @Option(help: "text or json.")
+    var output: OutputFormat = .text
+
+    func run() throws {
+        let repo = try target.open()
+        let list: [BackupManifest]
+        do { list = try repo.manifests() } catch let e as DataError { fail("\(e)") }
+        if output == .json {
+            let f = ISO8601DateFormatter()
+            let rows: [[String: Any]] = list.map { m in
+                ["id": m.id, "vm": ["name": m.vmName, "uuid": m.vmUUID], "time": f.string(from: m.createdAt), "kind": m.kind.rawValue,
+                 "size": m.totalSize, "storedBytes": m.storedBytes, "pool": m.pool, "policy": m.policy,
+                 "disks": m.disks.map { ["key": $0.key, "name": $0.name, "size": $0.size, "vdi": $0.vdiUUID] }]
+            }
+            print(String(decoding: try JSONSerialization.data(withJSONObject: ["formatVersion": 1, "backups": rows], options: [.sortedKeys, .prettyPrinted]), as: UTF8.self))
+            return
+        }
+        if list.isEmpty {
+            print("no backups")
+            return
+        }
+        let f = DateFormatter()
+        f.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        f.timeZone = TimeZone(identifier: "UTC")
+        print("ID".padding(toLength: 28, withPad: " ", startingAt: 0) + "VM".padding(toLength: 18, withPad: " ", startingAt: 0)
+              + "TIME (UTC)           KIND         SIZE       STORED")
+        for m in list {
+            print(m.id.padding(toLength: 28, withPad: " ", startingAt: 0) + m.vmName.padding(toLength: 18, withPad: " ", startingAt: 0)
+                  + f.string(from: m.createdAt) + "  " + m.kind.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)
+                  + humanBytes(m.totalSize).padding(toLength: 11, withPad: " ", startingAt: 0) + humanBytes(m.storedBytes))
+        }
+    }
+}
+
+struct RestoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore", abstract: "Restore a backup version.",
+        discussion: "`--disk N --to-file PATH` writes one disk as a sparse raw image or a dynamic VHD that qemu-img opens.")
+
+    @OptionGroup var target: RepositoryOptions
+
+    @Option(help: "Version id (see `haven backups list`).")
+    var backup: String
+
+    @Option(help: "Disk: its key (userdevice) or its position in the version.")
+    var disk: String = "0"
+
+    @Option(help: "Write the disk to this file.")
+    var toFile: String
+
+    enum Format: String, ExpressibleByArgument, CaseIterable { case raw, vhd }
+
+    @Option(help: "raw or vhd.")
+    var format: Format = .raw
+
+    func run() throws {
+        let repo = try target.open()
+        do {
+            let m = try repo.manifest(backup)
+            guard let d = m.disks.first(where: { $0.key == disk }) ?? Int(disk).flatMap({ $0 < m.disks.count ? m.disks[$0] : nil }) else {
+                fail("version \(backup) has no disk \(disk) (disks: \(m.disks.map { $0.key }.joined(separator: ", ")))")
+            }
+            let restore = DiskRestore(repository: repo)
+            switch format {
+            case .raw: try restore.toRawFile(d, path: toFile)
+            case .vhd: try restore.toVHDFile(d, path: toFile)
+            }
+            print("restored disk \(d.key) of \(m.vmName) (\(humanBytes(d.size))) from \(backup) to \(toFile) (\(format.rawValue))")
+        } catch let e as DataError {
+            fail("\(e)")
+        }
+    }
+}
