@@ -94,6 +94,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "HavenDataTests",
+            dependencies: ["HavenData"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "HavenSimTests",
             dependencies: ["HavenSim", "XenAPI", "DiskFormats"],
             swiftSettings: swiftSettings

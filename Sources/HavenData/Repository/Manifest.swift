@@ -68,13 +68,14 @@ public struct BackupManifest: Codable, Sendable {
         self.notes = notes
     }
 
-    /// Sortable by time: `20261121T203000Z-1a2b3c4d`.
+    /// Sortable by time, to the microsecond: `20261121T203000.123456Z-1a2b3c`.
     public static func newID(at date: Date = Date()) -> String {
         let f = DateFormatter()
         f.locale = Locale(identifier: "en_US_POSIX")
         f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
-        return f.string(from: date) + "-" + String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+        f.dateFormat = "yyyyMMdd'T'HHmmss"
+        let micros = Int((date.timeIntervalSince1970 * 1_000_000).truncatingRemainder(dividingBy: 1_000_000))
+        return f.string(from: date) + "." + String(format: "%06d", micros) + "Z-" + String(format: "%06x", UInt32.random(in: 0...0xff_ffff))
     }
 
     public var totalSize: Int64 { disks.reduce(0) { $0 + $1.size } }
@@ -106,10 +107,8 @@ extension BackupRepository {
     /// Every version, oldest first. A manifest that cannot be read is reported, not skipped.
     public func manifests() throws -> [BackupManifest] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: manifestsDir.path)) ?? []
-        return try names.filter { $0.hasSuffix(".json") }.sorted().map { name in
-            let id = String(name.dropLast(5))
-            return try manifest(id)
-        }
+        return try names.filter { $0.hasSuffix(".json") }.map { try manifest(String($0.dropLast(5))) }
+            .sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
     }
 
     public func manifest(_ id: String) throws -> BackupManifest {

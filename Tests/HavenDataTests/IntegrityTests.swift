@@ -1,0 +1,134 @@
+import Foundation
+import Testing
+
+@testable import HavenData
+
+@Suite struct IntegrityTests {
+    func seeded(_ s: Scratch, versions: Int) throws -> (BackupRepository, [BackupManifest]) {
+        var maker = ImageMaker(state: 21)
+        try maker.image(at: s.path("disk.img"), blocks: 96)
+        let repo = try BackupRepository.initialize(at: s.path("repo"))
+        var out: [BackupManifest] = []
+        var previous: DiskVersion?
+        for i in 0..<versions {
+            var changed: ChangedBlocks?
+            if i > 0 { changed = ChangedBlocks(diskSize: 96 * 65_536, blocks: try maker.change(s.path("disk.img"), blocks: 96, count: 10)) }
+            let d = try DiskBackup(repository: repo).run(.init(key: "0", name: "d", vdiUUID: "", sourceSnapshotVDI: "", source: try FileDiskSource(path: s.path("disk.img")),
+                                                               previous: previous, changed: changed))
+            let m = BackupManifest(kind: .full, vmUUID: "", vmName: "vm", pool: "", policy: "", vmRecord: [:], sourceSnapshotUUID: "", disks: [d])
+            try repo.commit(m)
+            out.append(m)
+            previous = d
+        }
+        return (repo, out)
+    }
+
+    func chunkFiles(_ repo: BackupRepository) -> [String] {
+        let e = FileManager.default.enumerator(atPath: repo.root.appendingPathComponent("chunks").path)
+        var out: [String] = []
+        while let p = e?.nextObject() as? String { if p.count > 3 { out.append(repo.root.appendingPathComponent("chunks/\(p)").path) } }
+        return out.sorted()
+    }
+
+    @Test(arguments: ["flip", "truncate", "empty", "delete"])
+    func damagedChunksAreAlwaysDetected(how: String) throws {
+        let s = try Scratch()
+        let (repo, versions) = try seeded(s, versions: 2)
+        let entries = try DiskIndex.read(versions[0].disks[0].index, from: repo)
+        let victim = try #require(entries.first { !$0.isZero })
+        let path = repo.chunkPath(victim)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        switch how {
+        case "flip": bytes[bytes.count / 2] ^= 0x40
+        case "truncate": bytes.removeLast(bytes.count / 3)
+        case "empty": bytes = []
+        default: break
+        }
+        if how == "delete" { try FileManager.default.removeItem(atPath: path) } else { try Data(bytes).write(to: URL(fileURLWithPath: path)) }
+        let report = try repo.verify()
+        #expect(!report.ok)
+        let problem = try #require(report.problems.first { $0.chunk == victim.hex })
+        #expect(problem.versions.contains(versions[0].id))
+        #expect(problem.error.code == (how == "delete" ? .missingChunk : .corruptChunk))
+        #expect(throws: DataError.self) { try DiskRestore(repository: repo).toRawFile(versions[0].disks[0], path: s.path("x.raw")) }
+    }
+
+    @Test func gcSweepsOnlyWhatNoVersionNeeds() throws {
+        let s = try Scratch()
+        let (repo, versions) = try seeded(s, versions: 3)
+        let before = chunkFiles(repo).count
+        try repo.prune(versions[0].id)
+        // Inside the safety window nothing goes.
+        let young = try repo.collectGarbage(safetyWindow: 3_600)
+        #expect(young.deletedChunks == 0)
+        #expect(young.keptYoungChunks > 0)
+        let swept = try repo.collectGarbage(safetyWindow: 0)
+        #expect(swept.deletedChunks == young.keptYoungChunks)
+        #expect(chunkFiles(repo).count == before - swept.deletedChunks)
+        #expect(try repo.verify().ok, "the remaining versions are whole")
+        for m in versions.dropFirst() {
+            try DiskRestore(repository: repo).toRawFile(m.disks[0], path: s.path("r.raw"))
+        }
+        #expect(try repo.manifests().map(\.id) == versions.dropFirst().map(\.id))
+    }
+
+    @Test func gcWaitsForWriters() throws {
+        let s = try Scratch()
+        let (repo, _) = try seeded(s, versions: 1)
+        try repo.withLock(exclusive: false) {
+            #expect(throws: DataError.self) { try repo.collectGarbage(safetyWindow: 0, lockTimeout: 0.2) }
+        }
+        _ = try repo.collectGarbage(safetyWindow: 0, lockTimeout: 1)
+    }
+
+    @Test func indexesOfUnchangedRegionsAreShared() throws {
+        let s = try Scratch()
+        // 4,096 chunks of 64 KiB: four index pages; one changed block rewrites one page only.
+        let size: Int64 = 4096 * 65_536
+        let fd = open(s.path("big.img"), O_CREAT | O_WRONLY, 0o644)
+        ftruncate(fd, off_t(size))
+        var data = [UInt8](repeating: 1, count: 65_536)
+        for b in stride(from: 0, to: 4096, by: 7) {
+            data[0] = UInt8(b & 0xff)
+            data[1] = UInt8(b >> 8)
+            _ = data.withUnsafeBytes { pwrite(fd, $0.baseAddress, 65_536, off_t(b) * 65_536) }
+        }
+        close(fd)
+        let repo = try BackupRepository.initialize(at: s.path("repo"), chunkSize: 65_536)
+        let full = try DiskBackup(repository: repo).run(.init(key: "0", name: "d", vdiUUID: "", sourceSnapshotVDI: "", source: try FileDiskSource(path: s.path("big.img"))))
+        #expect(full.index.depth == 1)
+        var maker = ImageMaker(state: 1)
+        let filesBefore = chunkFiles(repo).count
+        let touched = try maker.change(s.path("big.img"), blocks: 4096, count: 1)
+        let inc = try DiskBackup(repository: repo).run(.init(key: "0", name: "d", vdiUUID: "", sourceSnapshotVDI: "", source: try FileDiskSource(path: s.path("big.img")),
+                                                              previous: full, changed: ChangedBlocks(diskSize: size, blocks: touched)))
+        // One data chunk, one leaf page, one root page; each at most a page of 32 KiB.
+        #expect(chunkFiles(repo).count - filesBefore <= 3)
+        #expect(inc.storedBytes < 3 * 33 * 1024)
+    }
+}
+
+@Suite struct ChangedBlocksTests {
+    @Test func decodesMSBFirst() throws {
+        // Blocks 0 and 9 of a 1 MiB disk (16 blocks): 0x80 0x40.
+        let c = try ChangedBlocks(base64: Data([0x80, 0x40]).base64EncodedString(), diskSize: 1 << 20)
+        #expect(c.blocks == [0, 9])
+        #expect(c.base64 == Data([0x80, 0x40]).base64EncodedString())
+    }
+
+    @Test func refusesBitmapsThatDoNotFitTheDisk() {
+        #expect(throws: DataError.self) { try ChangedBlocks(base64: Data([0xff]).base64EncodedString(), diskSize: 1 << 20) }
+        // A bit beyond the last block (disk of 12 blocks, bit 13 set).
+        #expect(throws: DataError.self) { try ChangedBlocks(base64: Data([0, 0x04]).base64EncodedString(), diskSize: 12 * 65_536) }
+        #expect(throws: DataError.self) { try ChangedBlocks(base64: "not base64!", diskSize: 1 << 20) }
+        // Padding to whole bytes (and SM's extra bytes) is fine.
+        #expect((try? ChangedBlocks(base64: Data([0x80, 0, 0, 0]).base64EncodedString(), diskSize: 12 * 65_536))?.blocks == [0])
+    }
+
+    @Test func rangesCoalesceWithinChunksAndClipAtTheEnd() {
+        let c = ChangedBlocks(diskSize: 40 * 65_536 - 512, blocks: [1, 2, 3, 15, 16, 17, 39])
+        let r = c.ranges(within: 16 * 65_536)
+        #expect(r == [ByteRange(offset: 65_536, length: 3 * 65_536), ByteRange(offset: 15 * 65_536, length: 65_536),
+                      ByteRange(offset: 16 * 65_536, length: 2 * 65_536), ByteRange(offset: 39 * 65_536, length: 65_536 - 512)])
+    }
+}
