@@ -24,6 +24,7 @@ test: deps
 ## Benchmarks (release build); prints ratios measured in the same run.
 bench:
 	@scripts/ensure-deps --bench
+	$(SWIFT) build -c release --product haven
 	$(SWIFT) build -c release --product haven-bench
 	.build/release/haven-bench
 

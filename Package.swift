@@ -79,7 +79,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "HavenBench",
-            dependencies: ["HavenSpec", "XenAPI", "HavenSim"],
+            dependencies: ["HavenSpec", "XenAPI", "HavenSim", "HavenData"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -3,7 +3,17 @@ import Foundation
 // `make bench`: every figure is measured in this run and printed as a table; the numbers are
 // merged into bench-results.json at the repository root.
 
+// `haven-bench [spec|xenapi|data]…` runs the named parts (all by default); HAVEN_BENCH_GIB sets
+// the size of the data-plane image (default 4).
+
+let parts = Set(CommandLine.arguments.dropFirst())
+func wants(_ part: String) -> Bool { parts.isEmpty || parts.contains(part) }
 var results: [String: Double] = [:]
-results.merge(try benchSpec()) { _, b in b }
-results.merge(try await benchXenAPI()) { _, b in b }
+if wants("spec") { results.merge(try benchSpec()) { _, b in b } }
+if wants("xenapi") { results.merge(try await benchXenAPI()) { _, b in b } }
+if wants("data") {
+    var bench = DataBench(sizeGiB: Int(ProcessInfo.processInfo.environment["HAVEN_BENCH_GIB"] ?? "") ?? 4)
+    try bench.measure()
+    results.merge(bench.results) { _, b in b }
+}
 try mergeResults(results)

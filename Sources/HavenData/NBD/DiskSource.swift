@@ -6,6 +6,11 @@ public struct ReadJob: Sendable {
     public var chunk: Int
     public var ranges: [ByteRange]
     public var bytes: Int { ranges.reduce(0) { $0 + $1.length } }
+
+    public init(chunk: Int, ranges: [ByteRange]) {
+        self.chunk = chunk
+        self.ranges = ranges
+    }
 }
 
 /// A readable disk. `read` fills, for each job, a chunk-sized buffer (the job's ranges at their
