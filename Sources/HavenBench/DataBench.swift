@@ -13,8 +13,11 @@ struct DataBench {
     let haven: String
     var results: [String: Double] = [:]
 
-    init(sizeGiB: Int) {
+    let chunkSize: String
+
+    init(sizeGiB: Int, chunkSize: String) {
         size = Int64(sizeGiB) << 30
+        self.chunkSize = chunkSize
         haven = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("haven").path
     }
 
@@ -102,26 +105,37 @@ struct DataBench {
         return ChangedBlocks(diskSize: size, blocks: Array(chosen)).base64
     }
 
+    /// Runs a tool to completion: status, output, wall seconds, and the peak RSS of that process
+    /// alone (wait4's rusage; RUSAGE_CHILDREN would mix in every earlier child).
     @discardableResult
     func run(_ tool: String, _ args: [String], env: [String: String] = [:]) throws -> (Int32, String, Double, Double) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = [tool] + args
-        var e = ProcessInfo.processInfo.environment
-        e.merge(env) { _, b in b }
-        p.environment = e
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
+        let log = dir.appendingPathComponent("run-\(UUID().uuidString).log").path
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        var environment = ProcessInfo.processInfo.environment
+        environment.merge(env) { _, b in b }
+        let argv = (["/usr/bin/env", tool] + args).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for p in argv { free(p) }
+            for p in envp { free(p) }
+        }
+        var pid: pid_t = 0
         let start = DispatchTime.now().uptimeNanoseconds
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        guard posix_spawn(&pid, "/usr/bin/env", &actions, nil, argv, envp) == 0 else { throw DataError(.io, tool, "cannot start") }
+        var status: Int32 = 0
         var usage = rusage()
-        getrusage(RUSAGE_CHILDREN.rawValue, &usage)
-        guard p.terminationStatus == 0 else { throw DataError(.io, tool, "exit \(p.terminationStatus): \(text.suffix(600))") }
-        return (p.terminationStatus, text, seconds, Double(usage.ru_maxrss) / 1024)
+        while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        unlink(log)
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        guard code == 0 else { throw DataError(.io, tool, "exit \(code): \(text.suffix(600))") }
+        return (code, text, seconds, Double(usage.ru_maxrss) / 1024)
     }
 
     /// Same starting state for every write-heavy run: dirty pages flushed, a short pause.
@@ -183,7 +197,7 @@ struct DataBench {
         // haven full and incrementals over NBD/TLS.
         let repo = path("haven-repo")
         try? FileManager.default.removeItem(atPath: repo)
-        try run(haven, ["repo", "init", repo])
+        try run(haven, ["repo", "init", repo, "--chunk-size", chunkSize])
         try settle()
         let full = try run(haven, ["repo", "import-image", "--repo", repo, "--nbd", "\(address):10809/base", "--nbd-ca", pki + "/ca-cert.pem"])
         let fullID = full.1.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -234,7 +248,7 @@ struct DataBench {
         try run("cmp", [path("restore.raw"), path("uniform.img")])
         try? FileManager.default.removeItem(atPath: path("restore.raw"))
         try settle()
-        let nbdcopyToFile = try run("nbdcopy", ["--no-extents", uri("uniform"), path("restore.raw")]).2
+        let nbdcopyToFile = try run("nbdcopy", ["--no-extents", "--flush", uri("uniform"), path("restore.raw")]).2
         try? FileManager.default.removeItem(atPath: path("restore.raw"))
         let restore = try restoreToNBD(repo: repo, version: incID, address: address, pki: pki)
         try? FileManager.default.removeItem(atPath: path("restic-restore"))
@@ -261,7 +275,7 @@ struct DataBench {
         func mib(_ x: Double) -> String { String(format: "%.0f MiB", x / 1_048_576) }
         print("""
 
-            | \(size >> 30) GiB disk, 2 cores | haven | peer | ratio | target |
+            | \(size >> 30) GiB disk, \(ProcessInfo.processInfo.activeProcessorCount) cores, chunks \(chunkSize) | haven | peer | ratio | target |
             |---|---|---|---|---|
             | full backup vs restic | \(f(fullTime)) s | \(f(resticFull)) s | \(f(resticFull / fullTime))× faster | ≥ 3× |
             | full backup vs borg (fixed 64 KiB) | \(f(fullTime)) s | \(f(borgFull)) s | \(f(borgFull / fullTime))× faster | ≥ 1.5× |
@@ -270,8 +284,8 @@ struct DataBench {
             | 2% incremental (uniform) vs reading the changed blocks | \(f(inc.2)) s | \(f(changedRead)) s | \(f(inc.2 / changedRead))× the time | ≤ 2.5× |
             | 2% incremental (clustered) vs reading the changed blocks | \(f(incClustered.2)) s | \(f(changedReadClustered)) s | \(f(incClustered.2 / changedReadClustered))× the time | ≤ 2.5× |
             | repository after full + incremental vs restic / borg | \(mib(havenRepoBytes)) | \(mib(resticBytes)) / \(mib(borgBytes)) | \(f(havenRepoBytes / resticBytes)) of restic | ≤ 1 |
-            | restore to raw file vs nbdcopy NBD → file | \(f(havenRestore.2)) s | \(f(nbdcopyToFile)) s | \(f(nbdcopyToFile / havenRestore.2)) of its throughput | ≥ 0.5 |
-            | restore to NBD export vs nbdcopy file → NBD | \(f(restore.haven)) s | \(f(restore.nbdcopy)) s | \(f(restore.nbdcopy / restore.haven)) of its throughput | ≥ 0.5 |
+            | restore to raw file (fsync) vs nbdcopy --flush NBD → file | \(f(havenRestore.2)) s | \(f(nbdcopyToFile)) s | \(f(nbdcopyToFile / havenRestore.2)) of its throughput | ≥ 0.5 |
+            | restore to NBD export (flush) vs nbdcopy --flush file → NBD | \(f(restore.haven)) s | \(f(restore.nbdcopy)) s | \(f(restore.nbdcopy / restore.haven)) of its throughput | ≥ 0.5 |
             | restore vs restic restore | \(f(havenRestore.2)) s | \(f(resticRestore)) s | \(f(resticRestore / havenRestore.2))× faster | ≥ 3× |
             | peak RSS of haven (any step) | \(f(peak)) MiB | | | ≤ 256 MiB |
             """)
@@ -284,8 +298,9 @@ struct DataBench {
         var byChunk: [Int: [ByteRange]] = [:]
         for r in changed.ranges(within: 1 << 20) { byChunk[Int(r.offset >> 20), default: []].append(r) }
         let jobs = byChunk.keys.sorted().map { ReadJob(chunk: $0, ranges: byChunk[$0]!) }
+        let pool = BufferPool(size: 1 << 20, limit: 64)
         let start = DispatchTime.now().uptimeNanoseconds
-        try source.read(jobs, chunkSize: 1 << 20) { _, _ in }
+        try source.read(jobs, buffers: pool) { _, b in pool.release(b) }
         return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     }
 
@@ -318,7 +333,7 @@ struct DataBench {
         p = try serve()
         try settle()
         start = DispatchTime.now().uptimeNanoseconds
-        try run("nbdcopy", ["--no-extents", path("uniform.img"), "nbds://\(address):10810/?tls-certificates=\(pki)"])
+        try run("nbdcopy", ["--no-extents", "--flush", path("uniform.img"), "nbds://\(address):10810/?tls-certificates=\(pki)"])
         let copyTime = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()

@@ -1,4 +1,5 @@
 import Foundation
+import HavenSpec
 
 // `make bench`: every figure is measured in this run and printed as a table; the numbers are
 // merged into bench-results.json at the repository root.
@@ -12,7 +13,8 @@ var results: [String: Double] = [:]
 if wants("spec") { results.merge(try benchSpec()) { _, b in b } }
 if wants("xenapi") { results.merge(try await benchXenAPI()) { _, b in b } }
 if wants("data") {
-    var bench = DataBench(sizeGiB: Int(ProcessInfo.processInfo.environment["HAVEN_BENCH_GIB"] ?? "") ?? 4)
+    var bench = DataBench(sizeGiB: Int(ProcessInfo.processInfo.environment["HAVEN_BENCH_GIB"] ?? "") ?? 4,
+                          chunkSize: ProcessInfo.processInfo.environment["HAVEN_BENCH_CHUNK"] ?? RepositorySpec.defaultChunkSize.description)
     try bench.measure()
     results.merge(bench.results) { _, b in b }
 }

@@ -74,6 +74,8 @@ public struct DiskBackup: Sendable {
         let total = jobs.reduce(Int64(0)) { $0 + Int64($1.bytes) }
         let state = Mutex(Shared(entries: entries))
         let queue = BoundedQueue<(ReadJob, ChunkBuffer)>(capacity: workers * 2 + 2)
+        // Readers keep up to 8 reads in flight per connection; the rest wait in the queue.
+        let pool = BufferPool(size: chunkSize, limit: max(16, workers * 4) + 32)
         let failure = FirstError()
         let repo = repository
         let isIncremental = request.previous != nil
@@ -87,6 +89,7 @@ public struct DiskBackup: Sendable {
                 let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
                 defer { scratch.deallocate() }
                 while let (job, buffer) = queue.pop() {
+                    defer { pool.release(buffer) }
                     do {
                         let start = Int64(job.chunk) * Int64(chunkSize)
                         let length = Int(min(Int64(chunkSize), size - start))
@@ -130,9 +133,12 @@ public struct DiskBackup: Sendable {
             t.start()
         }
         do {
-            try request.source.read(jobs, chunkSize: chunkSize) { job, buffer in
-                if let e = failure.value { throw e }
-                queue.push((job, buffer))
+            try request.source.read(jobs, buffers: pool) { job, buffer in
+                if let e = failure.value {
+                    pool.release(buffer)
+                    throw e
+                }
+                if !queue.push((job, buffer)) { pool.release(buffer) }
             }
         } catch {
             failure.set(error)

@@ -19,7 +19,7 @@ public struct ReadJob: Sendable {
 public protocol DiskSource: Sendable {
     var size: Int64 { get }
     var label: String { get }
-    func read(_ jobs: [ReadJob], chunkSize: Int, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws
+    func read(_ jobs: [ReadJob], buffers: BufferPool, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws
 }
 
 /// A chunk-sized buffer handed between threads; freed when the last owner lets go.
@@ -55,17 +55,18 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
         size = try NBDConnection(endpoint).size
     }
 
-    public func read(_ jobs: [ReadJob], chunkSize: Int, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws {
+    public func read(_ jobs: [ReadJob], buffers: BufferPool, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws {
         guard !jobs.isEmpty else { return }
         // Connections take jobs from a shared list in order, so the disk is read front to back.
         let cursor = JobCursor(jobs)
         let count = min(connections, jobs.count)
         try runThreads(count, name: "nbd-read") { [self] _ in
-            try readLoop(cursor: cursor, chunkSize: chunkSize, deliver: deliver)
+            try readLoop(cursor: cursor, buffers: buffers, deliver: deliver)
         }
     }
 
-    private func readLoop(cursor: JobCursor, chunkSize: Int, deliver: (ReadJob, ChunkBuffer) throws -> Void) throws {
+    private func readLoop(cursor: JobCursor, buffers: BufferPool, deliver: (ReadJob, ChunkBuffer) throws -> Void) throws {
+        let chunkSize = buffers.size
         struct InFlight {
             var job: ReadJob
             var buffer: ChunkBuffer
@@ -85,7 +86,7 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
         while true {
             do {
                 while inFlight.count < depth, let job = cursor.next() {
-                    var item = InFlight(job: job, buffer: ChunkBuffer(size: chunkSize), cookies: [])
+                    var item = InFlight(job: job, buffer: buffers.acquire(), cookies: [])
                     try issue(&item)
                     inFlight.append(item)
                 }
@@ -160,11 +161,12 @@ public final class FileDiskSource: DiskSource, @unchecked Sendable {
 
     deinit { close(fd) }
 
-    public func read(_ jobs: [ReadJob], chunkSize: Int, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws {
+    public func read(_ jobs: [ReadJob], buffers: BufferPool, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws {
         let cursor = JobCursor(jobs)
         try runThreads(min(threads, max(1, jobs.count)), name: "file-read") { [self] _ in
+            let chunkSize = buffers.size
             while let job = cursor.next() {
-                let buffer = ChunkBuffer(size: chunkSize)
+                let buffer = buffers.acquire()
                 let chunkStart = Int64(job.chunk) * Int64(chunkSize)
                 for r in job.ranges {
                     var done = 0

@@ -57,7 +57,7 @@ public final class BackupRepository: @unchecked Sendable {
     /// Creates a repository. With `keyFile`, chunks are encrypted; the key file is created (32
     /// random bytes, hex, mode 0600) when it does not exist.
     @discardableResult
-    public static func initialize(at path: String, chunkSize: Int = 1 << 20, compression: String = "zstd:3", keyFile: String? = nil) throws
+    public static func initialize(at path: String, chunkSize: Int = 256 << 10, compression: String = "zstd:3", keyFile: String? = nil) throws
         -> BackupRepository
     {
         let root = URL(fileURLWithPath: path)
@@ -161,14 +161,15 @@ public final class BackupRepository: @unchecked Sendable {
     @discardableResult
     public func putChunk(_ id: ChunkID, _ data: UnsafeRawBufferPointer) throws -> Int {
         if hasChunk(id) { return 0 }
-        let encoded = try encode(id, data)
+        let codec = ChunkCodec.current(chunkSize: config.chunkSize)
+        let encoded = try encode(id, data, codec: codec)
         let final = chunkPath(id)
         let dir = (final as NSString).deletingLastPathComponent
         if access(dir, F_OK) != 0 { mkdir(dir, 0o755) }
         let tmp = tmpDir.path + "/" + id.hex + "." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
         let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         guard fd >= 0 else { throw DataError(.io, tmp, String(cString: strerror(errno))) }
-        var ok = encoded.withUnsafeBytes { writeAll(fd, $0) }
+        var ok = writeAll(fd, encoded)
         ok = Glibc.close(fd) == 0 && ok
         guard ok else {
             unlink(tmp)
@@ -189,76 +190,100 @@ public final class BackupRepository: @unchecked Sendable {
             buffer.initializeMemory(as: UInt8.self, repeating: 0)
             return buffer.count
         }
+        let codec = ChunkCodec.current(chunkSize: config.chunkSize)
         let path = chunkPath(id)
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw DataError(.missingChunk, id.hex, "chunk is missing from the repository")
+        let fd = Glibc.open(path, O_RDONLY)
+        guard fd >= 0 else { throw DataError(.missingChunk, id.hex, "chunk is missing from the repository") }
+        defer { Glibc.close(fd) }
+        var st = stat()
+        fstat(fd, &st)
+        let length = Int(st.st_size)
+        codec.ensure(length)
+        var done = 0
+        while done < length {
+            let n = Glibc.read(fd, codec.file.baseAddress! + done, length - done)
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { break }
+            done += n
         }
-        let n = try decode(id, [UInt8](data), into: buffer)
+        let n = try decode(id, UnsafeRawBufferPointer(rebasing: codec.file[0..<done]), into: buffer, codec: codec)
         let check = chunkID(of: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
         guard check == id else { throw DataError(.corruptChunk, id.hex, "content does not match its hash") }
         return n
     }
 
     /// Header: "HVC1", flags (1 = zstd, 2 = AES-256-GCM), 3 reserved bytes, plaintext length
-    /// (u32 little-endian); then the payload (nonce | ciphertext | tag when encrypted).
-    func encode(_ id: ChunkID, _ data: UnsafeRawBufferPointer) throws -> [UInt8] {
+    /// (u32 little-endian); then the payload (nonce | ciphertext | tag when encrypted). The
+    /// result points into the codec's buffer (valid until its next use).
+    func encode(_ id: ChunkID, _ data: UnsafeRawBufferPointer, codec: ChunkCodec) throws -> UnsafeRawBufferPointer {
         var flags: UInt8 = 0
-        var payload: [UInt8]
+        var payloadLength = data.count
+        let header = 12
+        codec.ensure(header + 64 + max(data.count, 1024) + data.count / 100 + 1024)
         if let level = config.zstdLevel {
-            let compressed = try Zstd.compress(data, level: level)
-            if compressed.count < data.count {
-                payload = compressed
+            let n = try codec.compress(data, level: level, at: header)
+            if n < data.count {
+                payloadLength = n
                 flags |= 1
-            } else {
-                payload = Array(data)
             }
-        } else {
-            payload = Array(data)
+        }
+        if flags & 1 == 0 {
+            (codec.out.baseAddress! + header).copyMemory(from: data.baseAddress!, byteCount: data.count)
         }
         if let encryptionKey {
-            let sealed = try AES.GCM.seal(payload, using: encryptionKey, authenticating: id.bytes)
-            payload = Array(sealed.combined!)
+            let plain = UnsafeRawBufferPointer(rebasing: codec.out[header..<(header + payloadLength)])
+            let sealed = try AES.GCM.seal(plain, using: encryptionKey, authenticating: id.bytes)
+            let combined = sealed.combined!
+            codec.ensure(header + combined.count)
+            combined.withUnsafeBytes { (codec.out.baseAddress! + header).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            payloadLength = combined.count
             flags |= 2
         }
-        var out = Self.magic + [flags, 0, 0, 0]
-        let length = UInt32(data.count)
-        out += [UInt8(length & 0xff), UInt8(length >> 8 & 0xff), UInt8(length >> 16 & 0xff), UInt8(length >> 24)]
-        out += payload
-        return out
+        let o = codec.out.baseAddress!
+        for (i, b) in Self.magic.enumerated() { o.storeBytes(of: b, toByteOffset: i, as: UInt8.self) }
+        o.storeBytes(of: flags, toByteOffset: 4, as: UInt8.self)
+        for i in 5..<8 { o.storeBytes(of: 0, toByteOffset: i, as: UInt8.self) }
+        o.storeBytes(of: UInt32(data.count).littleEndian, toByteOffset: 8, as: UInt32.self)
+        return UnsafeRawBufferPointer(rebasing: codec.out[0..<(header + payloadLength)])
     }
 
-    func decode(_ id: ChunkID, _ file: [UInt8], into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        guard file.count >= 12, Array(file[0..<4]) == Self.magic else {
+    func decode(_ id: ChunkID, _ file: UnsafeRawBufferPointer, into buffer: UnsafeMutableRawBufferPointer, codec: ChunkCodec) throws -> Int {
+        guard file.count >= 12, file[0] == Self.magic[0], file[1] == Self.magic[1], file[2] == Self.magic[2], file[3] == Self.magic[3] else {
             throw DataError(.corruptChunk, id.hex, "not a chunk file (bad header or truncated)")
         }
         let flags = file[4]
         let length = Int(file[8]) | Int(file[9]) << 8 | Int(file[10]) << 16 | Int(file[11]) << 24
         guard length <= buffer.count else { throw DataError(.corruptChunk, id.hex, "chunk longer than the buffer") }
-        var payload = Array(file[12...])
+        let payload = UnsafeRawBufferPointer(rebasing: file[12...])
+        var opened: Data?
         if flags & 2 != 0 {
             guard let encryptionKey else { throw DataError(.wrongKey, id.hex, "chunk is encrypted but the repository has no key") }
             do {
                 let box = try AES.GCM.SealedBox(combined: payload)
-                payload = Array(try AES.GCM.open(box, using: encryptionKey, authenticating: id.bytes))
+                opened = try AES.GCM.open(box, using: encryptionKey, authenticating: id.bytes)
             } catch {
                 throw DataError(.corruptChunk, id.hex, "chunk does not decrypt (tampered or truncated)")
             }
         } else if encryptionKey != nil {
             throw DataError(.corruptChunk, id.hex, "chunk is not encrypted in an encrypted repository")
         }
-        if flags & 1 != 0 {
-            let n: Int
-            do {
-                n = try payload.withUnsafeBytes { try Zstd.decompress($0, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])) }
-            } catch {
-                throw DataError(.corruptChunk, id.hex, "chunk does not decompress")
+        func finish(_ payload: UnsafeRawBufferPointer) throws -> Int {
+            if flags & 1 != 0 {
+                let n: Int
+                do {
+                    n = try codec.decompress(payload, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length]))
+                } catch {
+                    throw DataError(.corruptChunk, id.hex, "chunk does not decompress")
+                }
+                guard n == length else { throw DataError(.corruptChunk, id.hex, "chunk decompressed to \(n) bytes, not \(length)") }
+            } else {
+                guard payload.count == length else { throw DataError(.corruptChunk, id.hex, "chunk has \(payload.count) bytes, not \(length)") }
+                buffer.baseAddress!.copyMemory(from: payload.baseAddress!, byteCount: length)
             }
-            guard n == length else { throw DataError(.corruptChunk, id.hex, "chunk decompressed to \(n) bytes, not \(length)") }
-        } else {
-            guard payload.count == length else { throw DataError(.corruptChunk, id.hex, "chunk has \(payload.count) bytes, not \(length)") }
-            payload.withUnsafeBytes { buffer.copyMemory(from: $0) }
+            return length
         }
-        return length
+        if let opened { return try opened.withUnsafeBytes { try finish($0) } }
+        return try finish(payload)
     }
 
     /// Makes every file written so far durable (one `syncfs` of the repository's file system,
