@@ -65,6 +65,12 @@ let package = Package(
             dependencies: ["CNBD", "CZstd", "CSystem", "DiskFormats", "XenAPI", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
+        // The planner: (desired state, observed pools, catalog, now) -> plan. Pure.
+        .target(
+            name: "HavenCore",
+            dependencies: ["HavenSpec"],
+            swiftSettings: swiftSettings
+        ),
         // Wiring only: parses arguments, calls the libraries, maps results to exit codes.
         .executableTarget(
             name: "HavenCLI",

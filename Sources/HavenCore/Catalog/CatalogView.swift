@@ -1,0 +1,109 @@
+import Foundation
+
+/// The planner's view of the catalog: what was backed up when, the CBT anchors, and the objects
+/// haven created. Plain values; the catalog module fills it from SQLite.
+public struct CatalogView: Sendable, Codable {
+    public var backups: [BackupRecord]
+    public var anchors: [Anchor]
+    public var inventory: [OwnedObject]
+    public var cbtMarks: [CBTMark]
+
+    public init(backups: [BackupRecord] = [], anchors: [Anchor] = [], inventory: [OwnedObject] = [], cbtMarks: [CBTMark] = []) {
+        self.backups = backups
+        self.anchors = anchors
+        self.inventory = inventory
+        self.cbtMarks = cbtMarks
+    }
+}
+
+/// A backup version, as the catalog knows it (only complete versions are ever recorded).
+public struct BackupRecord: Sendable, Codable, Hashable {
+    public var id: String
+    public var repository: String
+    public var pool: String
+    public var policy: String
+    public var vmUUID: String
+    public var vmName: String
+    public var createdAt: Date
+    public var kind: String
+    public var size: Int64
+    public var storedBytes: Int64
+
+    public init(id: String, repository: String, pool: String, policy: String, vmUUID: String, vmName: String, createdAt: Date, kind: String,
+                size: Int64, storedBytes: Int64) {
+        self.id = id
+        self.repository = repository
+        self.pool = pool
+        self.policy = policy
+        self.vmUUID = vmUUID
+        self.vmName = vmName
+        self.createdAt = createdAt
+        self.kind = kind
+        self.size = size
+        self.storedBytes = storedBytes
+    }
+}
+
+/// The CBT anchor of one disk: the snapshot VDI the next incremental compares against, and the
+/// backup version it matches.
+public struct Anchor: Sendable, Codable, Hashable {
+    public var pool: String
+    public var policy: String
+    public var vmUUID: String
+    /// The disk's userdevice.
+    public var diskKey: String
+    public var sourceVDI: String
+    public var snapshotVM: String
+    public var snapshotVDI: String
+    public var backupID: String
+    /// Data destroyed: only CBT metadata is left on the pool.
+    public var dataDestroyed: Bool
+
+    public init(pool: String, policy: String, vmUUID: String, diskKey: String, sourceVDI: String, snapshotVM: String, snapshotVDI: String,
+                backupID: String, dataDestroyed: Bool) {
+        self.pool = pool
+        self.policy = policy
+        self.vmUUID = vmUUID
+        self.diskKey = diskKey
+        self.sourceVDI = sourceVDI
+        self.snapshotVM = snapshotVM
+        self.snapshotVDI = snapshotVDI
+        self.backupID = backupID
+        self.dataDestroyed = dataDestroyed
+    }
+}
+
+/// An object haven created on a pool (and so may modify or destroy).
+public struct OwnedObject: Sendable, Codable, Hashable {
+    public var pool: String
+    /// `VM` or `VDI`.
+    public var cls: String
+    public var uuid: String
+    public var role: String
+    public var policy: String
+    public var vmUUID: String
+    public var createdAt: Date
+
+    public init(pool: String, cls: String, uuid: String, role: String, policy: String, vmUUID: String, createdAt: Date) {
+        self.pool = pool
+        self.cls = cls
+        self.uuid = uuid
+        self.role = role
+        self.policy = policy
+        self.vmUUID = vmUUID
+        self.createdAt = createdAt
+    }
+}
+
+/// CBT that haven switched on (and may switch off again); CBT a user enabled has no mark.
+public struct CBTMark: Sendable, Codable, Hashable {
+    public var pool: String
+    public var vdiUUID: String
+    public var policy: String
+
+    public init(pool: String, vdiUUID: String, policy: String) {
+        self.pool = pool
+        self.vdiUUID = vdiUUID
+        self.policy = policy
+    }
+}

@@ -1,0 +1,133 @@
+import Foundation
+
+/// What one pool looked like at one moment, read in a fixed number of calls (one
+/// `get_all_records` per class) and reduced to what planning needs. Plain values: the planner
+/// never talks to a pool.
+public struct ObservedPool: Sendable, Codable {
+    public var name: String
+    public var apiMajor: Int64
+    public var apiMinor: Int64
+    /// `pool.restrictions["restrict_cbt"] == "false"`.
+    public var cbtLicensed: Bool
+    public var vms: [ObservedVM]
+    public var snapshots: [ObservedSnapshot]
+    public var vdis: [String: ObservedVDI]
+    public var srs: [String: ObservedSR]
+    /// name_labels of networks with purpose `nbd` or `insecure_nbd`.
+    public var nbdNetworks: [String]
+
+    public init(name: String, apiMajor: Int64, apiMinor: Int64, cbtLicensed: Bool, vms: [ObservedVM], snapshots: [ObservedSnapshot],
+                vdis: [String: ObservedVDI], srs: [String: ObservedSR], nbdNetworks: [String]) {
+        self.name = name
+        self.apiMajor = apiMajor
+        self.apiMinor = apiMinor
+        self.cbtLicensed = cbtLicensed
+        self.vms = vms
+        self.snapshots = snapshots
+        self.vdis = vdis
+        self.srs = srs
+        self.nbdNetworks = nbdNetworks
+    }
+
+    public var hasCBTAPI: Bool { (apiMajor, apiMinor) >= (2, 8) }
+    public var apiVersion: String { "\(apiMajor).\(apiMinor)" }
+}
+
+public struct ObservedVM: Sendable, Codable, Hashable {
+    public var uuid: String
+    public var name: String
+    public var powerState: String
+    public var tags: [String]
+    public var disks: [ObservedDisk]
+
+    public init(uuid: String, name: String, powerState: String, tags: [String], disks: [ObservedDisk]) {
+        self.uuid = uuid
+        self.name = name
+        self.powerState = powerState
+        self.tags = tags
+        self.disks = disks
+    }
+}
+
+/// A disk attachment of a VM: which VDI, at which position.
+public struct ObservedDisk: Sendable, Codable, Hashable {
+    public var userdevice: String
+    public var device: String
+    public var vdiUUID: String
+
+    public init(userdevice: String, device: String, vdiUUID: String) {
+        self.userdevice = userdevice
+        self.device = device
+        self.vdiUUID = vdiUUID
+    }
+}
+
+public struct ObservedVDI: Sendable, Codable, Hashable {
+    public var uuid: String
+    public var name: String
+    public var srUUID: String
+    public var size: Int64
+    public var type: String
+    public var cbtEnabled: Bool
+    public var isSnapshot: Bool
+    public var snapshotOf: String
+    public var otherConfig: [String: String]
+
+    public init(uuid: String, name: String, srUUID: String, size: Int64, type: String, cbtEnabled: Bool, isSnapshot: Bool, snapshotOf: String,
+                otherConfig: [String: String]) {
+        self.uuid = uuid
+        self.name = name
+        self.srUUID = srUUID
+        self.size = size
+        self.type = type
+        self.cbtEnabled = cbtEnabled
+        self.isSnapshot = isSnapshot
+        self.snapshotOf = snapshotOf
+        self.otherConfig = otherConfig
+    }
+}
+
+/// A snapshot VM, haven's or a user's (told apart by ownership marks).
+public struct ObservedSnapshot: Sendable, Codable, Hashable {
+    public var uuid: String
+    public var name: String
+    public var snapshotOf: String
+    public var otherConfig: [String: String]
+    public var disks: [ObservedDisk]
+
+    public init(uuid: String, name: String, snapshotOf: String, otherConfig: [String: String], disks: [ObservedDisk]) {
+        self.uuid = uuid
+        self.name = name
+        self.snapshotOf = snapshotOf
+        self.otherConfig = otherConfig
+        self.disks = disks
+    }
+}
+
+public struct ObservedSR: Sendable, Codable, Hashable {
+    public var uuid: String
+    public var name: String
+    public var type: String
+    public var physicalSize: Int64
+    public var physicalUtilisation: Int64
+    public var supportsCBT: Bool
+
+    public init(uuid: String, name: String, type: String, physicalSize: Int64, physicalUtilisation: Int64, supportsCBT: Bool) {
+        self.uuid = uuid
+        self.name = name
+        self.type = type
+        self.physicalSize = physicalSize
+        self.physicalUtilisation = physicalUtilisation
+        self.supportsCBT = supportsCBT
+    }
+}
+
+/// The keys haven writes into `other_config` of everything it creates.
+public enum OwnershipMarks {
+    public static let owner = "haven.owner"
+    public static let policy = "haven.policy"
+    public static let role = "haven.role"
+    public static let source = "haven.source"
+    /// On a VDI whose CBT haven switched on.
+    public static let cbt = "haven.cbt"
+}
