@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // Pure: YAML desired state -> typed, validated model. No sockets, no pool.
@@ -71,6 +72,18 @@ let package = Package(
             dependencies: ["HavenSpec"],
             swiftSettings: swiftSettings
         ),
+        // The catalog: SQLite through GRDB (backups, anchors, inventory of owned objects).
+        .target(
+            name: "HavenCatalog",
+            dependencies: ["HavenCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        // The engine: observes pools, executes plans (XenAPI, data plane, catalog), restores VMs.
+        .target(
+            name: "HavenEngine",
+            dependencies: ["HavenSpec", "HavenCore", "HavenCatalog", "HavenData", "XenAPI"],
+            swiftSettings: swiftSettings
+        ),
         // Wiring only: parses arguments, calls the libraries, maps results to exit codes.
         .executableTarget(
             name: "HavenCLI",
@@ -79,6 +92,9 @@ let package = Package(
                 "XenAPI",
                 "HavenSim",
                 "HavenData",
+                "HavenCore",
+                "HavenCatalog",
+                "HavenEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -15,6 +15,8 @@ public struct ObservedPool: Sendable, Codable {
     public var srs: [String: ObservedSR]
     /// name_labels of networks with purpose `nbd` or `insecure_nbd`.
     public var nbdNetworks: [String]
+    /// Whether NBD is served with TLS (purpose `nbd`) rather than in the clear (`insecure_nbd`).
+    public var nbdTLS: Bool = true
 
     public init(name: String, apiMajor: Int64, apiMinor: Int64, cbtLicensed: Bool, vms: [ObservedVM], snapshots: [ObservedSnapshot],
                 vdis: [String: ObservedVDI], srs: [String: ObservedSR], nbdNetworks: [String]) {

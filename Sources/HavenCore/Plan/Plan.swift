@@ -50,7 +50,6 @@ public struct PlanAction: Sendable, Codable, Hashable {
         case enableCBT = "enable-cbt"
         case disableCBT = "disable-cbt"
         case backup
-        case purgeSnapshotData = "purge-snapshot-data"
         case deleteSnapshot = "delete-snapshot"
         case prune
         case gc
@@ -60,7 +59,7 @@ public struct PlanAction: Sendable, Codable, Hashable {
             switch self {
             case .backup: "+"
             case .enableCBT, .disableCBT: "~"
-            case .purgeSnapshotData, .deleteSnapshot, .prune, .gc: "-"
+            case .deleteSnapshot, .prune, .gc: "-"
             case .warning: "!"
             }
         }
@@ -100,9 +99,15 @@ public struct PlanAction: Sendable, Codable, Hashable {
     public var repository: String?
     public var disks: [Disk]
     public var skippedDisks: [String]
+    /// The pool object acted on (a snapshot VM or an anchor VDI), for deletions.
+    public var objectUUID: String?
+    public var objectClass: String?
 
     public init(kind: Kind, pool: String, vm: String? = nil, vmUUID: String? = nil, policy: String? = nil, reason: String, target: String,
-                method: Method? = nil, repository: String? = nil, disks: [Disk] = [], skippedDisks: [String] = []) {
+                method: Method? = nil, repository: String? = nil, disks: [Disk] = [], skippedDisks: [String] = [],
+                objectUUID: String? = nil, objectClass: String? = nil) {
+        self.objectUUID = objectUUID
+        self.objectClass = objectClass
         self.kind = kind
         self.pool = pool
         self.vm = vm
@@ -133,7 +138,6 @@ public struct PlanAction: Sendable, Codable, Hashable {
             var s = "\(what) of \(disks.count) disk\(disks.count == 1 ? "" : "s") (\(disks.map(\.name).joined(separator: ", "))) to \(repository ?? "?")"
             if !skippedDisks.isEmpty { s += ", skipping \(skippedDisks.joined(separator: ", "))" }
             return s
-        case .purgeSnapshotData: return "destroy snapshot \(target) and keep only its CBT metadata"
         case .deleteSnapshot: return "delete snapshot \(target)"
         case .prune: return "prune backup \(target) from \(repository ?? "?")"
         case .gc: return "collect garbage in repository \(target)"

@@ -8,8 +8,12 @@ public struct Planner: Sendable {
 
     public init(instance: String) { self.instance = instance }
 
-    public func plan(desired: DesiredState, observed: [String: ObservedPool], catalog: CatalogView, now: Date) -> Plan {
+    /// `scope`: when set, only these BackupPolicies are planned and nothing is cleaned up (`--target`).
+    /// Pools outside `observed` are left alone.
+    public func plan(desired: DesiredState, observed: [String: ObservedPool], catalog: CatalogView, now: Date,
+                     scope: Set<String>? = nil) -> Plan {
         var ctx = Context(planner: self, desired: desired, observed: observed, catalog: catalog, now: now)
+        ctx.scope = scope
         ctx.run()
         return Plan(generatedAt: now, fingerprint: fingerprint(desired: desired, observed: observed, catalog: catalog), actions: ctx.actions)
     }
@@ -57,6 +61,7 @@ extension Planner {
         /// Per pool, (policy, vdi) pairs whose CBT some policy still wants.
         var wantedCBT: [String: Set<String>] = [:]
         var prunedRepositories: Set<String> = []
+        var scope: Set<String>?
 
         // Indexes built once: planning 10,000 VMs must not scan the catalog per VM.
         let backupsByKey: [String: [BackupRecord]]
@@ -80,7 +85,18 @@ extension Planner {
         }
 
         mutating func run() {
-            for policy in desired.backupPolicies where !policy.spec.suspend {
+            // Every policy protects its VMs, suspended or not, planned now or not: nothing of
+            // theirs counts as left behind.
+            for policy in desired.backupPolicies {
+                guard let pool = observed[policy.spec.pool.value] else { continue }
+                for vm in pool.vms where policy.spec.vms.matches(name: vm.name, uuid: vm.uuid, tags: vm.tags) {
+                    covered[policy.spec.pool.value, default: []].insert(vm.uuid)
+                    if policy.spec.cbt && policy.spec.method != .xva && policy.spec.suspend {
+                        for d in vm.disks { wantedCBT[policy.spec.pool.value, default: []].insert(d.vdiUUID) }
+                    }
+                }
+            }
+            for policy in desired.backupPolicies where !policy.spec.suspend && (scope?.contains(policy.name) ?? true) {
                 backup(policy)
             }
             for repo in prunedRepositories.sorted() {
@@ -88,7 +104,7 @@ extension Planner {
                 actions.append(PlanAction(kind: .gc, pool: pool, reason: "versions were pruned; their unshared chunks can go",
                                           target: repo, repository: repo))
             }
-            cleanup()
+            if scope == nil { cleanup() }
         }
 
         func dueReason(_ schedule: Schedule, last: Date?) -> String? {
@@ -149,7 +165,6 @@ extension Planner {
             }
             var fullSRs = Set<String>()
             for vm in selected {
-                covered[poolName, default: []].insert(vm.uuid)
                 var disks: [(ObservedDisk, ObservedVDI)] = []
                 var skipped: [String] = []
                 for d in vm.disks {
@@ -262,7 +277,8 @@ extension Planner {
                     actions.append(PlanAction(
                         kind: .deleteSnapshot, pool: pool.name, vm: vm.name, vmUUID: vm.uuid, policy: policy.name,
                         reason: "replaced by the new anchor once the backup succeeds", target: "CBT anchor \(a.snapshotVDI) (disk \(a.diskKey))",
-                        disks: [PlanAction.Disk(key: a.diskKey, vdiUUID: a.snapshotVDI, name: "anchor", size: 0)]))
+                        disks: [PlanAction.Disk(key: a.diskKey, vdiUUID: a.snapshotVDI, name: "anchor", size: 0)],
+                        objectUUID: a.snapshotVDI, objectClass: "VDI"))
                 }
             }
         }
@@ -301,7 +317,7 @@ extension Planner {
             for s in mine.dropFirst(keep) {
                 actions.append(PlanAction(
                     kind: .deleteSnapshot, pool: pool.name, vm: vm.name, vmUUID: vm.uuid, policy: policy.name,
-                    reason: "snapshotRetention \(policy.spec.snapshotRetention)", target: "\(s.name) (\(s.uuid))"))
+                    reason: "snapshotRetention \(policy.spec.snapshotRetention)", target: "\(s.name) (\(s.uuid))", objectUUID: s.uuid, objectClass: "VM"))
             }
         }
 
@@ -315,7 +331,7 @@ extension Planner {
                     actions.append(PlanAction(
                         kind: .deleteSnapshot, pool: poolName, vm: vmName, vmUUID: o.vmUUID, policy: o.policy,
                         reason: "the VM is no longer covered by any backup policy (its backups stay until retention or `haven backups forget`)",
-                        target: o.cls == "VM" ? "snapshot \(o.uuid)" : "CBT anchor \(o.uuid)"))
+                        target: o.cls == "VM" ? "snapshot \(o.uuid)" : "CBT anchor \(o.uuid)", objectUUID: o.uuid, objectClass: o.cls))
                 }
                 for mark in catalog.cbtMarks where mark.pool == poolName && !(wantedCBT[poolName] ?? []).contains(mark.vdiUUID) {
                     guard let vdi = pool.vdis[mark.vdiUUID], vdi.cbtEnabled, vdi.otherConfig[OwnershipMarks.cbt] == planner.instance else { continue }
@@ -323,7 +339,8 @@ extension Planner {
                     actions.append(PlanAction(
                         kind: .disableCBT, pool: poolName, vm: vm?.name, vmUUID: vm?.uuid, policy: mark.policy,
                         reason: "haven enabled CBT here and no policy wants it any more", target: vdi.name,
-                        disks: [PlanAction.Disk(key: vm?.disks.first { $0.vdiUUID == vdi.uuid }?.userdevice ?? "", vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)]))
+                        disks: [PlanAction.Disk(key: vm?.disks.first { $0.vdiUUID == vdi.uuid }?.userdevice ?? "", vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)],
+                        objectUUID: vdi.uuid, objectClass: "VDI"))
                 }
             }
         }

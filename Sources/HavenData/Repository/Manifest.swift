@@ -33,6 +33,19 @@ public struct DiskVersion: Codable, Sendable, Hashable {
     }
 }
 
+/// A network interface of the backed-up VM, for restores.
+public struct VIFInfo: Codable, Sendable, Hashable {
+    public var device: String
+    public var mac: String
+    public var network: String
+
+    public init(device: String, mac: String, network: String) {
+        self.device = device
+        self.mac = mac
+        self.network = network
+    }
+}
+
 /// A backup version. It exists if and only if its manifest file exists; the manifest is written
 /// last, after every chunk and index page it names is durable.
 public struct BackupManifest: Codable, Sendable {
@@ -52,6 +65,8 @@ public struct BackupManifest: Codable, Sendable {
     public var disks: [DiskVersion]
     /// Free-form facts (why full, which method, hook output summary).
     public var notes: [String: String]
+    /// The VM's network interfaces (absent in versions made by `repo import-image`).
+    public var vifs: [VIFInfo]?
 
     public init(id: String = BackupManifest.newID(), createdAt: Date = Date(), kind: Kind, vmUUID: String, vmName: String, pool: String,
                 policy: String, vmRecord: [String: XenValue], sourceSnapshotUUID: String, disks: [DiskVersion], notes: [String: String] = [:]) {

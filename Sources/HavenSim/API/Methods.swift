@@ -35,6 +35,7 @@ extension SimPool {
             if (c.pool.apiMajor, c.pool.apiMinor) >= (2, 14) { throw c.fail(XenAPIError.Code.messageRemoved) }
             throw c.fail(XenAPIError.Code.vmSnapshotWithQuiesceNotSupported, try c.ref(0, "VM"))
         }
+        t["VM.create"] = SimMethod(arity: 1) { c in .string(try c.pool.createVM(c, c.params[0].structValue ?? [:])) }
         t["VM.destroy"] = SimMethod(arity: 1) { c in try c.pool.destroyVM(c, try c.ref(0, "VM")); return "" }
         t["VM.clone"] = SimMethod(arity: 2) { c in .string(try c.pool.cloneVM(c, try c.ref(0, "VM"), name: try c.string(1), sr: nil)) }
         t["VM.copy"] = SimMethod(arity: 3) { c in

@@ -169,6 +169,21 @@ extension SimPool {
         refreshAllowedOperations(vm)
     }
 
+    /// VM.create: a new halted VM from a record; fields not given take xapi's defaults.
+    func createVM(_ c: SimCall, _ r: [String: XenValue]) throws -> String {
+        guard let name = r["name_label"]?.stringValue else { throw c.fail(XenAPIError.Code.invalidValue, "name_label", "") }
+        var record = Templates.vm(name: name, memory: r["memory_static_max"]?.intValue ?? 1 << 30)
+        let settable = ["name_description", "memory_static_max", "memory_static_min", "memory_dynamic_max", "memory_dynamic_min",
+                        "memory_target", "VCPUs_max", "VCPUs_at_startup", "VCPUs_params", "actions_after_shutdown",
+                        "actions_after_reboot", "actions_after_crash", "PV_bootloader", "PV_kernel", "PV_ramdisk", "PV_args",
+                        "HVM_boot_policy", "HVM_boot_params", "platform", "other_config", "tags", "blocked_operations",
+                        "xenstore_data", "domain_type", "bios_strings", "is_a_template", "user_version"]
+        for key in settable { if let v = r[key] { record[key] = v } }
+        let vm = db.insert("VM", record)
+        refreshAllowedOperations(vm)
+        return vm
+    }
+
     // MARK: VIF
 
     func createVIF(_ c: SimCall, _ r: [String: XenValue]) throws -> String {

@@ -25,6 +25,13 @@ extension XenAPIClient {
     }
 
     public func destroy(_ vm: VMRef) async throws { _ = try await call(.vmDestroy, [vm.value]) }
+    /// Creates a VM from a record (the fields xapi requires and any others to set).
+    public func createVM(_ record: [String: XenValue]) async throws -> VMRef {
+        XenRef(try await call(.vmCreate, [.structure(record)]).stringValue ?? "")
+    }
+    public func vm(uuid: String) async throws -> VMRef { XenRef(try await call(.vmGetByUUID, [.string(uuid)]).stringValue ?? "") }
+    public func vdi(uuid: String) async throws -> VDIRef { XenRef(try await call(.vdiGetByUUID, [.string(uuid)]).stringValue ?? "") }
+    public func sr(uuid: String) async throws -> SRRef { XenRef(try await call(.srGetByUUID, [.string(uuid)]).stringValue ?? "") }
     public func clone(_ vm: VMRef, name: String) async throws -> VMRef {
         XenRef(try await call(.vmClone, [vm.value, .string(name)]).stringValue ?? "")
     }

@@ -51,6 +51,7 @@ extension XenMethod {
     /// Pools before xapi 21.4 (CH 8.2, XCP-ng 8.2) know VM.snapshot without `ignore_vdis`.
     public static let vmSnapshotLegacy = XenMethod("VM.snapshot", 3, omitting: 1)
     public static let vmDestroy = XenMethod("VM.destroy", 2)
+    public static let vmCreate = XenMethod("VM.create", 2)
     public static let vmClone = XenMethod("VM.clone", 3)
     public static let vmCopy = XenMethod("VM.copy", 4)
     public static let vmProvision = XenMethod("VM.provision", 2)
@@ -68,6 +69,7 @@ extension XenMethod {
 
     public static let vdiGetRecord = XenMethod("VDI.get_record", 2)
     public static let vdiGetByUUID = XenMethod("VDI.get_by_uuid", 2)
+    public static let srGetByUUID = XenMethod("SR.get_by_uuid", 2)
     public static let vdiEnableCBT = XenMethod("VDI.enable_cbt", 2)
     public static let vdiDisableCBT = XenMethod("VDI.disable_cbt", 2)
     public static let vdiListChangedBlocks = XenMethod("VDI.list_changed_blocks", 3)
@@ -103,9 +105,9 @@ extension XenMethod {
         sessionLogin, sessionLogout, poolGetAllRecords, hostGetAllRecords, hostGetRecord, vmGetAllRecords,
         vbdGetAllRecords, vdiGetAllRecords, srGetAllRecords, pbdGetAllRecords, smGetAllRecords, networkGetAllRecords,
         pifGetAllRecords, vifGetAllRecords, taskGetAllRecords, messageGetAllRecords, vmGetRecord, vmGetByUUID,
-        vmSnapshot, vmSnapshotLegacy, vmDestroy, vmClone, vmCopy, vmProvision, vmStart, vmCleanShutdown,
+        vmSnapshot, vmSnapshotLegacy, vmDestroy, vmCreate, vmClone, vmCopy, vmProvision, vmStart, vmCleanShutdown,
         vmHardShutdown, vmSetNameLabel, vmSetIsATemplate, vmAddToOtherConfig, vmRemoveFromOtherConfig,
-        vmAddToBlockedOperations, vmRemoveFromBlockedOperations, vmAddTags, vmRemoveTags, vdiGetRecord, vdiGetByUUID,
+        vmAddToBlockedOperations, vmRemoveFromBlockedOperations, vmAddTags, vmRemoveTags, vdiGetRecord, vdiGetByUUID, srGetByUUID,
         vdiEnableCBT, vdiDisableCBT, vdiListChangedBlocks, vdiDataDestroy, vdiGetNBDInfo, vdiCreate, vdiDestroy,
         vdiSnapshot, vdiAddToOtherConfig, vdiRemoveFromOtherConfig, vdiSetNameLabel, vbdGetRecord, vbdCreate, vbdPlug,
         vbdUnplug, vbdDestroy, vifCreate, networkAddPurpose, networkRemovePurpose, taskCreate, taskGetRecord,

@@ -1,0 +1,58 @@
+import Foundation
+import HavenCore
+import XenAPI
+
+/// Reads a pool into an `ObservedPool` with one `get_all_records` per class: the number of calls
+/// does not grow with the number of VMs.
+public enum Observer {
+    /// The classes read, in order: 8 calls per pool.
+    public static let callsPerPool = 8
+
+    public static func observe(_ client: XenAPIClient, name: String) async throws -> ObservedPool {
+        let caps = try await client.login()
+        let vmRecords = try await client.records(VMRecord.self)
+        let vbds = try await client.records(VBDRecord.self)
+        let vdis = try await client.records(VDIRecord.self)
+        let srs = try await client.records(SRRecord.self)
+        let sms = try await client.records(SMRecord.self)
+        let networks = try await client.records(NetworkRecord.self)
+        let vdiUUID = Dictionary(uniqueKeysWithValues: vdis.map { ($0.key, $0.value.uuid) })
+        let srUUID = Dictionary(uniqueKeysWithValues: srs.map { ($0.key, $0.value.uuid) })
+        let vmUUID = Dictionary(uniqueKeysWithValues: vmRecords.map { ($0.key, $0.value.uuid) })
+        let cbtTypes = Set(sms.values.filter(\.supportsCBT).map(\.type))
+        func disks(_ vm: VMRecord) -> [ObservedDisk] {
+            vm.vbds.compactMap { vbds[$0] }.filter { $0.type == "Disk" && !$0.vdi.isNull }.compactMap { vbd in
+                guard let uuid = vdiUUID[vbd.vdi] else { return nil }
+                return ObservedDisk(userdevice: vbd.userdevice, device: vbd.device, vdiUUID: uuid)
+            }.sorted { (Int($0.userdevice) ?? 0) < (Int($1.userdevice) ?? 0) }
+        }
+        var vms: [ObservedVM] = []
+        var snapshots: [ObservedSnapshot] = []
+        for (_, vm) in vmRecords {
+            if vm.isRealVM {
+                vms.append(ObservedVM(uuid: vm.uuid, name: vm.nameLabel, powerState: vm.powerState.rawValue, tags: vm.tags, disks: disks(vm)))
+            } else if vm.isASnapshot {
+                snapshots.append(ObservedSnapshot(uuid: vm.uuid, name: vm.nameLabel, snapshotOf: vmUUID[vm.snapshotOf] ?? "",
+                                                  otherConfig: vm.otherConfig, disks: disks(vm)))
+            }
+        }
+        var observedVDIs: [String: ObservedVDI] = [:]
+        for (_, v) in vdis {
+            observedVDIs[v.uuid] = ObservedVDI(uuid: v.uuid, name: v.nameLabel, srUUID: srUUID[v.sr] ?? "", size: v.virtualSize, type: v.type,
+                                               cbtEnabled: v.cbtEnabled, isSnapshot: v.isASnapshot, snapshotOf: vdiUUID[v.snapshotOf] ?? "",
+                                               otherConfig: v.otherConfig)
+        }
+        var observedSRs: [String: ObservedSR] = [:]
+        for (_, s) in srs {
+            observedSRs[s.uuid] = ObservedSR(uuid: s.uuid, name: s.nameLabel, type: s.type, physicalSize: s.physicalSize,
+                                             physicalUtilisation: s.physicalUtilisation, supportsCBT: cbtTypes.contains(s.type))
+        }
+        let nbd = networks.values.filter { $0.purpose.contains("nbd") || $0.purpose.contains("insecure_nbd") }
+        var pool = ObservedPool(
+            name: name, apiMajor: caps.apiMajor, apiMinor: caps.apiMinor, cbtLicensed: caps.cbtLicensed,
+            vms: vms.sorted { $0.name < $1.name }, snapshots: snapshots, vdis: observedVDIs, srs: observedSRs,
+            nbdNetworks: nbd.map(\.nameLabel).sorted())
+        pool.nbdTLS = nbd.contains { $0.purpose.contains("nbd") }
+        return pool
+    }
+}

@@ -1,0 +1,81 @@
+import Foundation
+import HavenCatalog
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// haven's own state on this machine: its instance id (the owner mark it writes on pool objects),
+/// the catalog, and the per-pool locks that keep two haven processes from acting on one pool.
+public struct StateDirectory: Sendable {
+    public let url: URL
+
+    public init(path: String) throws {
+        url = URL(fileURLWithPath: path)
+        try FileManager.default.createDirectory(at: url.appendingPathComponent("locks"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: url.appendingPathComponent("tmp"), withIntermediateDirectories: true)
+    }
+
+    /// `$HAVEN_STATE`, else `/var/lib/haven` for root, else `$XDG_STATE_HOME/haven` (~/.local/state/haven).
+    public static var defaultPath: String {
+        let env = ProcessInfo.processInfo.environment
+        if let s = env["HAVEN_STATE"], !s.isEmpty { return s }
+        if getuid() == 0 { return "/var/lib/haven" }
+        let base = env["XDG_STATE_HOME"] ?? (NSHomeDirectory() + "/.local/state")
+        return base + "/haven"
+    }
+
+    /// A stable id for this haven installation, created on first use.
+    public func instanceID() throws -> String {
+        let file = url.appendingPathComponent("instance-id")
+        if let text = try? String(contentsOf: file, encoding: .utf8) {
+            let id = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            if !id.isEmpty { return id }
+        }
+        let id = "haven-" + UUID().uuidString.lowercased().prefix(13)
+        try (id + "\n").write(to: file, atomically: true, encoding: .utf8)
+        return String(id)
+    }
+
+    public func catalog() throws -> Catalog { try Catalog(path: url.appendingPathComponent("catalog.sqlite").path) }
+
+    public var scratch: URL { url.appendingPathComponent("tmp") }
+
+    /// Holds the pool's lock for the duration of `body`; waits up to `timeout` seconds (nil:
+    /// forever), then fails naming the holder.
+    public func withPoolLock<T>(_ pool: String, timeout: Double?, _ body: () async throws -> T) async throws -> T {
+        let path = url.appendingPathComponent("locks/\(pool).lock").path
+        let fd = open(path, O_RDWR | O_CREAT, 0o644)
+        guard fd >= 0 else { throw EngineError(.lock, pool, "cannot open \(path)") }
+        defer { close(fd) }
+        let deadline = timeout.map { Date().addingTimeInterval($0) }
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            if let deadline, Date() >= deadline {
+                let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+                throw EngineError(.lock, pool, "another haven (\(holder)) is acting on pool \(pool); gave up after \(Int(timeout ?? 0))s (--lock-timeout)")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        ftruncate(fd, 0)
+        let me = "pid \(getpid())\n"
+        _ = me.withCString { write(fd, $0, strlen($0)) }
+        defer { flock(fd, LOCK_UN) }
+        return try await body()
+    }
+}
+
+/// An error of the engine: a code and what it concerns.
+public struct EngineError: Error, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable { case lock, credentials, connect, observe, action, stale, notFound, restore }
+    public var code: Code
+    public var subject: String
+    public var message: String
+
+    public init(_ code: Code, _ subject: String, _ message: String) {
+        self.code = code
+        self.subject = subject
+        self.message = message
+    }
+
+    public var description: String { message }
+}
