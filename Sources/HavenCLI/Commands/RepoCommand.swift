@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import HavenData
+import HavenCore
+import HavenEngine
 import HavenSpec
 
 /// Which repository a command works on: a path, or a Repository of the configuration.
@@ -227,7 +229,7 @@ struct RepoImportImageCommand: ParsableCommand {
 
 struct BackupsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "backups", abstract: "List backup versions.", subcommands: [BackupsListCommand.self])
+        commandName: "backups", abstract: "List or forget backup versions.", subcommands: [BackupsListCommand.self, BackupsForgetCommand.self])
 }
 
 struct BackupsListCommand: ParsableCommand {
@@ -269,10 +271,14 @@ struct BackupsListCommand: ParsableCommand {
     }
 }
 
-struct RestoreCommand: ParsableCommand {
+struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "restore", abstract: "Restore a backup version.",
-        discussion: "`--disk N --to-file PATH` writes one disk as a sparse raw image or a dynamic VHD that qemu-img opens.")
+        commandName: "restore", abstract: "Restore a backup version: one disk to a file, or the whole VM to a pool.",
+        discussion: """
+            `--disk N --to-file PATH` writes one disk as a sparse raw image or a dynamic VHD that qemu-img opens.
+            `--to-pool NAME --sr NAME` recreates the VM on a declared pool: new MACs and a new name when the original \
+            VM still exists there, its original name and MACs otherwise.
+            """)
 
     @OptionGroup var target: RepositoryOptions
 
@@ -283,28 +289,198 @@ struct RestoreCommand: ParsableCommand {
     var disk: String = "0"
 
     @Option(help: "Write the disk to this file.")
-    var toFile: String
+    var toFile: String?
 
     enum Format: String, ExpressibleByArgument, CaseIterable { case raw, vhd }
 
     @Option(help: "raw or vhd.")
     var format: Format = .raw
 
-    func run() throws {
+    @Option(help: "Recreate the VM on this Pool (declared in the configuration).")
+    var toPool: String?
+
+    @Option(help: "SR (name_label) for the restored disks.")
+    var sr: String?
+
+    @Option(help: "Name of the restored VM.")
+    var name: String?
+
+    @Option(name: .customLong("state"), help: "haven's state directory.")
+    var state: String?
+
+    func validate() throws {
+        if (toFile == nil) == (toPool == nil) { throw ValidationError("give either --to-file or --to-pool") }
+        if toPool != nil && sr == nil { throw ValidationError("--to-pool needs --sr") }
+    }
+
+    func run() async throws {
         let repo = try target.open()
-        do {
-            let m = try repo.manifest(backup)
+        let m: BackupManifest
+        do { m = try repo.manifest(backup) } catch let e as DataError { fail("\(e)") }
+        if let toFile {
             guard let d = m.disks.first(where: { $0.key == disk }) ?? Int(disk).flatMap({ $0 < m.disks.count ? m.disks[$0] : nil }) else {
                 fail("version \(backup) has no disk \(disk) (disks: \(m.disks.map { $0.key }.joined(separator: ", ")))")
             }
-            let restore = DiskRestore(repository: repo)
-            switch format {
-            case .raw: try restore.toRawFile(d, path: toFile)
-            case .vhd: try restore.toVHDFile(d, path: toFile)
+            do {
+                let restore = DiskRestore(repository: repo)
+                switch format {
+                case .raw: try restore.toRawFile(d, path: toFile)
+                case .vhd: try restore.toVHDFile(d, path: toFile)
+                }
+            } catch let e as DataError {
+                fail("\(e)")
             }
             print("restored disk \(d.key) of \(m.vmName) (\(humanBytes(d.size))) from \(backup) to \(toFile) (\(format.rawValue))")
-        } catch let e as DataError {
-            fail("\(e)")
+            return
+        }
+        let result = SpecLoader.load(path: target.config)
+        guard let desired = result.state, let pool = desired.pool(named: toPool!) else {
+            fail("Pool '\(toPool!)' is not declared in \(target.config)")
+        }
+        do {
+            let client = try PoolConnection.client(for: pool)
+            let outcome = try await VMRestore(client: client, repository: repo).restore(m, srName: sr!, name: name) { print("  \($0)") }
+            await client.logout()
+            print("restored \(m.vmName) from \(backup) to pool \(pool.name) as '\(outcome.name)'" + (outcome.keptIdentity ? " (original name and MACs)" : " (new name and MACs: the original still exists)"))
+        } catch {
+            fail("\(error)")
+        }
+    }
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Per VM: its policy, last good backup, next due, and whether the RPO is met.")
+
+    @OptionGroup var options: EngineOptions
+
+    @Option(help: "text or json.")
+    var output: OutputFormat = .text
+
+    func run() async throws {
+        let desired = options.loadDesired()
+        let engine = options.engine(desired)
+        let now = currentTime()
+        let observed: [String: ObservedPool]
+        let view: CatalogView
+        do {
+            observed = try await engine.observe(pools: options.scope(desired).pools)
+            view = try engine.catalog.view()
+        } catch {
+            fail("\(error)")
+        }
+        await engine.logout()
+        struct Row: Encodable {
+            var pool, vm, policy: String
+            var lastBackup: Date?
+            var nextDue: Date?
+            var rpoMet: Bool
+            var versions: Int
+        }
+        var rows: [Row] = []
+        for p in desired.backupPolicies {
+            guard let pool = observed[p.spec.pool.value] else { continue }
+            for vm in pool.vms where p.spec.vms.matches(name: vm.name, uuid: vm.uuid, tags: vm.tags) {
+                let mine = view.backups.filter { $0.pool == pool.name && $0.policy == p.name && $0.vmUUID == vm.uuid }
+                let last = mine.map(\.createdAt).max()
+                var next: Date?
+                var met = false
+                if let every = p.spec.schedule.every {
+                    next = last.map { $0.addingTimeInterval(Double(every.seconds)) } ?? now
+                    met = last.map { now.timeIntervalSince($0) < Double(every.seconds) } ?? false
+                } else if let cron = p.spec.schedule.cron {
+                    let tz = TimeZone(identifier: p.spec.schedule.timezone) ?? TimeZone(identifier: "UTC")!
+                    next = cron.nextFire(after: last ?? now, in: tz)
+                    let slot = cron.latestFire(notAfter: now, in: tz)
+                    met = last.map { l in slot.map { l >= $0 } ?? true } ?? false
+                }
+                if p.spec.suspend { next = nil }
+                rows.append(Row(pool: pool.name, vm: vm.name, policy: p.name + (p.spec.suspend ? " (suspended)" : ""), lastBackup: last,
+                                nextDue: next, rpoMet: met, versions: mine.count))
+            }
+        }
+        if output == .json {
+            let e = JSONEncoder()
+            e.outputFormatting = [.prettyPrinted, .sortedKeys]
+            e.dateEncodingStrategy = .iso8601
+            struct Out: Encodable {
+                var formatVersion = 1
+                var vms: [Row]
+            }
+            print(String(decoding: try e.encode(Out(vms: rows)), as: UTF8.self))
+            return
+        }
+        let f = DateFormatter()
+        f.dateFormat = "yyyy-MM-dd HH:mm"
+        f.timeZone = TimeZone(identifier: "UTC")
+        func age(_ d: Date) -> String {
+            let s = Int(now.timeIntervalSince(d))
+            return s < 7_200 ? "\(s / 60)m ago" : s < 172_800 ? "\(s / 3_600)h ago" : "\(s / 86_400)d ago"
+        }
+        print("POOL".padding(toLength: 10, withPad: " ", startingAt: 0) + "VM".padding(toLength: 16, withPad: " ", startingAt: 0)
+              + "POLICY".padding(toLength: 16, withPad: " ", startingAt: 0) + "LAST GOOD BACKUP (UTC)      NEXT DUE (UTC)      VERSIONS  RPO")
+        for r in rows {
+            let last = r.lastBackup.map { "\(f.string(from: $0)) (\(age($0)))" } ?? "never"
+            let next = r.nextDue.map { $0 <= now ? "now" : f.string(from: $0) } ?? "-"
+            print(r.pool.padding(toLength: 10, withPad: " ", startingAt: 0) + r.vm.padding(toLength: 16, withPad: " ", startingAt: 0)
+                  + r.policy.padding(toLength: 16, withPad: " ", startingAt: 0) + last.padding(toLength: 28, withPad: " ", startingAt: 0)
+                  + next.padding(toLength: 20, withPad: " ", startingAt: 0) + String(r.versions).padding(toLength: 10, withPad: " ", startingAt: 0)
+                  + (r.rpoMet ? "met" : "MISSED"))
+        }
+    }
+}
+
+struct CatalogCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "catalog", abstract: "Work on haven's catalog.", subcommands: [CatalogRebuildCommand.self])
+}
+
+struct CatalogRebuildCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rebuild", abstract: "Recreate the catalog from the repositories' manifests and the pools' ownership marks.")
+
+    @OptionGroup var options: EngineOptions
+
+    func run() async throws {
+        let desired = options.loadDesired()
+        let engine = options.engine(desired)
+        do {
+            var repos: [String: BackupRepository] = [:]
+            for r in desired.repositories where FileManager.default.fileExists(atPath: r.spec.path + "/config.json") {
+                repos[r.name] = try BackupRepository.open(at: r.spec.path, keyFile: r.spec.encryption?.keyFile)
+            }
+            let view = try await CatalogRebuild.rebuild(engine: engine, repositories: repos)
+            await engine.logout()
+            print("catalog rebuilt: \(view.backups.count) backups, \(view.anchors.count) CBT anchors, \(view.inventory.count) owned objects, \(view.cbtMarks.count) disks with haven's CBT")
+        } catch {
+            fail("\(error)")
+        }
+    }
+}
+
+struct BackupsForgetCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "forget", abstract: "Remove backup versions now (their chunks go at the next `haven repo gc`).")
+
+    @OptionGroup var target: RepositoryOptions
+
+    @Option(name: .customLong("state"), help: "haven's state directory (to drop the versions from the catalog too).")
+    var state: String?
+
+    @Argument(help: "Version ids.")
+    var ids: [String]
+
+    func run() async throws {
+        let repo = try target.open()
+        let catalog = try? StateDirectory(path: state ?? StateDirectory.defaultPath).catalog()
+        for id in ids {
+            do {
+                try repo.prune(id)
+                try catalog?.forget(backup: id)
+                print("forgot \(id)")
+            } catch {
+                fail("\(error)")
+            }
         }
     }
 }

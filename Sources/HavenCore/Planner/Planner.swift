@@ -334,7 +334,7 @@ extension Planner {
                         target: o.cls == "VM" ? "snapshot \(o.uuid)" : "CBT anchor \(o.uuid)", objectUUID: o.uuid, objectClass: o.cls))
                 }
                 for mark in catalog.cbtMarks where mark.pool == poolName && !(wantedCBT[poolName] ?? []).contains(mark.vdiUUID) {
-                    guard let vdi = pool.vdis[mark.vdiUUID], vdi.cbtEnabled, vdi.otherConfig[OwnershipMarks.cbt] == planner.instance else { continue }
+                    guard let vdi = pool.vdis[mark.vdiUUID], vdi.cbtEnabled, !vdi.isSnapshot, vdi.otherConfig[OwnershipMarks.cbt] == planner.instance else { continue }
                     let vm = pool.vms.first { $0.disks.contains { $0.vdiUUID == vdi.uuid } }
                     actions.append(PlanAction(
                         kind: .disableCBT, pool: poolName, vm: vm?.name, vmUUID: vm?.uuid, policy: mark.policy,
