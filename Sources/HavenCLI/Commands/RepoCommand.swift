@@ -261,10 +261,10 @@ struct BackupsListCommand: ParsableCommand {
         let f = DateFormatter()
         f.dateFormat = "yyyy-MM-dd HH:mm:ss"
         f.timeZone = TimeZone(identifier: "UTC")
-        print("ID".padding(toLength: 28, withPad: " ", startingAt: 0) + "VM".padding(toLength: 18, withPad: " ", startingAt: 0)
+        print("ID".padding(toLength: 34, withPad: " ", startingAt: 0) + "VM".padding(toLength: 18, withPad: " ", startingAt: 0)
               + "TIME (UTC)           KIND         SIZE       STORED")
         for m in list {
-            print(m.id.padding(toLength: 28, withPad: " ", startingAt: 0) + m.vmName.padding(toLength: 18, withPad: " ", startingAt: 0)
+            print(m.id.padding(toLength: 34, withPad: " ", startingAt: 0) + m.vmName.padding(toLength: 18, withPad: " ", startingAt: 0)
                   + f.string(from: m.createdAt) + "  " + m.kind.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)
                   + humanBytes(m.totalSize).padding(toLength: 11, withPad: " ", startingAt: 0) + humanBytes(m.storedBytes))
         }

@@ -32,6 +32,8 @@ public struct ObservedPool: Sendable, Codable {
     }
 
     public var hasCBTAPI: Bool { (apiMajor, apiMinor) >= (2, 8) }
+    /// NBD came with the same release as CBT (API 2.8), and needs a network with an NBD purpose.
+    public var nbdAvailable: Bool { hasCBTAPI && !nbdNetworks.isEmpty }
     public var apiVersion: String { "\(apiMajor).\(apiMinor)" }
 }
 

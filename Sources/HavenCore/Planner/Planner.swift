@@ -147,7 +147,7 @@ extension Planner {
                 return
             }
             let repo = spec.repository.value
-            if pool.nbdNetworks.isEmpty && spec.method != .xva {
+            if pool.nbdNetworks.isEmpty && spec.method != .xva && pool.hasCBTAPI {
                 warn(poolName, "nbd", "no network of pool \(poolName) has an NBD purpose: disks are read through /export_raw_vdi (whole disks, slower)",
                      reason: "add purpose nbd to a network (network.add_purpose) to read changed blocks over NBD")
             }
@@ -257,12 +257,12 @@ extension Planner {
                         planned[i].anchorVDI = nil
                         planned[i].baseBackup = nil
                     }
-                    method = pool.nbdNetworks.isEmpty ? .fullExport : .fullNBD
+                    method = pool.nbdAvailable ? .fullNBD : .fullExport
                     why += "; full, because \(fullBecause)"
                     if spec.method == .delta { why += " (method delta reads whole disks: the rolling-snapshot VHD delta path is not built yet)" }
                 } else {
-                    method = pool.nbdNetworks.isEmpty ? .fullExport : .cbtIncremental
-                    if pool.nbdNetworks.isEmpty { why += "; full, because there is no NBD network to read changed blocks through" }
+                    method = pool.nbdAvailable ? .cbtIncremental : .fullExport
+                    if !pool.nbdAvailable { why += "; full, because there is no NBD network to read changed blocks through" }
                 }
             }
             if cbtPossible && spec.purgeSnapshotData && method != .xva {

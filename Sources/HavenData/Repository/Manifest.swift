@@ -68,9 +68,9 @@ public struct BackupManifest: Codable, Sendable {
     /// The VM's network interfaces (absent in versions made by `repo import-image`).
     public var vifs: [VIFInfo]?
 
-    public init(id: String = BackupManifest.newID(), createdAt: Date = Date(), kind: Kind, vmUUID: String, vmName: String, pool: String,
+    public init(id: String? = nil, createdAt: Date = Date(), kind: Kind, vmUUID: String, vmName: String, pool: String,
                 policy: String, vmRecord: [String: XenValue], sourceSnapshotUUID: String, disks: [DiskVersion], notes: [String: String] = [:]) {
-        self.id = id
+        self.id = id ?? BackupManifest.newID(at: createdAt)
         self.createdAt = createdAt
         self.kind = kind
         self.vmUUID = vmUUID

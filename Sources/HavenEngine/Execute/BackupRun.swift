@@ -156,7 +156,7 @@ struct BackupRun {
             if previous == nil { changed = nil }
             log("disk \(disk.key): \(changed?.blocks.count ?? 0) changed blocks since \(base)")
         }
-        let infos = (observed?.nbdNetworks.isEmpty == false) ? (try? await client.nbdInfo(snapVDI)) ?? [] : []
+        let infos = observed?.nbdAvailable == true ? (try? await client.nbdInfo(snapVDI)) ?? [] : []
         if let info = infos.first {
             let endpoint = NBDEndpoint(address: info.address, port: info.port, exportName: info.exportName,
                                        tls: observed?.nbdTLS == false ? .off : .certificate(info.cert))
