@@ -128,7 +128,7 @@ let package = Package(
         // Drives the built `haven` binary end to end.
         .testTarget(
             name: "HavenCLITests",
-            dependencies: [],
+            dependencies: ["XenAPI"],
             exclude: ["Referee"],
             swiftSettings: swiftSettings
         ),

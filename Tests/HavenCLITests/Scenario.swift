@@ -1,0 +1,143 @@
+import Foundation
+import Synchronization
+import XenAPI
+
+/// An end-to-end scenario: a `haven sim` process serving a world, a configuration directory
+/// pointing at it, and `haven` runs against both, with an injectable clock (HAVEN_NOW).
+final class Scenario: @unchecked Sendable {
+    // @unchecked: set up in init; tests use it from one task.
+    static let counter = Atomic<Int>(0)
+    let dir: URL
+    let sim = Process()
+    let prefix: String
+    var now: Date = Date()
+    let password = "scenario-pw"
+
+    var config: String { dir.appendingPathComponent("config").path }
+    var simState: URL { dir.appendingPathComponent("sim") }
+    var repository: String { dir.appendingPathComponent("repo").path }
+
+    /// `vms` and `policy` are YAML fragments; `poolExtra` goes into the world's pool.
+    init(vms: String, policy: String, poolExtra: String = "", networks: String = "[{name: net0, purpose: [nbd]}]") throws {
+        let n = Self.counter.add(1, ordering: .relaxed).newValue
+        prefix = "127.\(150 + Int(getpid()) % 90).\(n)"
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("haven-e2e-\(UUID().uuidString)")
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: dir.appendingPathComponent("config").path, withIntermediateDirectories: true)
+        let world = """
+            pools:
+              - name: lab
+                port: 4443
+                credentials: {username: root, password: \(password)}
+            \(poolExtra)
+                hosts:
+                  - {name: h1, address: "\(prefix).1"}
+                  - {name: h2, address: "\(prefix).2"}
+                srs: [{name: Local storage, type: ext, size: 64Gi}]
+                networks: \(networks)
+                vms:
+            \(vms)
+            """
+        try world.write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
+        try """
+            apiVersion: haven/v1
+            kind: Pool
+            metadata: {name: lab}
+            spec:
+              url: https://\(prefix).2:4443
+              credentials: {username: root, passwordEnv: SCENARIO_PASSWORD}
+              tls: {caFile: \(simState.path)/pools/lab/pki/pool-bundle.pem}
+            ---
+            apiVersion: haven/v1
+            kind: Repository
+            metadata: {name: local}
+            spec: {path: \(repository)}
+            ---
+            \(policy)
+            """.write(toFile: config + "/haven.yaml", atomically: true, encoding: .utf8)
+        sim.executableURL = URL(fileURLWithPath: HavenBinary.path)
+        sim.arguments = ["sim", "--world", dir.appendingPathComponent("world.yaml").path, "--state", simState.path]
+        sim.standardOutput = FileHandle.nullDevice
+        sim.standardError = FileHandle.nullDevice
+        try sim.run()
+        for _ in 0..<300 where !fm.fileExists(atPath: simState.appendingPathComponent("endpoints.json").path) { usleep(50_000) }
+    }
+
+    deinit {
+        sim.terminate()
+        sim.waitUntilExit()
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    struct Run {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    @discardableResult
+    func haven(_ args: [String], env extra: [String: String] = [:]) throws -> Run {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: HavenBinary.path)
+        p.arguments = args
+        var env = ProcessInfo.processInfo.environment
+        env["HAVEN_STATE"] = dir.appendingPathComponent("state").path
+        env["SCENARIO_PASSWORD"] = password
+        env["HAVEN_NOW"] = ISO8601DateFormatter().string(from: now)
+        env.merge(extra) { _, b in b }
+        p.environment = env
+        let out = Pipe()
+        let err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        nonisolated(unsafe) var errData = Data()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async {
+            errData = err.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        p.waitUntilExit()
+        return Run(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    func diff(json: Bool = false) throws -> Run { try haven(["diff", "-f", config] + (json ? ["--output", "json"] : [])) }
+    func apply() throws -> Run { try haven(["apply", "-f", config, "--auto-approve"]) }
+    func simControl(_ args: [String]) throws -> Run { try haven(["sim"] + args + ["--state", simState.path]) }
+
+    /// The plan's actions as JSON objects.
+    func planActions() throws -> [[String: Any]] {
+        let run = try diff(json: true)
+        let obj = try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any]
+        return obj?["actions"] as? [[String: Any]] ?? []
+    }
+
+    func backups() throws -> [[String: Any]] {
+        let run = try haven(["backups", "list", "-f", config, "--output", "json"])
+        let obj = try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any]
+        return obj?["backups"] as? [[String: Any]] ?? []
+    }
+
+    func client() -> XenAPIClient {
+        XenAPIClient(url: "https://\(prefix).1:4443", credentials: .init(username: "root", password: password),
+                     tls: .caFile(simState.path + "/pools/lab/pki/pool-bundle.pem"))
+    }
+
+    /// Path of a VDI's disk file inside the simulator (what a guest sees).
+    func diskFile(_ uuid: String) -> String { simState.path + "/pools/lab/disks/\(uuid).img" }
+
+    func sha(_ path: String) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
+        p.arguments = [path]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        try p.run()
+        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return String(out.prefix(64))
+    }
+}
