@@ -111,6 +111,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "HavenCoreTests",
+            dependencies: ["HavenCore", "HavenSpec"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "XenAPITests",
             dependencies: ["XenAPI"],
             swiftSettings: swiftSettings

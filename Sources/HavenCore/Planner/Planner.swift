@@ -160,6 +160,7 @@ extension Planner {
                      reason: "CBT needs a licence on XenServer (XCP-ng includes it)")
             }
             let selected = pool.vms.filter { spec.vms.matches(name: $0.name, uuid: $0.uuid, tags: $0.tags) }
+                .sorted { ($0.name, $0.uuid) < ($1.name, $1.uuid) }
             if selected.isEmpty {
                 warn(poolName, "empty-\(policy.name)", "BackupPolicy \(policy.name) selects no VM of pool \(poolName)", reason: "check spec.vms")
             }
@@ -239,10 +240,8 @@ extension Planner {
                             fullBecause = "the CBT anchor of disk \(d.userdevice) was deleted"
                         } else if let a = anchor, pool.vdis[a.snapshotVDI]?.cbtEnabled != true {
                             fullBecause = "the CBT anchor of disk \(d.userdevice) has no CBT metadata"
-                        } else if !vdi.cbtEnabled, !actions.contains(where: { $0.kind == .enableCBT && $0.disks.first?.vdiUUID == vdi.uuid }) {
-                            fullBecause = "CBT was disabled on disk \(d.userdevice)"
                         } else if !vdi.cbtEnabled {
-                            fullBecause = "CBT is being enabled on disk \(d.userdevice) now"
+                            fullBecause = "CBT was disabled on disk \(d.userdevice) since the last backup (it is switched on again)"
                         } else if let a = anchor, !backupIDs.contains(a.backupID) {
                             fullBecause = "the backup the anchor of disk \(d.userdevice) belongs to is gone"
                         } else if let a = anchor {

@@ -65,6 +65,15 @@ public struct BackupPolicySpec: ResourceSpec, Hashable {
 
         public static let `default` = Retention(keepLast: 7, hourly: 0, daily: 0, weekly: 0, monthly: 0, yearly: 0)
 
+        public init(keepLast: Int, hourly: Int, daily: Int, weekly: Int, monthly: Int, yearly: Int) {
+            self.keepLast = keepLast
+            self.hourly = hourly
+            self.daily = daily
+            self.weekly = weekly
+            self.monthly = monthly
+            self.yearly = yearly
+        }
+
         public var keepsNothing: Bool { keepLast + hourly + daily + weekly + monthly + yearly == 0 }
 
         static let shape = ObjectShape(
