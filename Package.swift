@@ -101,7 +101,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "HavenBench",
-            dependencies: ["HavenSpec", "XenAPI", "HavenSim", "HavenData"],
+            dependencies: ["HavenSpec", "HavenCore", "XenAPI", "HavenSim", "HavenData"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
