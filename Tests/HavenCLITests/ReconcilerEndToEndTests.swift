@@ -280,3 +280,80 @@ extension XenAPIClient {
         return out.sorted { $0.0 < $1.0 }.map(\.1)
     }
 }
+
+@Suite struct ReconcilerFaultTests {
+    @Test func droppedNBDConnectionsAreReopenedAndNothingIsSkipped() async throws {
+        let vms = """
+                  - name: big
+                    disks: [{name: big-root, size: 16Mi, fill: {seed: 11, unallocated: 0, random: 1}}]
+            """
+        let policy = """
+            apiVersion: haven/v1
+            kind: BackupPolicy
+            metadata: {name: daily}
+            spec: {pool: lab, vms: {names: [big]}, repository: local, cbt: false}
+            """
+        let s = try Scenario(vms: vms, policy: policy)
+        #expect(try s.simControl(["fault", "--rule", "nbd-drop:3000000"]).status == 0)
+        let run = try s.apply()
+        #expect(run.status == 0, "\(run.stderr)")
+        let id = try #require(try s.backups().first?["id"] as? String)
+        let out = s.dir.appendingPathComponent("big.raw").path
+        #expect(try s.haven(["restore", "-f", s.config, "--backup", id, "--to-file", out]).status == 0)
+        let c = s.client()
+        let (vm, _) = try await c.vmNamed("big")
+        let disk = try await c.record(try await c.diskVDIs(vm)[0]).uuid
+        #expect(try s.sha(out) == s.sha(s.diskFile(disk)), "every byte read despite connections cut every ~3 MB")
+    }
+
+    @Test func hooksRunWithoutAShellAndAFailingOneStopsTheBackup() async throws {
+        let vms = """
+                  - name: app
+                    disks: [{name: app-root, size: 1Mi, fill: {seed: 2}}]
+            """
+        let marker = FileManager.default.temporaryDirectory.appendingPathComponent("haven-hook-\(UUID().uuidString)").path
+        let good = """
+            apiVersion: haven/v1
+            kind: BackupPolicy
+            metadata: {name: daily}
+            spec:
+              pool: lab
+              vms: {names: [app]}
+              repository: local
+              hooks:
+                preSnapshot: {command: [/usr/bin/touch, "\(marker)"], timeout: 10s}
+                postSnapshot: {command: [/bin/echo, "thawed $HOME"], timeout: 10s}
+            """
+        let s = try Scenario(vms: vms, policy: good)
+        let run = try s.apply()
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(FileManager.default.fileExists(atPath: marker))
+        #expect(run.stderr.contains("postSnapshot: thawed $HOME"), "arguments reach the program as written, no shell expansion")
+        try? FileManager.default.removeItem(atPath: marker)
+
+        let failing = good.replacingOccurrences(of: "[/usr/bin/touch, \"\(marker)\"], timeout: 10s", with: "[/bin/false], timeout: 10s, onError: fail")
+        try failing.write(toFile: s.config + "/policy-override.yaml", atomically: true, encoding: .utf8)
+        try FileManager.default.removeItem(atPath: s.config + "/haven.yaml")
+        try """
+            apiVersion: haven/v1
+            kind: Pool
+            metadata: {name: lab}
+            spec:
+              url: https://\(s.prefix).1:4443
+              credentials: {username: root, passwordEnv: SCENARIO_PASSWORD}
+              tls: {caFile: \(s.simState.path)/pools/lab/pki/pool-bundle.pem}
+            ---
+            apiVersion: haven/v1
+            kind: Repository
+            metadata: {name: local}
+            spec: {path: \(s.repository)}
+            """.write(toFile: s.config + "/base.yaml", atomically: true, encoding: .utf8)
+        s.now = s.now.addingTimeInterval(25 * 3_600)
+        let failed = try s.apply()
+        #expect(failed.status == 2)
+        #expect(failed.stdout.contains("preSnapshot hook /bin/false failed"))
+        #expect(try s.backups().count == 1, "no version for the failed run")
+        let snapshots = try await s.client().records(VMRecord.self).values.filter { $0.isASnapshot }
+        #expect(snapshots.isEmpty, "no snapshot was taken")
+    }
+}
