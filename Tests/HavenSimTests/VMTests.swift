@@ -111,3 +111,25 @@ import XenAPI
         #expect(try await c2.record(snap).nameLabel == "kept")
     }
 }
+
+@Suite struct EventStreamTests {
+    @Test func eventStreamDeliversChangesAsTheyHappen() async throws {
+        let sim = try SimHarness(SimHarness.basicWorld)
+        let c = sim.client()
+        let start = try await c.events(of: ["vm"], token: "", timeout: 0)
+        let (web, _) = try await c.vm(named: "web")
+        let stream = c.eventStream(of: ["vm"], from: start.token, timeout: 2)
+        let watcher = Task { () -> [XenEvent] in
+            var seen: [XenEvent] = []
+            for try await batch in stream {
+                seen += batch.events
+                if seen.contains(where: { $0.operation == .add && $0.snapshot?["name_label"]?.stringValue == "streamed" }) { break }
+            }
+            return seen
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        _ = try await c.snapshot(web, name: "streamed")
+        let seen = try await watcher.value
+        #expect(seen.contains { $0.className == "vm" && $0.operation == .add })
+    }
+}

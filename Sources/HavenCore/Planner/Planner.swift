@@ -291,10 +291,15 @@ extension Planner {
             return observed.vdis[uuid]?.otherConfig[OwnershipMarks.owner] == planner.instance
         }
 
+        /// Retention as it will stand after this run: a backup planned now counts as the newest
+        /// version (the executor prunes only once that backup succeeded).
         mutating func retention(_ policy: BackupPolicy, _ vm: ObservedVM, history: [BackupRecord]) {
-            guard history.count > 1 else { return }
+            let planned = actions.contains { $0.kind == .backup && $0.vmUUID == vm.uuid && $0.policy == policy.name }
+            var versions = history.map { (id: $0.id, date: $0.createdAt) }
+            if planned { versions.append((id: "\u{0}planned", date: now)) }
+            guard versions.count > 1 else { return }
             let tz = TimeZone(identifier: policy.spec.schedule.timezone) ?? TimeZone(identifier: "UTC")!
-            let decisions = Retention.decide(history.map { ($0.id, $0.createdAt) }, rules: policy.spec.retention, timeZone: tz)
+            let decisions = Retention.decide(versions, rules: policy.spec.retention, timeZone: tz)
             for b in history.sorted(by: { $0.createdAt < $1.createdAt }) where decisions[b.id]?.keep == false {
                 // A version a live anchor still points to is kept until the anchor moves on.
                 actions.append(PlanAction(

@@ -71,7 +71,15 @@ public final class Executor: Sendable {
                 }
             }
         }
+        // Retention counted the new backups; where one failed, its VM keeps every version.
+        let failedBackups = Set(results.result.failed.filter { $0.0.kind == .backup }.map { "\($0.0.pool)\u{0}\($0.0.vmUUID ?? "")\u{0}\($0.0.policy ?? "")" })
         for a in later.sorted(by: { Self.rank($0.kind) < Self.rank($1.kind) }) {
+            let key = "\(a.pool)\u{0}\(a.vmUUID ?? "")\u{0}\(a.policy ?? "")"
+            if a.kind == .prune && failedBackups.contains(key) {
+                results.skip(a, "the VM's backup in this run failed; its versions are all kept")
+                emit(.skipped(a, "the VM's backup in this run failed; its versions are all kept"))
+                continue
+            }
             _ = await run(a, limits: limits[a.pool], results: results)
         }
         return results.result
