@@ -132,3 +132,39 @@ import Testing
                       ByteRange(offset: 16 * 65_536, length: 2 * 65_536), ByteRange(offset: 39 * 65_536, length: 65_536 - 512)])
     }
 }
+
+@Suite struct ConcurrencyTests {
+    @Test func concurrentWritersShareARepositorySafely() throws {
+        let s = try Scratch()
+        var maker = ImageMaker(state: 31)
+        try maker.image(at: s.path("a.img"), blocks: 64)
+        try FileManager.default.copyItem(atPath: s.path("a.img"), toPath: s.path("b.img"))
+        _ = try maker.change(s.path("b.img"), blocks: 64, count: 20)
+        let repo = try BackupRepository.initialize(at: s.path("repo"))
+        let results = ResultsBox()
+        try runThreads(2, name: "writer") { i in
+            let file = i == 0 ? s.path("a.img") : s.path("b.img")
+            let d = try repo.withLock(exclusive: false) {
+                try DiskBackup(repository: repo, workers: 2).run(.init(key: "0", name: "d\(i)", vdiUUID: "", sourceSnapshotVDI: "",
+                                                                      source: try FileDiskSource(path: file)))
+            }
+            try repo.commit(BackupManifest(kind: .full, vmUUID: "", vmName: "vm\(i)", pool: "", policy: "", vmRecord: [:], sourceSnapshotUUID: "", disks: [d]))
+            results.set(i, d)
+        }
+        #expect(try repo.manifests().count == 2)
+        #expect(try repo.verify().ok)
+        for i in 0..<2 {
+            let out = s.path("out\(i).raw")
+            try DiskRestore(repository: repo).toRawFile(try #require(results.get(i)), path: out)
+            #expect(try sha256(out) == sha256(s.path(i == 0 ? "a.img" : "b.img")))
+        }
+    }
+}
+
+final class ResultsBox: @unchecked Sendable {
+    // @unchecked: guarded by `lock`.
+    private let lock = NSLock()
+    private var values: [Int: DiskVersion] = [:]
+    func set(_ i: Int, _ v: DiskVersion) { lock.withLock { values[i] = v } }
+    func get(_ i: Int) -> DiskVersion? { lock.withLock { values[i] } }
+}
