@@ -356,3 +356,40 @@ extension XenAPIClient {
         #expect(snapshots.isEmpty, "no snapshot was taken")
     }
 }
+
+@Suite struct XVAMethodTests {
+    @Test func methodXVAStoresTheWholeVMAsAnXVA() throws {
+        let vms = """
+                  - name: app
+                    power: Running
+                    disks: [{name: app-root, size: 2Mi, fill: {seed: 5}}, {name: app-data, size: 1Mi, fill: {seed: 6}}]
+            """
+        let policy = """
+            apiVersion: haven/v1
+            kind: BackupPolicy
+            metadata: {name: daily}
+            spec: {pool: lab, vms: {names: [app]}, repository: local, method: xva}
+            """
+        let s = try Scenario(vms: vms, policy: policy)
+        let actions = try s.planActions()
+        #expect(actions.first { $0["kind"] as? String == "backup" }?["method"] as? String == "xva")
+        #expect(!actions.contains { $0["kind"] as? String == "enable-cbt" }, "cbt defaults to false with method xva")
+        let run = try s.apply()
+        #expect(run.status == 0, "\(run.stderr)")
+        let b = try #require(try s.backups().first)
+        #expect(b["kind"] as? String == "xva")
+        let out = s.dir.appendingPathComponent("app.xva").path
+        #expect(try s.haven(["restore", "-f", s.config, "--backup", b["id"] as! String, "--disk", "xva", "--to-file", out]).status == 0)
+        let tar = Process()
+        tar.executableURL = URL(fileURLWithPath: "/usr/bin/tar")
+        tar.arguments = ["-tf", out]
+        let pipe = Pipe()
+        tar.standardOutput = pipe
+        try tar.run()
+        let listing = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        tar.waitUntilExit()
+        #expect(tar.terminationStatus == 0)
+        #expect(listing.hasPrefix("ova.xml\n"))
+        #expect(try s.diff().status == 0)
+    }
+}

@@ -76,12 +76,15 @@ struct BackupRun {
             try await runHook(hook, "postSnapshot", vm: vmRecord, notes: &notes)
         }
 
-        // Read every disk into the repository.
+        // Read every disk (or the whole VM as XVA) into the repository.
         var versions: [DiskVersion] = []
         let observed = executor.observed[pool]
         let connections = executor.desired.pool(named: pool)?.spec.nbd.connections ?? 4
         let nbdRequired = executor.desired.pool(named: pool)?.spec.nbd.required ?? false
-        for disk in action.disks {
+        if action.method == .xva {
+            versions.append(try await limits.transfers.with { try await exportXVA(snapshot, vm: vmRecord, snapshotUUID: snapRecord.uuid, repo: repo) })
+        }
+        for disk in action.disks where action.method != .xva {
             guard let (snapVDI, snapInfo) = snapDisks[disk.key] else {
                 throw EngineError(.action, vmRecord.nameLabel, "the snapshot has no disk \(disk.key)")
             }
@@ -97,7 +100,8 @@ struct BackupRun {
             if let r = try? await client.record(vif) { vifs.append(VIFInfo(device: r.device, mac: r.mac, network: networks[r.network]?.nameLabel ?? "")) }
         }
         var manifest = BackupManifest(
-            createdAt: started, kind: action.method == .cbtIncremental ? .incremental : .full, vmUUID: vmRecord.uuid, vmName: vmRecord.nameLabel,
+            createdAt: started, kind: action.method == .cbtIncremental ? .incremental : (action.method == .xva ? .xva : .full),
+            vmUUID: vmRecord.uuid, vmName: vmRecord.nameLabel,
             pool: pool, policy: policy.name, vmRecord: vmRecord.fields, sourceSnapshotUUID: snapRecord.uuid, disks: versions, notes: notes)
         manifest.vifs = vifs
         let committed = manifest
@@ -107,7 +111,7 @@ struct BackupRun {
             createdAt: started, kind: manifest.kind.rawValue, size: manifest.totalSize, storedBytes: manifest.storedBytes))
 
         // Only now that the version is committed: anchors, then purge.
-        let anchorCapable = !snapDisks.isEmpty && snapDisks.values.allSatisfy { $0.1.cbtEnabled }
+        let anchorCapable = action.method != .xva && !snapDisks.isEmpty && snapDisks.values.allSatisfy { $0.1.cbtEnabled }
         if anchorCapable {
             for (key, (_, info)) in snapDisks {
                 let source = action.disks.first { $0.key == key }?.vdiUUID ?? ""
@@ -178,6 +182,29 @@ struct BackupRun {
         }
     }
 
+    /// The snapshot as XVA (`/export`), staged in the state directory's scratch space (its size is
+    /// not known up front), then stored like a disk under the key `xva`.
+    func exportXVA(_ snapshot: VMRef, vm: VMRecord, snapshotUUID: String, repo: BackupRepository) async throws -> DiskVersion {
+        let file = executor.state.scratch.appendingPathComponent("\(snapshotUUID).xva").path
+        FileManager.default.createFile(atPath: file, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: file))
+        let sink = XVASink(handle: handle)
+        try await client.exportXVA(snapshot) { try sink.write($0) }
+        try handle.close()
+        let source = try FileDiskSource(path: file)
+        let request = DiskBackup.Request(key: "xva", name: "\(vm.nameLabel).xva", vdiUUID: "", sourceSnapshotVDI: snapshotUUID, source: source)
+        let emit = executor.emit
+        let act = action
+        return try await blocking {
+            try repo.withLock(exclusive: false) {
+                try DiskBackup(repository: repo).run(request) { p in
+                    emit(.progress(act, disk: "xva", bytesDone: p.bytesDone, bytesTotal: p.bytesTotal))
+                }
+            }
+        }
+    }
+
     func mark(vm: VMRef, role: String, policy: String, source: String, created: Date) async throws {
         let marks = [OwnershipMarks.owner: instance, OwnershipMarks.role: role, OwnershipMarks.policy: policy, OwnershipMarks.source: source,
                      "haven.created": ISO8601DateFormatter().string(from: created)]
@@ -196,4 +223,12 @@ struct BackupRun {
             log("\(name) hook failed (\(summary)); continuing (onError: continue)")
         }
     }
+}
+
+/// Writes an export stream to a file from the transfer thread.
+final class XVASink: @unchecked Sendable {
+    // @unchecked: used only by the one transfer thread, sequentially.
+    let handle: FileHandle
+    init(handle: FileHandle) { self.handle = handle }
+    func write(_ bytes: UnsafeRawBufferPointer) throws { try handle.write(contentsOf: Data(bytes)) }
 }
