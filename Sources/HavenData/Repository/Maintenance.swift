@@ -62,8 +62,9 @@ extension BackupRepository {
         return VerifyReport(checkedChunks: ids.count, checkedVersions: chosen.count, problems: problems)
     }
 
-    /// Marks every chunk reachable from a manifest and deletes the rest that are older than
-    /// `safetyWindow` (chunks of a backup still being written are young). Holds the lock exclusively.
+    /// Marks every chunk reachable from a manifest; deletes packs holding none of them and
+    /// rewrites packs that are mostly dead, leaving alone packs younger than `safetyWindow` (a
+    /// backup may still be writing them). Holds the lock exclusively.
     public func collectGarbage(safetyWindow: TimeInterval = 3_600, lockTimeout: Double? = nil) throws -> GCReport {
         try withLock(exclusive: true, timeout: lockTimeout) {
             var live = Set<ChunkID>()
@@ -74,27 +75,49 @@ extension BackupRepository {
                     live.formUnion(entries)
                 }
             }
-            let fm = FileManager.default
             let cutoff = Date().addingTimeInterval(-safetyWindow)
             var report = GCReport(liveChunks: live.count, deletedChunks: 0, deletedBytes: 0, keptYoungChunks: 0, removedTemporaryFiles: 0)
-            for prefix in (try? fm.contentsOfDirectory(atPath: chunksDir.path)) ?? [] {
-                let dir = chunksDir.appendingPathComponent(prefix).path
-                for name in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] {
-                    guard let id = ChunkID(hex: name), !live.contains(id) else { continue }
-                    let path = dir + "/" + name
-                    var st = stat()
-                    guard stat(path, &st) == 0 else { continue }
-                    if Date(timeIntervalSince1970: TimeInterval(st.st_mtim.tv_sec)) > cutoff {
-                        report.keptYoungChunks += 1
-                        continue
-                    }
-                    if unlink(path) == 0 {
-                        report.deletedChunks += 1
-                        report.deletedBytes += Int64(st.st_size)
-                    }
+            let byPack = Dictionary(grouping: index.sealedEntries) { $0.value.pack }
+            var rewritten = false
+            for (pack, entries) in byPack.sorted(by: { $0.key < $1.key }) {
+                let dead = entries.filter { !live.contains($0.key) }
+                guard !dead.isEmpty else { continue }
+                var st = stat()
+                guard stat(pack, &st) == 0 else { continue }
+                if Date(timeIntervalSince1970: TimeInterval(st.st_mtim.tv_sec)) > cutoff {
+                    report.keptYoungChunks += dead.count
+                    continue
                 }
+                let name = (pack as NSString).lastPathComponent
+                let deadBytes = dead.reduce(Int64(0)) { $0 + Int64($1.value.length) + 36 }
+                if dead.count < entries.count {
+                    // Mostly alive: leave it until a third of it is dead.
+                    guard deadBytes * 3 >= Int64(st.st_size) else { continue }
+                    // Copy the live chunks into new packs first; only then drop the old one.
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(config.chunkSize, 1024 * 32) + 4096, alignment: 64)
+                    defer { buffer.deallocate() }
+                    let fd = Glibc.open(pack, O_RDONLY)
+                    guard fd >= 0 else { continue }
+                    let writer = acquireWriter()
+                    for (id, loc) in entries where live.contains(id) {
+                        let n = pread(fd, buffer.baseAddress, Int(loc.length), off_t(loc.offset))
+                        guard n == Int(loc.length) else { continue }
+                        _ = try writer.append(id, UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                    }
+                    Glibc.close(fd)
+                    try writer.seal()
+                    releaseWriter(writer)
+                    rewritten = true
+                    try syncAll()
+                }
+                unlink(indexPath(name))
+                unlink(pack)
+                index.remove(packPath: pack)
+                report.deletedChunks += dead.count
+                report.deletedBytes += deadBytes
             }
-            for name in (try? fm.contentsOfDirectory(atPath: tmpDir.path)) ?? [] {
+            if rewritten { try index.load(from: self) }
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: tmpDir.path)) ?? [] {
                 let path = tmpDir.appendingPathComponent(name).path
                 var st = stat()
                 if stat(path, &st) == 0, Date(timeIntervalSince1970: TimeInterval(st.st_mtim.tv_sec)) <= cutoff, unlink(path) == 0 {

@@ -115,6 +115,7 @@ extension BackupRepository {
 
     /// Commits a version: makes everything written so far durable, then writes its manifest.
     public func commit(_ manifest: BackupManifest) throws {
+        try sealPacks()
         try syncAll()
         try writeAtomically(try Self.encoder.encode(manifest), to: manifestURL(manifest.id), tmp: tmpDir)
     }

@@ -37,10 +37,18 @@ public final class BackupRepository: @unchecked Sendable {
 
     static let magic: [UInt8] = Array("HVC1".utf8)
 
-    var chunksDir: URL { root.appendingPathComponent("chunks") }
+    var packsDir: URL { root.appendingPathComponent("packs") }
+    var indexDir: URL { root.appendingPathComponent("index") }
     var manifestsDir: URL { root.appendingPathComponent("manifests") }
     var tmpDir: URL { root.appendingPathComponent("tmp") }
     var lockFile: URL { root.appendingPathComponent("lock") }
+
+    let index = ChunkIndex()
+    private let writersLock = NSLock()
+    private var idleWriters: [PackWriter] = []
+    private var allWriters: [PackWriter] = []
+    /// Set once in init, never reassigned.
+    private(set) var sharedWriter: PackWriter!
 
     private init(root: URL, config: RepositoryConfig, key: SymmetricKey?) {
         self.root = root
@@ -52,6 +60,8 @@ public final class BackupRepository: @unchecked Sendable {
             encryptionKey = nil
             idKey = nil
         }
+        sharedWriter = PackWriter(repository: self)
+        allWriters.append(sharedWriter)
     }
 
     /// Creates a repository. With `keyFile`, chunks are encrypted; the key file is created (32
@@ -84,7 +94,7 @@ public final class BackupRepository: @unchecked Sendable {
                 key = k
             }
         }
-        for dir in ["chunks", "manifests", "tmp"] {
+        for dir in ["packs", "index", "manifests", "tmp"] {
             try fm.createDirectory(at: root.appendingPathComponent(dir), withIntermediateDirectories: true)
         }
         var config = RepositoryConfig(
@@ -95,7 +105,9 @@ public final class BackupRepository: @unchecked Sendable {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
         try writeAtomically(try encoder.encode(config), to: root.appendingPathComponent("config.json"), tmp: root.appendingPathComponent("tmp"))
-        return BackupRepository(root: root, config: config, key: key)
+        let repo = BackupRepository(root: root, config: config, key: key)
+        try repo.index.load(from: repo)
+        return repo
     }
 
     /// Opens a repository; an encrypted one needs its key file, and a wrong key is refused here.
@@ -119,7 +131,12 @@ public final class BackupRepository: @unchecked Sendable {
             }
             key = k
         }
-        return BackupRepository(root: root, config: config, key: key)
+        let repo = BackupRepository(root: root, config: config, key: key)
+        for dir in [repo.packsDir, repo.indexDir, repo.tmpDir] {
+            try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        }
+        try repo.index.load(from: repo)
+        return repo
     }
 
     static func readKey(_ file: String) throws -> SymmetricKey {
@@ -148,39 +165,47 @@ public final class BackupRepository: @unchecked Sendable {
         return ChunkID(bytes: Array(SHA256.hash(data: data)))
     }
 
-    func chunkPath(_ id: ChunkID) -> String {
-        let hex = id.hex
-        return chunksDir.path + "/" + hex.prefix(2) + "/" + hex
+    func packPath(_ name: String) -> String { packsDir.path + "/" + name.prefix(2) + "/" + name }
+    func indexPath(_ name: String) -> String { indexDir.path + "/" + name + ".idx" }
+
+    /// Where a chunk's encoded bytes are (tests and rescue).
+    func location(of id: ChunkID) -> ChunkLocation? { index.find(id) }
+
+    /// Chunks (and index pages) stored, sealed or being written.
+    public var chunkCount: Int { index.count }
+
+    public func hasChunk(_ id: ChunkID) -> Bool { id.isZero || index.find(id) != nil }
+
+
+    func acquireWriter() -> PackWriter {
+        writersLock.withLock {
+            if let w = idleWriters.popLast() { return w }
+            let w = PackWriter(repository: self)
+            allWriters.append(w)
+            return w
+        }
     }
 
-    public func hasChunk(_ id: ChunkID) -> Bool { id.isZero || access(chunkPath(id), F_OK) == 0 }
+    func releaseWriter(_ w: PackWriter) { writersLock.withLock { idleWriters.append(w) } }
+
+    /// Closes every pack being written and publishes its index (before a commit).
+    public func sealPacks() throws {
+        let writers = writersLock.withLock { allWriters }
+        for w in writers { try w.seal() }
+    }
 
     /// Stores a chunk unless it is already there; returns the bytes written (0 when deduplicated).
-    /// The file appears under its name only once complete (rename), so a crash leaves at most
-    /// a temporary file behind.
+    /// The chunk goes into a pack that appears under its name only once complete (rename), so a
+    /// crash leaves at most a temporary file behind.
     @discardableResult
     public func putChunk(_ id: ChunkID, _ data: UnsafeRawBufferPointer) throws -> Int {
         if hasChunk(id) { return 0 }
         let codec = ChunkCodec.current(chunkSize: config.chunkSize)
         let encoded = try encode(id, data, codec: codec)
-        let final = chunkPath(id)
-        let dir = (final as NSString).deletingLastPathComponent
-        if access(dir, F_OK) != 0 { mkdir(dir, 0o755) }
-        let tmp = tmpDir.path + "/" + id.hex + "." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
-        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw DataError(.io, tmp, String(cString: strerror(errno))) }
-        var ok = writeAll(fd, encoded)
-        ok = Glibc.close(fd) == 0 && ok
-        guard ok else {
-            unlink(tmp)
-            throw DataError(.io, tmp, "cannot write chunk: \(String(cString: strerror(errno)))")
-        }
-        CrashPoints.hit("chunk-written")
-        guard rename(tmp, final) == 0 else {
-            unlink(tmp)
-            throw DataError(.io, final, String(cString: strerror(errno)))
-        }
-        return encoded.count
+        // One pack at a time per repository: appends are short (the page cache takes them), and a
+        // backup's packs and durable steps come out the same on every run.
+        _ = try sharedWriter.append(id, encoded)
+        return encoded.count + 36
     }
 
     /// Reads, checks and decodes a chunk into `buffer`; returns its length. A chunk that does
@@ -190,18 +215,16 @@ public final class BackupRepository: @unchecked Sendable {
             buffer.initializeMemory(as: UInt8.self, repeating: 0)
             return buffer.count
         }
+        guard let loc = index.find(id) else { throw DataError(.missingChunk, id.hex, "chunk is missing from the repository") }
         let codec = ChunkCodec.current(chunkSize: config.chunkSize)
-        let path = chunkPath(id)
-        let fd = Glibc.open(path, O_RDONLY)
-        guard fd >= 0 else { throw DataError(.missingChunk, id.hex, "chunk is missing from the repository") }
+        let fd = Glibc.open(loc.pack, O_RDONLY)
+        guard fd >= 0 else { throw DataError(.missingChunk, id.hex, "the pack holding the chunk is missing (\(loc.pack))") }
         defer { Glibc.close(fd) }
-        var st = stat()
-        fstat(fd, &st)
-        let length = Int(st.st_size)
+        let length = Int(loc.length)
         codec.ensure(length)
         var done = 0
         while done < length {
-            let n = Glibc.read(fd, codec.file.baseAddress! + done, length - done)
+            let n = pread(fd, codec.file.baseAddress! + done, length - done, off_t(loc.offset) + off_t(done))
             if n < 0, errno == EINTR { continue }
             guard n > 0 else { break }
             done += n
