@@ -67,7 +67,7 @@ public final class BackupRepository: @unchecked Sendable {
     /// Creates a repository. With `keyFile`, chunks are encrypted; the key file is created (32
     /// random bytes, hex, mode 0600) when it does not exist.
     @discardableResult
-    public static func initialize(at path: String, chunkSize: Int = 256 << 10, compression: String = "zstd:3", keyFile: String? = nil) throws
+    public static func initialize(at path: String, chunkSize: Int = 64 << 10, compression: String = "zstd:3", keyFile: String? = nil) throws
         -> BackupRepository
     {
         let root = URL(fileURLWithPath: path)

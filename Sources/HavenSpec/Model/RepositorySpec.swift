@@ -21,7 +21,7 @@ public struct RepositorySpec: ResourceSpec, Hashable {
             ])
     }
 
-    public static let defaultChunkSize = ByteSize.kibibytes(256)
+    public static let defaultChunkSize = ByteSize.kibibytes(64)
     public static let minimumChunkSize = ByteSize.kibibytes(64)
     public static let maximumChunkSize = ByteSize.mebibytes(64)
 
