@@ -106,9 +106,18 @@ struct DataBench {
     }
 
     /// Runs a tool to completion: status, output, wall seconds, and the peak RSS of that process
-    /// alone (wait4's rusage; RUSAGE_CHILDREN would mix in every earlier child).
+    /// alone, as GNU time reports it (the benchmark's own large heap must not leak into the figure:
+    /// a process spawned straight from here inherits its high-water mark until exec).
     @discardableResult
     func run(_ tool: String, _ args: [String], env: [String: String] = [:]) throws -> (Int32, String, Double, Double) {
+        let rssFile = dir.appendingPathComponent("rss-\(UUID().uuidString)").path
+        defer { unlink(rssFile) }
+        let result = try spawn("/usr/bin/time", ["-f", "%M", "-o", rssFile, "/usr/bin/env", tool] + args, env: env)
+        let kib = Double((try? String(contentsOfFile: rssFile, encoding: .utf8))?.split(separator: "\n").last.map(String.init) ?? "") ?? 0
+        return (result.0, result.1, result.2, kib / 1024)
+    }
+
+    func spawn(_ tool: String, _ args: [String], env: [String: String]) throws -> (Int32, String, Double) {
         let log = dir.appendingPathComponent("run-\(UUID().uuidString).log").path
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -118,7 +127,7 @@ struct DataBench {
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         var environment = ProcessInfo.processInfo.environment
         environment.merge(env) { _, b in b }
-        let argv = (["/usr/bin/env", tool] + args).map { strdup($0) } + [nil]
+        let argv = ([tool] + args).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             for p in argv { free(p) }
@@ -126,7 +135,7 @@ struct DataBench {
         }
         var pid: pid_t = 0
         let start = DispatchTime.now().uptimeNanoseconds
-        guard posix_spawn(&pid, "/usr/bin/env", &actions, nil, argv, envp) == 0 else { throw DataError(.io, tool, "cannot start") }
+        guard posix_spawn(&pid, tool, &actions, nil, argv, envp) == 0 else { throw DataError(.io, tool, "cannot start") }
         var status: Int32 = 0
         var usage = rusage()
         while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
@@ -134,8 +143,8 @@ struct DataBench {
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         unlink(log)
         let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        guard code == 0 else { throw DataError(.io, tool, "exit \(code): \(text.suffix(600))") }
-        return (code, text, seconds, Double(usage.ru_maxrss) / 1024)
+        guard code == 0 else { throw DataError(.io, args.dropFirst(5).first ?? tool, "exit \(code): \(text.suffix(600))") }
+        return (code, text, seconds)
     }
 
     /// Same starting state for every write-heavy run: dirty pages flushed, a short pause.
@@ -293,13 +302,14 @@ struct DataBench {
 
     /// Reads only the changed blocks over NBD with the same connections haven uses.
     func readChanged(address: String, pki: String, export: String, bitmap: String) throws -> Double {
+        // Timed from connecting (TLS handshakes included), as haven's own run is.
+        let start = DispatchTime.now().uptimeNanoseconds
         let source = try NBDDiskSource(NBDEndpoint(address: address, port: 10809, exportName: export, tls: .certificateDirectory(pki)), connections: 4)
         let changed = try ChangedBlocks(base64: bitmap, diskSize: source.size)
         var byChunk: [Int: [ByteRange]] = [:]
         for r in changed.ranges(within: 1 << 20) { byChunk[Int(r.offset >> 20), default: []].append(r) }
         let jobs = byChunk.keys.sorted().map { ReadJob(chunk: $0, ranges: byChunk[$0]!) }
         let pool = BufferPool(size: 1 << 20, limit: 64)
-        let start = DispatchTime.now().uptimeNanoseconds
         try source.read(jobs, buffers: pool) { _, b in pool.release(b) }
         return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     }

@@ -62,6 +62,8 @@ extension Planner {
         var wantedCBT: [String: Set<String>] = [:]
         var prunedRepositories: Set<String> = []
         var scope: Set<String>?
+        /// "vm uuid \0 policy" of every backup planned so far (retention looks it up per VM).
+        var plannedBackups: Set<String> = []
 
         // Indexes built once: planning 10,000 VMs must not scan the catalog per VM.
         let backupsByKey: [String: [BackupRecord]]
@@ -270,6 +272,7 @@ extension Planner {
             actions.append(PlanAction(
                 kind: .backup, pool: pool.name, vm: vm.name, vmUUID: vm.uuid, policy: policy.name, reason: why, target: vm.name, method: method,
                 repository: spec.repository.value, disks: planned, skippedDisks: skipped))
+            plannedBackups.insert("\(vm.uuid)\u{0}\(policy.name)")
             // The anchors this backup replaces: their CBT metadata goes once it is done.
             if method == .cbtIncremental || (cbtPossible && method == .fullNBD) {
                 for a in anchors where pool.vdis[a.snapshotVDI] != nil && owned(pool.name, "VDI", a.snapshotVDI, in: pool) {
@@ -294,7 +297,7 @@ extension Planner {
         /// Retention as it will stand after this run: a backup planned now counts as the newest
         /// version (the executor prunes only once that backup succeeded).
         mutating func retention(_ policy: BackupPolicy, _ vm: ObservedVM, history: [BackupRecord]) {
-            let planned = actions.contains { $0.kind == .backup && $0.vmUUID == vm.uuid && $0.policy == policy.name }
+            let planned = plannedBackups.contains("\(vm.uuid)\u{0}\(policy.name)")
             var versions = history.map { (id: $0.id, date: $0.createdAt) }
             if planned { versions.append((id: "\u{0}planned", date: now)) }
             guard versions.count > 1 else { return }
@@ -316,7 +319,7 @@ extension Planner {
                 $0.snapshotOf == vm.uuid && $0.otherConfig[OwnershipMarks.policy] == policy.name && owned(pool.name, "VM", $0.uuid, in: pool)
             }.sorted { ($0.otherConfig["haven.created"] ?? "") > ($1.otherConfig["haven.created"] ?? "") }
             // A backup planned now adds one; keep room for it.
-            let planned = actions.contains { $0.kind == .backup && $0.vmUUID == vm.uuid && $0.policy == policy.name } ? 1 : 0
+            let planned = plannedBackups.contains("\(vm.uuid)\u{0}\(policy.name)") ? 1 : 0
             let keep = max(0, policy.spec.snapshotRetention - planned)
             for s in mine.dropFirst(keep) {
                 actions.append(PlanAction(
