@@ -43,32 +43,11 @@ import Testing
     }
 
     func haven(_ args: [String], crashAt: Int? = nil) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: HavenBinary.path)
-        p.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        if let crashAt { env["HAVEN_CRASH_AT"] = String(crashAt) } else { env["HAVEN_CRASH_AT"] = nil }
-        p.environment = env
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, out)
+        let r = try HavenBinary.run(args, environment: ["HAVEN_CRASH_AT": crashAt.map(String.init)])
+        return (r.status, r.stdout + r.stderr)
     }
 
-    func sha(_ path: String) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
-        p.arguments = [path]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return String(out.prefix(64))
-    }
+    func sha(_ path: String) throws -> String { try sha256(of: path) }
 
     /// Eight crash points in each of two incrementals and a full backup: 24 kills in all.
     @Test(arguments: [("incremental", 1), ("incremental", 2), ("full", 3)])

@@ -16,11 +16,15 @@ struct HavenBinary {
         var stderr: String
     }
 
-    static func run(_ arguments: [String], in directory: URL = packageRoot) throws -> Run {
+    /// `environment` adds to (or, with nil values, removes from) the test's own environment.
+    static func run(_ arguments: [String], in directory: URL = packageRoot, environment: [String: String?] = [:]) throws -> Run {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
         process.currentDirectoryURL = directory
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
         let out = Pipe()
         let err = Pipe()
         process.standardOutput = out
@@ -42,4 +46,17 @@ struct HavenBinary {
             status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
             stderr: String(decoding: errData, as: UTF8.self))
     }
+}
+
+/// SHA-256 of a file, by sha256sum.
+func sha256(of path: String) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
+    p.arguments = [path]
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    try p.run()
+    let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    return String(out.prefix(64))
 }

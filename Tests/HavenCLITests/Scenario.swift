@@ -77,31 +77,13 @@ final class Scenario: @unchecked Sendable {
 
     @discardableResult
     func haven(_ args: [String], env extra: [String: String] = [:]) throws -> Run {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: HavenBinary.path)
-        p.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["HAVEN_STATE"] = dir.appendingPathComponent("state").path
-        env["SCENARIO_PASSWORD"] = password
-        env["HAVEN_NOW"] = ISO8601DateFormatter().string(from: now)
-        env.merge(extra) { _, b in b }
-        p.environment = env
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        nonisolated(unsafe) var errData = Data()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async {
-            errData = err.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
-        }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        p.waitUntilExit()
-        return Run(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+        var env: [String: String?] = [
+            "HAVEN_STATE": dir.appendingPathComponent("state").path, "SCENARIO_PASSWORD": password,
+            "HAVEN_NOW": ISO8601DateFormatter().string(from: now),
+        ]
+        for (k, v) in extra { env[k] = v }
+        let r = try HavenBinary.run(args, in: dir, environment: env)
+        return Run(status: r.status, stdout: r.stdout, stderr: r.stderr)
     }
 
     func diff(json: Bool = false) throws -> Run { try haven(["diff", "-f", config] + (json ? ["--output", "json"] : [])) }
@@ -129,15 +111,5 @@ final class Scenario: @unchecked Sendable {
     /// Path of a VDI's disk file inside the simulator (what a guest sees).
     func diskFile(_ uuid: String) -> String { simState.path + "/pools/lab/disks/\(uuid).img" }
 
-    func sha(_ path: String) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
-        p.arguments = [path]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return String(out.prefix(64))
-    }
+    func sha(_ path: String) throws -> String { try sha256(of: path) }
 }

@@ -1,7 +1,7 @@
 import Foundation
 
 /// How a repository compresses chunks: `none`, `zstd` (level 3) or `zstd:N` with N in 1...22.
-public enum Compression: Hashable, Sendable, Codable, CustomStringConvertible {
+public enum Compression: Hashable, Sendable, TextValue {
     case none
     case zstd(level: Int)
 
@@ -28,17 +28,4 @@ public enum Compression: Hashable, Sendable, Codable, CustomStringConvertible {
         }
     }
 
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(description)
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        switch Self.parse(text) {
-        case .success(let v): self = v
-        case .failure(let e):
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: e.message))
-        }
-    }
 }

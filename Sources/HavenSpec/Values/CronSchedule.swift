@@ -5,7 +5,7 @@ import Foundation
 ///
 /// Day-of-month and day-of-week follow Vixie cron: when both are restricted, a day matches if
 /// either does.
-public struct CronSchedule: Hashable, Sendable, Codable, CustomStringConvertible {
+public struct CronSchedule: Hashable, Sendable, TextValue {
     public let expression: String
     let minutes: UInt64
     let hours: UInt64
@@ -188,19 +188,6 @@ public struct CronSchedule: Hashable, Sendable, Codable, CustomStringConvertible
         return nil
     }
 
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(expression)
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        switch Self.parse(text) {
-        case .success(let v): self = v
-        case .failure(let e):
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: e.message))
-        }
-    }
 
     private init(
         expression: String, minutes: UInt64, hours: UInt64, daysOfMonth: UInt64, months: UInt64, daysOfWeek: UInt64,

@@ -1,7 +1,7 @@
 import Foundation
 
 /// A span of time written like `90s`, `30m`, `24h`, `7d`, `2w` or `1h30m`.
-public struct SpecDuration: Hashable, Sendable, Comparable, Codable, CustomStringConvertible {
+public struct SpecDuration: Hashable, Sendable, Comparable, TextValue {
     public var seconds: Int64
 
     public init(seconds: Int64) { self.seconds = seconds }
@@ -62,19 +62,6 @@ public struct SpecDuration: Hashable, Sendable, Comparable, Codable, CustomStrin
 
     public static func < (lhs: SpecDuration, rhs: SpecDuration) -> Bool { lhs.seconds < rhs.seconds }
 
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(description)
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        switch Self.parse(text) {
-        case .success(let d): self = d
-        case .failure(let e):
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: e.message))
-        }
-    }
 }
 
 /// Why a scalar could not be read as the value a field wants.

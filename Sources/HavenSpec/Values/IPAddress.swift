@@ -121,7 +121,7 @@ public struct IPAddress: Hashable, Sendable, Comparable, Codable, CustomStringCo
 ///
 /// A CIDR block of IPv4 with a prefix of /30 or shorter leaves out its network and broadcast
 /// addresses, since an appliance can use neither.
-public struct AddressRange: Hashable, Sendable, Codable, CustomStringConvertible {
+public struct AddressRange: Hashable, Sendable, TextValue {
     public var lower: IPAddress
     public var upper: IPAddress
     public var text: String
@@ -187,20 +187,6 @@ public struct AddressRange: Hashable, Sendable, Codable, CustomStringConvertible
             return .failure(ValueError("'\(text)' is not an IP address, a range (a-b) or a CIDR block (a/n)"))
         }
         return .success(AddressRange(lower: ip, upper: ip, text: text))
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(description)
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        switch Self.parse(text) {
-        case .success(let v): self = v
-        case .failure(let e):
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: e.message))
-        }
     }
 
     init(lower: IPAddress, upper: IPAddress, text: String) {
