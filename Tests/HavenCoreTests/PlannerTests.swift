@@ -230,6 +230,22 @@ struct World {
         #expect(p.actions.filter { $0.kind == .gc }.map(\.target) == ["local"])
     }
 
+    @Test func longVHDChainsAreWarnedAbout() {
+        var w = World()
+        w.vm("web", disks: ["root"], cbt: true)
+        var parent: String? = nil
+        for i in 0..<28 {
+            w.pool.vdis["chain-\(i)"] = ObservedVDI(uuid: "chain-\(i)", name: "base", srUUID: "sr1", size: 0, type: "user", cbtEnabled: false,
+                                                   isSnapshot: false, snapshotOf: "", otherConfig: [:], vhdParent: parent)
+            parent = "chain-\(i)"
+        }
+        w.pool.vdis["web-vdi-0"]!.vhdParent = parent
+        let p = w.plan(w.desired())
+        #expect(p.actions.contains { $0.kind == .warning && $0.target.contains("VHD chain of 29 images") })
+        w.pool.vdis["web-vdi-0"]!.vhdParent = "chain-0"
+        #expect(!w.plan(w.desired()).actions.contains { $0.kind == .warning })
+    }
+
     @Test func theFingerprintFollowsThePool() {
         var w = World()
         w.vm("web", disks: ["root"])

@@ -76,9 +76,12 @@ public struct ObservedVDI: Sendable, Codable, Hashable {
     public var isSnapshot: Bool
     public var snapshotOf: String
     public var otherConfig: [String: String]
+    /// The VHD parent (`sm_config["vhd-parent"]`, a VDI uuid) of VHD-based SRs; nil at the chain's root.
+    public var vhdParent: String?
 
     public init(uuid: String, name: String, srUUID: String, size: Int64, type: String, cbtEnabled: Bool, isSnapshot: Bool, snapshotOf: String,
-                otherConfig: [String: String]) {
+                otherConfig: [String: String], vhdParent: String? = nil) {
+        self.vhdParent = vhdParent
         self.uuid = uuid
         self.name = name
         self.srUUID = srUUID

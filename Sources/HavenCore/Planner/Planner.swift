@@ -137,6 +137,20 @@ extension Planner {
             return f.string(from: d)
         }
 
+        /// Longest chain xapi tolerates before snapshots start failing (VHD_MAX_CHAIN in SM is 30).
+        static let maxChain = 25
+
+        func chainLength(_ uuid: String, in pool: ObservedPool) -> Int {
+            var n = 1
+            var current = pool.vdis[uuid]?.vhdParent
+            var seen: Set<String> = [uuid]
+            while let p = current, !p.isEmpty, seen.insert(p).inserted {
+                n += 1
+                current = pool.vdis[p]?.vhdParent
+            }
+            return n
+        }
+
         static func excluded(_ disk: ObservedDisk, _ vdi: ObservedVDI?, by patterns: [String]) -> Bool {
             patterns.contains { $0 == disk.userdevice || $0 == disk.device || $0 == vdi?.name || $0.lowercased() == disk.vdiUUID }
         }
@@ -177,6 +191,11 @@ extension Planner {
                         continue
                     }
                     disks.append((d, vdi))
+                    let depth = chainLength(vdi.uuid, in: pool)
+                    if depth > Self.maxChain {
+                        warn(poolName, "chain-\(vdi.uuid)", "VM \(vm.name): disk \(d.userdevice) (\(vdi.name)) sits on a VHD chain of \(depth) images",
+                             reason: "xapi refuses snapshots once a chain nears 30 images; let the SR coalesce (haven's snapshots add to the chain until purged)")
+                    }
                     if let sr = pool.srs[vdi.srUUID], sr.physicalSize > 0, Double(sr.physicalUtilisation) / Double(sr.physicalSize) > 0.9 {
                         fullSRs.insert(sr.name)
                     }

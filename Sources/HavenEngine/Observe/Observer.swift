@@ -40,7 +40,7 @@ public enum Observer {
         for (_, v) in vdis {
             observedVDIs[v.uuid] = ObservedVDI(uuid: v.uuid, name: v.nameLabel, srUUID: srUUID[v.sr] ?? "", size: v.virtualSize, type: v.type,
                                                cbtEnabled: v.cbtEnabled, isSnapshot: v.isASnapshot, snapshotOf: vdiUUID[v.snapshotOf] ?? "",
-                                               otherConfig: v.otherConfig)
+                                               otherConfig: v.otherConfig, vhdParent: v.smConfig["vhd-parent"])
         }
         var observedSRs: [String: ObservedSR] = [:]
         for (_, s) in srs {
