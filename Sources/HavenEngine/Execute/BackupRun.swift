@@ -40,7 +40,7 @@ struct BackupRun {
         let snapshotName = "haven \(policy.name) \(vmRecord.nameLabel) \(ISO8601DateFormatter().string(from: started))"
         let planned = Set(action.disks.map(\.vdiUUID))
         var ignore: [VDIRef] = []
-        let caps = try await client.login()
+        let caps = try await client.currentCapabilities()
         if caps.snapshotTakesIgnoreVDIs {
             for vbd in vmRecord.vbds {
                 let r = try await client.record(vbd)

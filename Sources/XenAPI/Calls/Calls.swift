@@ -150,7 +150,8 @@ extension XenAPIClient {
         return (try? XMLRPC.parseValue(text)) ?? .string(text)
     }
 
-    func currentCapabilities() async throws -> PoolCapabilities {
+    /// The pool's capabilities, logging in only when there is no session yet.
+    public func currentCapabilities() async throws -> PoolCapabilities {
         if let c = capabilities { return c }
         return try await login()
     }

@@ -63,9 +63,11 @@ public actor XenAPIClient {
         return "\(scheme)://\(h)" + (u.port.map { ":\($0)" } ?? "")
     }
 
-    /// Logs in (following the master) and learns the pool's capabilities.
+    /// Logs in (following the master) and learns the pool's capabilities. A session already open
+    /// is logged out first: xapi keeps at most 500 sessions per originator and drops the oldest.
     @discardableResult
     public func login() async throws -> PoolCapabilities {
+        if session != nil { await logout() }
         var hops = 0
         while true {
             do {
