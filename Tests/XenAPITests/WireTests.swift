@@ -83,3 +83,11 @@ import Testing
         #expect(TLSPolicy.fingerprint("zz") == nil)
     }
 }
+
+@Suite struct RedactionTests {
+    @Test func sessionReferencesNeverAppearInTransportErrors() {
+        let e = HTTPTransportError(curlCode: 7, message: "Couldn't connect", url: "https://127.0.0.1/export_raw_vdi?session_id=OpaqueRef:secret-ref&vdi=x")
+        #expect(!e.description.contains("secret-ref"))
+        #expect(e.description.contains("vdi=x"))
+    }
+}

@@ -43,7 +43,14 @@ public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
     public var message: String
     public var url: String
 
-    public var description: String { "\(message) (\(url), curl error \(curlCode))" }
+    public var description: String { "\(message) (\(Self.redacted(url)), curl error \(curlCode))" }
+
+    /// A session reference is as good as a password while it lives: never print one.
+    static func redacted(_ url: String) -> String {
+        guard var c = URLComponents(string: url), let items = c.queryItems else { return url }
+        c.queryItems = items.map { $0.name == "session_id" ? URLQueryItem(name: $0.name, value: "<redacted>") : $0 }
+        return c.string ?? url
+    }
 
     /// The certificate did not match the pin or the trust store.
     public var isTLSVerificationFailure: Bool { [35, 51, 58, 60, 83, 90, 91].contains(curlCode) }
