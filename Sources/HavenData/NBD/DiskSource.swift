@@ -47,12 +47,14 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
     public let maxRetries: Int
     public var label: String { endpoint.description }
 
-    public init(_ endpoint: NBDEndpoint, connections: Int = 4, depth: Int = 8, maxRetries: Int = 5) throws {
+    /// `size`, when the caller knows it (the VDI's virtual_size), saves a connection and its TLS
+    /// handshake just to ask; the reading connections still check it.
+    public init(_ endpoint: NBDEndpoint, size: Int64? = nil, connections: Int = 4, depth: Int = 8, maxRetries: Int = 5) throws {
         self.endpoint = endpoint
         self.connections = max(1, connections)
         self.depth = max(1, depth)
         self.maxRetries = maxRetries
-        size = try NBDConnection(endpoint).size
+        self.size = try size ?? NBDConnection(endpoint).size
     }
 
     public func read(_ jobs: [ReadJob], buffers: BufferPool, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws {
@@ -73,6 +75,9 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
             var cookies: [Int64]
         }
         var connection = try NBDConnection(endpoint)
+        guard connection.size >= size else {
+            throw DataError(.nbd, endpoint.description, "the export has \(connection.size) bytes, \(size) were expected")
+        }
         var inFlight: [InFlight] = []
         var retries = 0
         func issue(_ item: inout InFlight) throws {

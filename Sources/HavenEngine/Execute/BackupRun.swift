@@ -164,7 +164,8 @@ struct BackupRun {
         if let info = infos.first {
             let endpoint = NBDEndpoint(address: info.address, port: info.port, exportName: info.exportName,
                                        tls: observed?.nbdTLS == false ? .off : .certificate(info.cert))
-            source = try await blocking { try NBDDiskSource(endpoint, connections: connections) }
+            let size = snapInfo.virtualSize
+            source = try await blocking { try NBDDiskSource(endpoint, size: size, connections: connections) }
         } else {
             if nbdRequired { throw EngineError(.action, disk.name, "no NBD server for \(disk.name) and spec.nbd.required is true") }
             source = ExportDiskSource(client: client, vdi: snapVDI, size: snapInfo.virtualSize, label: "/export_raw_vdi \(snapInfo.uuid)")
