@@ -393,3 +393,32 @@ extension XenAPIClient {
         #expect(try s.diff().status == 0)
     }
 }
+
+@Suite struct FailedBackupTests {
+    @Test func aFailedBackupLeavesNoSnapshotAndTheNextRunSucceeds() async throws {
+        let vms = """
+                  - name: app
+                    disks: [{name: app-root, size: 2Mi, fill: {seed: 3}}]
+            """
+        let policy = """
+            apiVersion: haven/v1
+            kind: BackupPolicy
+            metadata: {name: daily}
+            spec: {pool: lab, vms: {names: [app]}, repository: local}
+            """
+        let s = try Scenario(vms: vms, policy: policy)
+        // Every NBD connection is cut before its TLS handshake completes: the transfer cannot succeed.
+        #expect(try s.simControl(["fault", "--rule", "nbd-drop:200"]).status == 0)
+        let failed = try s.apply()
+        #expect(failed.status == 2)
+        #expect(failed.stderr.contains("removed the snapshot of the failed backup"))
+        let c = s.client()
+        #expect(try await c.records(VMRecord.self).values.filter { $0.isASnapshot }.isEmpty)
+        #expect(try await c.records(VDIRecord.self).values.filter { $0.otherConfig["haven.owner"] != nil }.isEmpty)
+        #expect(try s.backups().isEmpty, "no version for the failed run")
+        #expect(try s.simControl(["fault", "--clear"]).status == 0)
+        let run = try s.apply()
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(try s.backups().count == 1)
+    }
+}

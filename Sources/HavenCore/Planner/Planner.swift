@@ -332,11 +332,20 @@ extension Planner {
         }
 
         /// Snapshots kept on the host when their data is not purged: the newest `snapshotRetention`.
+        /// When data is purged, a snapshot VM of haven's can only be left over from a backup that
+        /// did not finish (a crash): it goes.
         mutating func snapshotRetention(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: ObservedVM) {
-            guard !policy.spec.purgeSnapshotData else { return }
             let mine = pool.snapshots.filter {
                 $0.snapshotOf == vm.uuid && $0.otherConfig[OwnershipMarks.policy] == policy.name && owned(pool.name, "VM", $0.uuid, in: pool)
             }.sorted { ($0.otherConfig["haven.created"] ?? "") > ($1.otherConfig["haven.created"] ?? "") }
+            if policy.spec.purgeSnapshotData {
+                for s in mine {
+                    actions.append(PlanAction(
+                        kind: .deleteSnapshot, pool: pool.name, vm: vm.name, vmUUID: vm.uuid, policy: policy.name,
+                        reason: "left over from a backup that did not finish", target: "\(s.name) (\(s.uuid))", objectUUID: s.uuid, objectClass: "VM"))
+                }
+                return
+            }
             // A backup planned now adds one; keep room for it.
             let planned = plannedBackups.contains("\(vm.uuid)\u{0}\(policy.name)") ? 1 : 0
             let keep = max(0, policy.spec.snapshotRetention - planned)

@@ -67,6 +67,20 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
         }
     }
 
+    /// Opens a connection, trying again (with backoff) when the server or the network hiccups.
+    private func connectWithRetry() throws -> NBDConnection {
+        var attempt = 0
+        while true {
+            do {
+                return try NBDConnection(endpoint)
+            } catch let e as DataError where e.code == .nbd {
+                attempt += 1
+                if attempt > maxRetries { throw e }
+                Thread.sleep(forTimeInterval: min(2, 0.1 * Double(1 << attempt)))
+            }
+        }
+    }
+
     private func readLoop(cursor: JobCursor, buffers: BufferPool, deliver: (ReadJob, ChunkBuffer) throws -> Void) throws {
         let chunkSize = buffers.size
         struct InFlight {
@@ -74,7 +88,7 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
             var buffer: ChunkBuffer
             var cookies: [Int64]
         }
-        var connection = try NBDConnection(endpoint)
+        var connection = try connectWithRetry()
         guard connection.size >= size else {
             throw DataError(.nbd, endpoint.description, "the export has \(connection.size) bytes, \(size) were expected")
         }
@@ -120,7 +134,7 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
                 retries += 1
                 if retries > maxRetries { throw e }
                 Thread.sleep(forTimeInterval: min(2, 0.1 * Double(1 << retries)))
-                connection = try NBDConnection(endpoint)
+                connection = try connectWithRetry()
                 for i in inFlight.indices { try issue(&inFlight[i]) }
             }
         }

@@ -55,6 +55,41 @@ struct BackupRun {
             if let hook = spec.hooks.postSnapshot { try? await runHook(hook, "postSnapshot", vm: vmRecord, notes: &notes) }
             throw error
         }
+        do {
+            return try await afterSnapshot(snapshot, vmRecord: vmRecord, policy: policy, repo: repo, started: started, notes: notes)
+        } catch {
+            // A failed backup leaves nothing behind: the snapshot and its disks go (anchors stay).
+            await discard(snapshot)
+            throw error
+        }
+    }
+
+    func discard(_ snapshot: VMRef) async {
+        guard let record = try? await client.record(snapshot) else { return }
+        var vdis: [(VDIRef, String)] = []
+        for vbd in record.vbds {
+            if let r = try? await client.record(vbd), r.type == "Disk", !r.vdi.isNull, let v = try? await client.record(r.vdi) {
+                vdis.append((r.vdi, v.uuid))
+            }
+        }
+        let anchors = Set(((try? executor.catalog.view())?.anchors ?? []).map(\.snapshotVDI))
+        do {
+            try await withRetry(on: log) { try await client.destroy(snapshot) }
+            try executor.catalog.disown(pool: pool, uuid: record.uuid)
+            for (ref, uuid) in vdis where !anchors.contains(uuid) {
+                try await withRetry(on: log) { try await client.destroy(ref) }
+                try executor.catalog.disown(pool: pool, uuid: uuid)
+            }
+            log("removed the snapshot of the failed backup")
+        } catch {
+            log("could not remove the snapshot of the failed backup (\(error)); it carries haven's mark and the next plan removes it")
+        }
+    }
+
+    func afterSnapshot(_ snapshot: VMRef, vmRecord: VMRecord, policy: BackupPolicy, repo: BackupRepository, started: Date,
+                       notes initialNotes: [String: String]) async throws -> String {
+        var notes = initialNotes
+        let spec = policy.spec
         let snapRecord = try await client.record(snapshot)
         // Mark it as haven's before anything else can fail: it must never become an orphan.
         try await mark(vm: snapshot, role: "backup-snapshot", policy: policy.name, source: vmRecord.uuid, created: started)
