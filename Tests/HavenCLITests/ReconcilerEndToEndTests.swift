@@ -422,3 +422,46 @@ extension XenAPIClient {
         #expect(try s.backups().count == 1)
     }
 }
+
+@Suite struct StatusAndTargetTests {
+    @Test func statusReportsRPOAndTargetRestrictsThePlan() throws {
+        let vms = """
+                  - name: web
+                    disks: [{name: web-root, size: 1Mi, fill: {seed: 1}}]
+                  - name: db
+                    disks: [{name: db-root, size: 1Mi, fill: {seed: 2}}]
+            """
+        let policies = """
+            apiVersion: haven/v1
+            kind: BackupPolicy
+            metadata: {name: web-daily}
+            spec: {pool: lab, vms: {names: [web]}, repository: local}
+            ---
+            apiVersion: haven/v1
+            kind: BackupPolicy
+            metadata: {name: db-hourly}
+            spec: {pool: lab, vms: {names: [db]}, repository: local, schedule: {every: 1h}}
+            """
+        let s = try Scenario(vms: vms, policy: policies)
+        // Only one policy's work is planned and applied.
+        let targeted = try s.haven(["diff", "-f", s.config, "--target", "BackupPolicy/db-hourly", "--output", "json"])
+        #expect(targeted.status == 1)
+        #expect(!targeted.stdout.contains("\"web\""))
+        #expect(try s.haven(["apply", "-f", s.config, "--auto-approve", "--target", "BackupPolicy/db-hourly"]).status == 0)
+        var status = try s.haven(["status", "-f", s.config, "--output", "json"])
+        #expect(status.status == 0)
+        var rows = try #require((try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])?["vms"] as? [[String: Any]])
+        #expect(rows.first { $0["vm"] as? String == "db" }?["rpoMet"] as? Bool == true)
+        #expect(rows.first { $0["vm"] as? String == "web" }?["rpoMet"] as? Bool == false)
+        // Two hours later the hourly RPO is missed; the daily one is met after a full apply.
+        #expect(try s.apply().status == 0)
+        s.now = s.now.addingTimeInterval(2 * 3_600)
+        status = try s.haven(["status", "-f", s.config, "--output", "json"])
+        rows = try #require((try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])?["vms"] as? [[String: Any]])
+        #expect(rows.first { $0["vm"] as? String == "db" }?["rpoMet"] as? Bool == false)
+        #expect(rows.first { $0["vm"] as? String == "web" }?["rpoMet"] as? Bool == true)
+        let text = try s.haven(["status", "-f", s.config]).stdout
+        #expect(text.contains("MISSED"))
+        #expect(try s.haven(["diff", "-f", s.config, "--target", "Pool/nope"]).status == 2)
+    }
+}
