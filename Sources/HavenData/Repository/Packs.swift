@@ -108,16 +108,20 @@ final class ChunkIndex: @unchecked Sendable {
     private var pending: [ChunkID: ChunkLocation] = [:]
 
     func load(from repo: BackupRepository) throws {
-        var map: [ChunkID: ChunkLocation] = [:]
         let names = (try? FileManager.default.contentsOfDirectory(atPath: repo.indexDir.path)) ?? []
+        var files: [(pack: String, data: Data)] = []
         for file in names where file.hasSuffix(".idx") {
-            let pack = String(file.dropLast(4))
             guard let data = FileManager.default.contents(atPath: repo.indexDir.appendingPathComponent(file).path) else { continue }
-            let path = repo.packPath(pack)
+            files.append((repo.packPath(String(file.dropLast(4))), data))
+        }
+        // Sized once: growing a table of a few hundred thousand ids rehashes it many times.
+        var map: [ChunkID: ChunkLocation] = [:]
+        map.reserveCapacity(files.reduce(0) { $0 + $1.data.count / 44 })
+        for (path, data) in files {
             data.withUnsafeBytes { raw in
                 var i = 0
                 while i + 44 <= raw.count {
-                    let id = ChunkID(bytes: Array(raw[i..<(i + 32)]))
+                    let id = ChunkID(raw: UnsafeRawBufferPointer(rebasing: raw[i..<(i + 32)]))
                     let offset = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: i + 32, as: UInt64.self))
                     let length = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: i + 40, as: UInt32.self))
                     map[id] = ChunkLocation(pack: path, offset: offset, length: length, pending: false)

@@ -160,9 +160,9 @@ public final class BackupRepository: @unchecked Sendable {
     /// The id a chunk with these bytes has in this repository.
     public func chunkID(of data: UnsafeRawBufferPointer) -> ChunkID {
         if let idKey {
-            return ChunkID(bytes: Array(HMAC<SHA256>.authenticationCode(for: data, using: idKey)))
+            return HMAC<SHA256>.authenticationCode(for: data, using: idKey).withUnsafeBytes { ChunkID(raw: $0) }
         }
-        return ChunkID(bytes: Array(SHA256.hash(data: data)))
+        return SHA256.hash(data: data).withUnsafeBytes { ChunkID(raw: $0) }
     }
 
     func packPath(_ name: String) -> String { packsDir.path + "/" + name.prefix(2) + "/" + name }
