@@ -44,8 +44,8 @@ enum DiskIndex {
     static func read(_ root: IndexRoot, from repo: BackupRepository) throws -> [ChunkID] {
         guard let id = ChunkID(hex: root.root) else { throw DataError(.badManifest, root.root, "bad index root") }
         var level = [id]
-        for _ in 0..<root.depth { level = try pages(level, repo) }
-        let entries = try pages(level, repo)
+        for _ in 0..<root.depth { level = try level.flatMap { try page($0, repo) } }
+        let entries = try level.flatMap { try page($0, repo) }
         guard entries.count == root.entries else {
             throw DataError(.badManifest, root.root, "index has \(entries.count) entries, the manifest says \(root.entries)")
         }
@@ -58,24 +58,10 @@ enum DiskIndex {
         var pages = [id]
         var level = [id]
         for _ in 0..<root.depth {
-            level = try Self.pages(level, repo)
+            level = try level.flatMap { try page($0, repo) }
             pages += level
         }
-        return (pages, try Self.pages(level, repo))
-    }
-
-    /// The entries of several pages, in order; read on a few threads, since each page is a
-    /// random read, a decompression and a hash check (a 64 GiB disk has 1,024 leaves).
-    static func pages(_ ids: [ChunkID], _ repo: BackupRepository) throws -> [ChunkID] {
-        if ids.count < 8 { return try ids.flatMap { try page($0, repo) } }
-        let results = PageResults(count: ids.count)
-        let next = PageResults.Cursor()
-        try runThreads(4, name: "index-read") { _ in
-            while let i = next.take(below: ids.count) {
-                results.set(i, try page(ids[i], repo))
-            }
-        }
-        return results.joined()
+        return (pages, try level.flatMap { try page($0, repo) })
     }
 
     static func page(_ id: ChunkID, _ repo: BackupRepository) throws -> [ChunkID] {
@@ -84,30 +70,5 @@ enum DiskIndex {
         let n = try repo.getChunk(id, into: buffer)
         guard n % 32 == 0 else { throw DataError(.corruptChunk, id.hex, "index page length \(n) is not a multiple of 32") }
         return (0..<(n / 32)).map { ChunkID(raw: UnsafeRawBufferPointer(rebasing: buffer[($0 * 32)..<($0 * 32 + 32)])) }
-    }
-}
-
-/// Pages read by several threads, kept by position.
-private final class PageResults: @unchecked Sendable {
-    // @unchecked: every access holds `lock`.
-    private let lock = NSLock()
-    private var slots: [[ChunkID]]
-
-    init(count: Int) { slots = Array(repeating: [], count: count) }
-    func set(_ i: Int, _ v: [ChunkID]) { lock.withLock { slots[i] = v } }
-    func joined() -> [ChunkID] { lock.withLock { slots.flatMap { $0 } } }
-
-    /// Hands out positions 0, 1, 2… once each.
-    final class Cursor: @unchecked Sendable {
-        // @unchecked: every access holds `lock`.
-        private let lock = NSLock()
-        private var n = 0
-        func take(below limit: Int) -> Int? {
-            lock.withLock {
-                guard n < limit else { return nil }
-                defer { n += 1 }
-                return n
-            }
-        }
     }
 }
