@@ -101,7 +101,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "HavenBench",
-            dependencies: ["HavenSpec", "HavenCore", "XenAPI", "HavenSim", "HavenData"],
+            dependencies: ["HavenSpec", "HavenCore", "XenAPI", "HavenSim", "HavenData", "DiskFormats"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -122,7 +122,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HavenDataTests",
-            dependencies: ["HavenData"],
+            dependencies: ["HavenData", "DiskFormats"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -133,7 +133,7 @@ let package = Package(
         // Drives the built `haven` binary end to end.
         .testTarget(
             name: "HavenCLITests",
-            dependencies: ["XenAPI"],
+            dependencies: ["XenAPI", "DiskFormats"],
             exclude: ["Referee"],
             swiftSettings: swiftSettings
         ),

@@ -1,4 +1,5 @@
 import Foundation
+import DiskFormats
 import HavenData
 
 #if canImport(Glibc)
@@ -43,7 +44,7 @@ struct DataBench {
         let tmp = file + ".tmp"
         let fd = open(tmp, O_CREAT | O_WRONLY | O_TRUNC, 0o644)
         ftruncate(fd, off_t(size))
-        var rng = Rng(s: 20_261_121)
+        var rng = SplitMix64(state: 20_261_121)
         let block = 65_536
         var buf = [UInt8](repeating: 0, count: block)
         var library: [[UInt8]] = []
@@ -63,7 +64,7 @@ struct DataBench {
         rename(tmp, file)
     }
 
-    func fill(_ buf: inout [UInt8], _ rng: inout Rng, text: Bool) {
+    func fill(_ buf: inout [UInt8], _ rng: inout SplitMix64, text: Bool) {
         if !text {
             buf.withUnsafeMutableBytes { p in
                 for i in stride(from: 0, to: p.count, by: 8) { p.storeBytes(of: rng.next(), toByteOffset: i, as: UInt64.self) }
@@ -88,7 +89,7 @@ struct DataBench {
         try run("cp", ["--sparse=always", base, file])
         let blocks = Int(size / 65_536)
         let want = blocks / 50
-        var rng = Rng(s: clustered ? 77 : 55)
+        var rng = SplitMix64(state: clustered ? 77 : 55)
         var chosen = Set<Int>()
         while chosen.count < want {
             let start = Int(rng.next() % UInt64(blocks))

@@ -1,3 +1,4 @@
+import DiskFormats
 import Foundation
 import Testing
 
@@ -29,7 +30,7 @@ import Testing
     static let blocks = 96
 
     /// Writes random 64 KiB blocks (some left as holes) and returns the changed-block bitmap.
-    func scribble(_ path: String, _ rng: inout Rng, share: Int) throws -> String {
+    func scribble(_ path: String, _ rng: inout SplitMix64, share: Int) throws -> String {
         let h = try FileHandle(forUpdating: URL(fileURLWithPath: path))
         defer { try? h.close() }
         try h.truncate(atOffset: UInt64(Self.blocks) * 65_536)
@@ -53,7 +54,7 @@ import Testing
     @Test(arguments: [("incremental", 1), ("incremental", 2), ("full", 3)])
     func aKilledBackupLosesNothingAndTheNextOneSucceeds(kind: String, seed: UInt64) throws {
         let w = try Workspace()
-        var rng = Rng(s: seed)
+        var rng = SplitMix64(state: seed)
         let image = w.path("disk.img")
         FileManager.default.createFile(atPath: image, contents: nil)
         _ = try scribble(image, &rng, share: 60)

@@ -1,3 +1,4 @@
+import DiskFormats
 import Foundation
 import Synchronization
 
@@ -17,15 +18,11 @@ final class Scratch: @unchecked Sendable {
 
 /// Deterministic test images: holes, random data, repeated blocks, zero-filled regions.
 struct ImageMaker {
-    var state: UInt64
+    private var rng: SplitMix64
 
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    init(state: UInt64) { rng = SplitMix64(state: state) }
+
+    mutating func next() -> UInt64 { rng.next() }
 
     mutating func block(_ kind: UInt64) -> [UInt8] {
         switch kind % 4 {

@@ -1,10 +1,14 @@
+import DiskFormats
 import Foundation
 import XenAPI
 
 extension SimPool {
     /// Creates the pool's objects from the world file (first start only; later starts load db.json).
     func bootstrap() throws {
-        var rng = SplitMix64(state: UInt64(truncatingIfNeeded: spec.name.hashValue & 0x7fff_ffff) | 1)
+        // Seeded from the pool's name (not String.hashValue, which changes every run), so a world file
+        // gives the same MACs on every machine.
+        let name = Array(spec.name.utf8)
+        var rng = SplitMix64(state: name.withUnsafeBytes { XXHash64.hash($0) } | 1)
         let cbtLicensed = spec.licence?.cbt ?? true
         try db.withLock {
             // Hosts and their control domains.
