@@ -48,15 +48,24 @@ struct HavenBinary {
     }
 }
 
-/// SHA-256 of a file, by sha256sum.
-func sha256(of path: String) throws -> String {
+/// Runs a tool found on PATH and returns its exit status and its output (stdout and stderr together).
+@discardableResult
+func runTool(_ tool: String, _ args: [String]) throws -> (status: Int32, output: String) {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
-    p.arguments = [path]
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = [tool] + args
     let pipe = Pipe()
     p.standardOutput = pipe
+    p.standardError = pipe
     try p.run()
     let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     p.waitUntilExit()
+    return (p.terminationStatus, out)
+}
+
+/// SHA-256 of a file, by sha256sum.
+func sha256(of path: String) throws -> String {
+    let (status, out) = try runTool("sha256sum", [path])
+    guard status == 0 else { throw CocoaError(.fileReadUnknown, userInfo: [NSFilePathErrorKey: path]) }
     return String(out.prefix(64))
 }

@@ -380,15 +380,8 @@ extension XenAPIClient {
         #expect(b["kind"] as? String == "xva")
         let out = s.dir.appendingPathComponent("app.xva").path
         #expect(try s.haven(["restore", "-f", s.config, "--backup", b["id"] as! String, "--disk", "xva", "--to-file", out]).status == 0)
-        let tar = Process()
-        tar.executableURL = URL(fileURLWithPath: "/usr/bin/tar")
-        tar.arguments = ["-tf", out]
-        let pipe = Pipe()
-        tar.standardOutput = pipe
-        try tar.run()
-        let listing = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        tar.waitUntilExit()
-        #expect(tar.terminationStatus == 0)
+        let (tarStatus, listing) = try runTool("tar", ["-tf", out])
+        #expect(tarStatus == 0)
         #expect(listing.hasPrefix("ova.xml\n"))
         #expect(try s.diff().status == 0)
     }

@@ -48,16 +48,8 @@ import Testing
     @Test func officialPythonSDKDrivesAWholeCBTCycle() throws {
         let sim = try RunningSim(prefix: "127.77.\(getpid() % 200)")
         let script = HavenBinary.packageRoot.appendingPathComponent("Tests/HavenCLITests/Referee/xenapi_cbt_cycle.py").path
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", script, sim.state.path, HavenBinary.path, sim.dir.path]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0, "\(out)")
+        let (status, out) = try runTool("python3", [script, sim.state.path, HavenBinary.path, sim.dir.path])
+        #expect(status == 0, "\(out)")
         #expect(out.contains("referee passed"))
     }
 
@@ -73,18 +65,5 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: sim.state.appendingPathComponent("pools/referee/db.json").path))
         let (rc, _) = try runTool("pgrep", ["-f", "nbd-\(sim.state.path)"])
         #expect(rc != 0, "nbdkit must not outlive the simulator")
-    }
-
-    func runTool(_ tool: String, _ args: [String]) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = [tool] + args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, out)
     }
 }
