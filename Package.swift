@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // Pure: YAML desired state -> typed, validated model. No sockets, no pool.
@@ -81,7 +82,7 @@ let package = Package(
         // The engine: observes pools, executes plans (XenAPI, data plane, catalog), restores VMs.
         .target(
             name: "HavenEngine",
-            dependencies: ["HavenSpec", "HavenCore", "HavenCatalog", "HavenData", "XenAPI"],
+            dependencies: ["HavenSpec", "HavenCore", "HavenCatalog", "HavenData", "XenAPI", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // Wiring only: parses arguments, calls the libraries, maps results to exit codes.
@@ -96,6 +97,7 @@ let package = Package(
                 "HavenCatalog",
                 "HavenEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -128,6 +130,12 @@ let package = Package(
         .testTarget(
             name: "HavenSimTests",
             dependencies: ["HavenSim", "XenAPI", "DiskFormats"],
+            swiftSettings: swiftSettings
+        ),
+        // Runners and the scheduler against an in-process `haven sim` (real nbdkit).
+        .testTarget(
+            name: "HavenEngineTests",
+            dependencies: ["HavenEngine", "HavenCore", "HavenSpec", "HavenCatalog", "HavenSim", "XenAPI"],
             swiftSettings: swiftSettings
         ),
         // Drives the built `haven` binary end to end.

@@ -1,7 +1,27 @@
 import ArgumentParser
 
+import Foundation
+
 @main
 struct Haven: AsyncParsableCommand {
+    /// Parses, runs, and maps whatever comes out through `ExitMapping` (never the parser's 1).
+    static func main() async {
+        let command: any ParsableCommand
+        do {
+            command = try parseAsRoot()
+        } catch {
+            exit(withError: error)
+        }
+        do {
+            var c = command
+            if var a = c as? any AsyncParsableCommand { try await a.run() } else { try c.run() }
+        } catch {
+            if error is CleanExit { exit(withError: error) }
+            ExitMapping.report(error)
+            Foundation.exit(ExitMapping.exitStatus(for: error))
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "haven",
         abstract: "Declarative backup and disaster recovery for XenServer / XCP-ng pools.",

@@ -59,6 +59,9 @@ public final class Catalog: Sendable {
                 t.primaryKey(["pool", "vdiUUID"])
             }
         }
+        m.registerMigration("v2-backup-note") { db in
+            try db.alter(table: "backup") { t in t.add(column: "note", .text).notNull().defaults(to: "") }
+        }
         return m
     }
 

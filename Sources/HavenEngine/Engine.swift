@@ -2,58 +2,119 @@ import Foundation
 import HavenCatalog
 import HavenCore
 import HavenSpec
+import Logging
 import XenAPI
 
-/// Everything one `diff` or `apply` needs: the desired state, this installation's state
-/// directory and catalog, sessions to the pools, and what they look like now.
+/// One XenAPI session per pool per process. Observing reuses the session transfers use (it never
+/// logs in again while one is open); `logoutAll` ends every session, on every path out.
+public final class PoolSessions: Sendable {
+    public let clients: [String: XenAPIClient]
+    /// Pools whose client could not even be made (credentials missing), with why.
+    public let unusable: [String: String]
+
+    public init(desired: DesiredState) {
+        var clients: [String: XenAPIClient] = [:]
+        var unusable: [String: String] = [:]
+        for p in desired.pools {
+            do { clients[p.name] = try PoolConnection.client(for: p) } catch { unusable[p.name] = "\(error)" }
+        }
+        self.clients = clients
+        self.unusable = unusable
+    }
+
+    public func client(_ pool: String) -> XenAPIClient? { clients[pool] }
+
+    public func logoutAll() async {
+        await withTaskGroup(of: Void.self) { g in
+            for c in clients.values { g.addTask { await c.logout() } }
+        }
+    }
+}
+
+/// What a set of pools looked like: the ones read, and the ones that could not be, with why.
+public struct Observation: Sendable {
+    public var pools: [String: ObservedPool] = [:]
+    public var unreachable: [String: String] = [:]
+
+    public init() {}
+}
+
+/// Everything one `diff`, `apply` or reconcile loop needs: the desired state, this installation's
+/// state directory and catalog, sessions to the pools. `reconcile` is the one way changes are
+/// made: `apply`, `backup now` and the daemon all call it.
 public final class Engine: Sendable {
     public let desired: DesiredState
     public let state: StateDirectory
     public let catalog: Catalog
     public let instance: String
-    public let clients: [String: XenAPIClient]
+    public let sessions: PoolSessions
+    public let logger: Logger
 
-    /// Opens sessions to every declared pool (lazily: nothing is contacted yet).
-    public init(desired: DesiredState, state: StateDirectory) throws {
+    /// Prepares sessions to every declared pool (lazily: nothing is contacted yet).
+    public init(desired: DesiredState, state: StateDirectory, logger: Logger = Logger(label: "haven")) throws {
         self.desired = desired
         self.state = state
+        self.logger = logger
         catalog = try state.catalog()
         instance = try state.instanceID()
-        var clients: [String: XenAPIClient] = [:]
-        for p in desired.pools { clients[p.name] = try PoolConnection.client(for: p) }
-        self.clients = clients
+        sessions = PoolSessions(desired: desired)
     }
 
-    /// Reads the given pools (all declared when nil). A pool that cannot be read is an error:
-    /// planning without it could look like "nothing to do".
-    public func observe(pools: [String]? = nil) async throws -> [String: ObservedPool] {
-        var out: [String: ObservedPool] = [:]
-        for name in pools ?? desired.pools.map(\.name) {
-            guard let c = clients[name] else { continue }
-            do {
-                out[name] = try await Observer.observe(c, name: name)
-            } catch {
-                throw EngineError(.observe, name, "cannot read Pool '\(name)' (\(desired.pool(named: name)?.spec.url ?? "")): \(error)")
+    public var clients: [String: XenAPIClient] { sessions.clients }
+
+    /// Reads each pool on its own: one that cannot be read is reported in `unreachable` and the
+    /// others are still observed (one pool down never stops the backups of the rest).
+    public func observe(pools: [String]? = nil) async -> Observation {
+        var out = Observation()
+        let names = pools ?? desired.pools.map(\.name)
+        await withTaskGroup(of: (String, Result<ObservedPool, any Error>).self) { g in
+            for name in names {
+                if let why = sessions.unusable[name] {
+                    out.unreachable[name] = why
+                    continue
+                }
+                guard let c = sessions.client(name) else { continue }
+                g.addTask { (name, await Result(catching: { try await Observer.observe(c, name: name) })) }
+            }
+            for await (name, r) in g {
+                switch r {
+                case .success(let o): out.pools[name] = o
+                case .failure(let e):
+                    let url = desired.pool(named: name)?.spec.url ?? ""
+                    out.unreachable[name] = "\(url): \(e)"
+                    logger.warning("cannot read pool", metadata: ["pool": "\(name)", "error": "\(e)"])
+                }
             }
         }
         return out
     }
 
-    public func plan(observed: [String: ObservedPool], now: Date, scope: Set<String>? = nil) throws -> Plan {
-        Planner(instance: instance).plan(desired: desired, observed: observed, catalog: try catalog.view(), now: now, scope: scope)
+    public func plan(_ observation: Observation, now: Date, scope: Set<String>? = nil) throws -> Plan {
+        Planner(instance: instance).plan(desired: desired, observed: observation.pools, unreachable: observation.unreachable,
+                                         catalog: try catalog.view(), now: now, scope: scope)
     }
 
-    public func fingerprint(observed: [String: ObservedPool]) throws -> String {
-        Planner(instance: instance).fingerprint(desired: desired, observed: observed, catalog: try catalog.view())
+    public func fingerprint(_ observation: Observation) throws -> String {
+        Planner(instance: instance).fingerprint(desired: desired, observed: observation.pools, catalog: try catalog.view())
     }
 
-    public func executor(observed: [String: ObservedPool], now: @escaping @Sendable () -> Date,
-                         emit: @escaping @Sendable (ExecutionEvent) -> Void) -> Executor {
-        Executor(desired: desired, catalog: catalog, state: state, instance: instance, clients: clients, observed: observed, now: now, emit: emit)
+    public func executor(plan: Plan, now: @escaping @Sendable () -> Date, emit: @escaping @Sendable (ExecutionEvent) -> Void) -> Executor {
+        Executor(context: ExecutionContext(sessions: sessions, catalog: catalog, state: state, instance: instance, plan: plan, now: now,
+                                           logger: logger, emit: emit))
     }
 
-    public func logout() async {
-        for c in clients.values { await c.logout() }
+    public func logout() async { await sessions.logoutAll() }
+
+    /// Runs `body`, then logs every session out, whether `body` returned, threw or was cancelled.
+    public func withSessions<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        do {
+            let v = try await body()
+            await logout()
+            return v
+        } catch {
+            await logout()
+            throw error
+        }
     }
 }
 
@@ -64,6 +125,11 @@ public struct TargetScope: Sendable {
     /// BackupPolicies to plan; nil: all of them (and clean-up runs).
     public var policies: Set<String>?
 
+    public init(pools: [String], policies: Set<String>?) {
+        self.pools = pools
+        self.policies = policies
+    }
+
     public static func parse(_ target: String?, in desired: DesiredState) throws -> TargetScope {
         guard let target else { return TargetScope(pools: desired.pools.map(\.name), policies: nil) }
         let parts = target.split(separator: "/", maxSplits: 1).map(String.init)
@@ -71,14 +137,36 @@ public struct TargetScope: Sendable {
         switch parts[0] {
         case "BackupPolicy":
             guard let p = desired.backupPolicies.first(where: { $0.name == parts[1] }) else {
-                throw EngineError(.notFound, target, "no BackupPolicy '\(parts[1])' is declared")
+                let names = desired.backupPolicies.map(\.name)
+                throw EngineError(.notFound, target, "no BackupPolicy '\(parts[1])' is declared" + didYouMean(parts[1], names))
             }
             return TargetScope(pools: [p.spec.pool.value], policies: [p.name])
         case "Pool":
-            guard desired.pools.contains(where: { $0.name == parts[1] }) else { throw EngineError(.notFound, target, "no Pool '\(parts[1])' is declared") }
+            guard desired.pools.contains(where: { $0.name == parts[1] }) else {
+                throw EngineError(.notFound, target, "no Pool '\(parts[1])' is declared" + didYouMean(parts[1], desired.pools.map(\.name)))
+            }
             return TargetScope(pools: [parts[1]], policies: nil)
         default:
             throw EngineError(.notFound, target, "--target works on BackupPolicy/NAME or Pool/NAME")
         }
+    }
+
+    static func didYouMean(_ word: String, _ candidates: [String]) -> String {
+        func distance(_ a: [Character], _ b: [Character]) -> Int {
+            var row = Array(0...b.count)
+            for i in 1...max(a.count, 1) where !a.isEmpty {
+                var prev = row[0]
+                row[0] = i
+                for j in stride(from: 1, through: b.count, by: 1) {
+                    let old = row[j]
+                    row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1))
+                    prev = old
+                }
+            }
+            return row[b.count]
+        }
+        let best = candidates.map { ($0, distance(Array(word), Array($0))) }.min { $0.1 < $1.1 }
+        guard let (name, d) = best, d <= max(2, word.count / 3) else { return "" }
+        return "; did you mean '\(name)'?"
     }
 }

@@ -9,11 +9,13 @@ struct ApplyCommand: AsyncParsableCommand {
         discussion: """
             Plans again (or takes a plan saved by `haven diff --out PLAN`, refusing it when the pools, the catalog \
             or the configuration changed since), shows it, asks on a terminal unless --auto-approve, and executes \
-            it within each pool's limits. Progress goes to standard error: a status line on a terminal, JSON lines \
-            otherwise.
+            it within each pool's limits. Each pool is observed and applied on its own: one that cannot be read is \
+            reported and the others go ahead. Progress goes to standard error: a status line on a terminal, JSON \
+            lines otherwise. SIGINT or SIGTERM stops it at the next durable step: no half version, no orphan \
+            snapshot, sessions logged out.
 
-            Exit status: 0 when everything succeeded (or there was nothing to do), 2 when anything failed — what \
-            succeeded stays done and recorded.
+            Exit status: 0 when everything succeeded (or there was nothing to do), 2 when anything failed or a \
+            pool could not be read — what succeeded stays done and recorded.
             """)
 
     @OptionGroup var options: EngineOptions
@@ -28,72 +30,76 @@ struct ApplyCommand: AsyncParsableCommand {
     var planFile: String?
 
     func run() async throws {
-        let desired = options.loadDesired()
-        let engine = options.engine(desired)
-        let scope = options.scope(desired)
-        let pools = scope.pools.sorted()
-        do {
-            try await lockAll(pools, engine: engine) {
-                try await execute(engine: engine, scope: scope)
-            }
-        } catch let e as ExitCode {
-            throw e
-        } catch {
-            fail("\(error)")
-        }
-    }
-
-    /// Takes every pool's lock, in name order (two applies never wait on each other crosswise).
-    func lockAll(_ pools: [String], engine: Engine, _ body: @escaping @Sendable () async throws -> Void) async throws {
-        guard let first = pools.first else { return try await body() }
-        let rest = Array(pools.dropFirst())
-        try await engine.state.withPoolLock(first, timeout: lockTimeout) {
-            try await lockAll(rest, engine: engine, body)
-        }
-    }
-
-    func execute(engine: Engine, scope: TargetScope) async throws {
-        let observed = try await engine.observe(pools: scope.pools)
-        let plan: Plan
-        if let planFile {
-            let saved = try PlanRenderer.load(planFile)
-            let now = try engine.fingerprint(observed: observed)
-            guard saved.fingerprint == now else {
-                FileHandle.standardError.write(Data("haven: the saved plan \(planFile) is stale: the pools, the catalog or the configuration changed since it was made; run `haven diff --out` again\n".utf8))
-                throw HavenExit.failure
-            }
-            plan = saved
-        } else {
-            plan = try engine.plan(observed: observed, now: currentTime(), scope: scope.policies)
-        }
-        print(PlanRenderer.text(plan, color: stdoutIsTTY))
-        if plan.isEmpty {
-            await engine.logout()
-            return
-        }
-        if !autoApprove {
-            guard stdinIsTTY else {
-                FileHandle.standardError.write(Data("haven: not applying: standard input is not a terminal; pass --auto-approve\n".utf8))
-                throw HavenExit.failure
-            }
-            print("\nApply these changes? Only 'yes' is accepted: ", terminator: "")
-            fflush(nil)
-            guard readLine()?.trimmingCharacters(in: .whitespaces) == "yes" else {
-                print("Apply cancelled.")
-                throw HavenExit.changesPending
-            }
+        let desired = try options.loadDesired()
+        let engine = try options.engine(desired)
+        let scope = try options.scope(desired)
+        let saved = try planFile.map { file in
+            do { return try PlanRenderer.load(file) } catch { throw CLIError("cannot read the plan \(file): \(ExitMapping.describe(error))", code: .io) }
         }
         let progress = ProgressRenderer(tty: isatty(2) == 1)
-        let executor = engine.executor(observed: observed, now: { currentTime() }, emit: { progress.handle($0) })
-        let result = await executor.apply(plan)
+        let request = ReconcileRequest(scope: scope, savedPlan: saved, lockTimeout: lockTimeout, now: { currentTime() })
+        let approve = autoApprove
+        let work = Task {
+            try await engine.reconcile(request, events: { progress.handle($0) }) { plan in
+                print(PlanRenderer.text(plan, color: useColor))
+                if approve { return true }
+                guard stdinIsTTY else {
+                    throw CLIError("not applying: standard input is not a terminal; pass --auto-approve")
+                }
+                print("\nApply these changes? Only 'yes' is accepted: ", terminator: "")
+                fflush(nil)
+                guard readLine()?.trimmingCharacters(in: .whitespaces) == "yes" else {
+                    print("Apply cancelled.")
+                    return false
+                }
+                return true
+            }
+        }
+        let signals = SignalCancellation { work.cancel() }
+        defer { signals.stop() }
+        let report = try await work.value
         progress.finish()
-        await engine.logout()
+        if report.plan.isEmpty {
+            print(PlanRenderer.text(report.plan, color: useColor))
+            if !report.ok { throw HavenExit.failure }
+            return
+        }
+        guard report.approved else { throw HavenExit.changesPending }
+        let r = report.result
         print("")
-        print("Apply complete: \(result.succeeded.count) done, \(result.failed.count) failed, \(result.skipped.count) skipped.")
-        for (a, why) in result.failed { print("  failed: \(a.headline) (\(a.vm ?? a.pool)): \(why)") }
-        for (a, why) in result.skipped { print("  skipped: \(a.headline) (\(a.vm ?? a.pool)): \(why)") }
-        if !result.ok { throw HavenExit.failure }
+        print("Apply complete: \(r.succeeded.count) done, \(r.failed.count) failed, \(r.skipped.count) skipped.")
+        for (a, o) in r.succeeded { for n in o.notes { print("  note: \(a.vm?.name ?? a.pool): \(n)") } }
+        for (a, why) in r.failed { print("  failed: \(a.headline) (\(a.vm?.name ?? a.pool)): \(why)") }
+        for (a, why) in r.skipped { print("  skipped: \(a.headline) (\(a.vm?.name ?? a.pool)): \(why)") }
+        for (pool, why) in report.unreachable.sorted(by: { $0.key < $1.key }) { print("  not applied: pool \(pool) cannot be read: \(why)") }
+        if work.isCancelled { throw CLIError("interrupted: running work was stopped at its next durable step and cleaned up") }
+        if !report.ok { throw HavenExit.failure }
     }
+}
+
+/// Cancels a task on SIGINT or SIGTERM (the default action, dying on the spot, would leave a
+/// snapshot behind). A second signal kills as usual.
+final class SignalCancellation: @unchecked Sendable {
+    // @unchecked: the sources are created once and only cancelled afterwards.
+    let sources: [any DispatchSourceSignal]
+
+    init(_ cancel: @escaping @Sendable () -> Void) {
+        var list: [any DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler {
+                FileHandle.standardError.write(Data("\nhaven: stopping at the next durable step (again to kill)\n".utf8))
+                signal(sig, SIG_DFL)
+                cancel()
+            }
+            s.resume()
+            list.append(s)
+        }
+        sources = list
+    }
+
+    func stop() { for s in sources { s.cancel() } }
 }
 
 /// Progress for people (one status line on a terminal) or machines (JSON lines).
@@ -101,7 +107,7 @@ final class ProgressRenderer: @unchecked Sendable {
     // @unchecked: guarded by `lock`.
     let tty: Bool
     let lock = NSLock()
-    var starts: [String: Date] = [:]
+    var starts: [ActionKey: Date] = [:]
     var lastDraw = Date.distantPast
 
     init(tty: Bool) { self.tty = tty }
@@ -110,8 +116,16 @@ final class ProgressRenderer: @unchecked Sendable {
 
     func json(_ fields: [String: Any]) {
         var f = fields
+        f["formatVersion"] = 1
         f["time"] = ISO8601DateFormatter().string(from: Date())
         if let data = try? JSONSerialization.data(withJSONObject: f, options: [.sortedKeys]) { write(String(decoding: data, as: UTF8.self) + "\n") }
+    }
+
+    func common(_ a: PlannedAction) -> [String: Any] {
+        var f: [String: Any] = ["action": a.kind.rawValue, "key": a.key.description, "pool": a.pool, "what": a.headline]
+        if let vm = a.vm { f["vm"] = vm.name }
+        if let p = a.policy { f["policy"] = p }
+        return f
     }
 
     func handle(_ e: ExecutionEvent) {
@@ -119,31 +133,52 @@ final class ProgressRenderer: @unchecked Sendable {
         defer { lock.unlock() }
         switch e {
         case .started(let a):
-            starts[a.headline + (a.vmUUID ?? "")] = Date()
-            if tty { write("\r\u{1B}[K→ \(a.vm ?? a.pool): \(a.headline)\n") } else { json(["event": "started", "action": a.kind.rawValue, "vm": a.vm ?? "", "pool": a.pool, "what": a.headline]) }
+            starts[a.key] = Date()
+            if tty { write("\r\u{1B}[K→ \(a.vm?.name ?? a.pool): \(a.headline)\n") } else { json(common(a).merging(["event": "started"]) { $1 }) }
         case .progress(let a, let disk, let done, let total):
             if tty {
                 guard Date().timeIntervalSince(lastDraw) > 0.2 || done == total else { return }
                 lastDraw = Date()
-                let elapsed = Date().timeIntervalSince(starts[a.headline + (a.vmUUID ?? "")] ?? Date())
+                let elapsed = Date().timeIntervalSince(starts[a.key] ?? Date())
                 let rate = elapsed > 0 ? Double(done) / elapsed : 0
                 let eta = rate > 0 ? Double(total - done) / rate : 0
-                write(String(format: "\r\u{1B}[K  %@ %@: %@ / %@, %@/s, ETA %.0fs", a.vm ?? "", disk, humanBytes(done), humanBytes(total), humanBytes(Int64(rate)), eta))
+                write("\r\u{1B}[K  \(a.vm?.name ?? "") \(disk): \(humanBytes(done)) / \(humanBytes(total)), \(humanBytes(Int64(rate)))/s, ETA \(humanDuration(eta))")
             } else {
-                json(["event": "progress", "vm": a.vm ?? "", "disk": disk, "bytes": done, "total": total])
+                json(common(a).merging(["event": "progress", "disk": disk, "bytes": done, "total": total]) { $1 })
             }
         case .log(let a, let text):
-            if tty { write("\r\u{1B}[K  \(a?.vm ?? ""): \(text)\n") } else { json(["event": "log", "vm": a?.vm ?? "", "message": text]) }
-        case .finished(let a, let text):
-            if tty { write("\r\u{1B}[K✔ \(a.vm ?? a.pool): \(text)\n") } else { json(["event": "finished", "action": a.kind.rawValue, "vm": a.vm ?? "", "result": text]) }
+            if tty { write("\r\u{1B}[K  \(a?.vm?.name ?? ""): \(text)\n") } else { json(["event": "log", "vm": a?.vm?.name ?? "", "pool": a?.pool ?? "", "message": text]) }
+        case .finished(let a, let o):
+            if tty {
+                write("\r\u{1B}[K✔ \(a.vm?.name ?? a.pool): \(o.summary)\n")
+            } else {
+                var f = common(a).merging(["event": "finished", "result": o.summary, "notes": o.notes]) { $1 }
+                if let id = o.backupID { f["backupID"] = id }
+                if let r = o.bytesRead { f["bytesRead"] = r }
+                if let s = o.bytesStored { f["bytesStored"] = s }
+                json(f)
+            }
         case .failed(let a, let text):
-            if tty { write("\r\u{1B}[K✘ \(a.vm ?? a.pool): \(a.headline): \(text)\n") } else { json(["event": "failed", "action": a.kind.rawValue, "vm": a.vm ?? "", "error": text]) }
+            if tty { write("\r\u{1B}[K✘ \(a.vm?.name ?? a.pool): \(a.headline): \(text)\n") } else { json(common(a).merging(["event": "failed", "error": text]) { $1 }) }
         case .skipped(let a, let text):
-            if tty { write("\r\u{1B}[K- \(a.vm ?? a.pool): skipped \(a.headline): \(text)\n") } else { json(["event": "skipped", "action": a.kind.rawValue, "vm": a.vm ?? "", "reason": text]) }
+            if tty { write("\r\u{1B}[K- \(a.vm?.name ?? a.pool): skipped \(a.headline): \(text)\n") } else { json(common(a).merging(["event": "skipped", "reason": text]) { $1 }) }
         }
     }
 
     func finish() {
         if tty { write("\r\u{1B}[K") }
     }
+}
+
+/// Colour on a terminal, unless NO_COLOR is set or TERM is dumb.
+var useColor: Bool {
+    let env = ProcessInfo.processInfo.environment
+    return stdoutIsTTY && env["NO_COLOR"] == nil && env["TERM"] != "dumb"
+}
+
+func humanDuration(_ seconds: Double) -> String {
+    let s = Int(seconds.rounded())
+    if s < 60 { return "\(s)s" }
+    if s < 3_600 { return "\(s / 60)m\(String(format: "%02d", s % 60))s" }
+    return "\(s / 3_600)h\(String(format: "%02d", (s % 3_600) / 60))m"
 }

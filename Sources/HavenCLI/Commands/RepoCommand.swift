@@ -25,7 +25,7 @@ struct RepositoryOptions: ParsableArguments {
             let (p, k) = try fromConfig()
             return try BackupRepository.open(at: p, keyFile: k)
         } catch let e as DataError {
-            fail("\(e)")
+            throw CLIError("\(e)")
         }
     }
 
@@ -33,22 +33,18 @@ struct RepositoryOptions: ParsableArguments {
         let result = SpecLoader.load(path: config)
         guard let state = result.state else {
             for d in result.errors { FileHandle.standardError.write(Data("\(d)\n".utf8)) }
-            fail("\(config): the configuration is not valid; give --repo PATH or fix it")
+            throw CLIError("\(config): the configuration is not valid; give --repo PATH or fix it")
         }
         let candidates = state.repositories.filter { repository == nil || $0.name == repository }
         guard candidates.count == 1, let r = candidates.first else {
             let names = state.repositories.map(\.name).joined(separator: ", ")
-            fail(candidates.isEmpty ? "no Repository \(repository.map { "'\($0)' " } ?? "")in \(config) (declared: \(names))"
+            throw CLIError(candidates.isEmpty ? "no Repository \(repository.map { "'\($0)' " } ?? "")in \(config) (declared: \(names))"
                  : "\(config) declares several repositories (\(names)); choose one with --repository")
         }
         return (r.spec.path, r.spec.encryption?.keyFile)
     }
 }
 
-func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("haven: \(message)\n".utf8))
-    Foundation.exit(2)
-}
 
 func humanBytes(_ n: Int64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"]
@@ -99,7 +95,7 @@ struct RepoInitCommand: ParsableCommand {
             let repo = try BackupRepository.initialize(at: path, chunkSize: Int(size.bytes), compression: comp.description, keyFile: keyFile)
             print("created repository \(path) (id \(repo.config.id), chunks \(size), \(comp)\(encrypt ? ", encrypted with \(keyFile!)" : ""))")
         } catch let e as DataError {
-            fail("\(e)")
+            throw CLIError("\(e)")
         }
     }
 }
@@ -123,7 +119,7 @@ struct RepoVerifyCommand: ParsableCommand {
         do {
             report = try repo.verify(versions: versions)
         } catch let e as DataError {
-            fail("\(e)")
+            throw CLIError("\(e)")
         }
         if output == .json {
             let problems: [[String: Any]] = report.problems.map { ["chunk": $0.chunk, "code": $0.error.code.rawValue, "message": $0.error.message, "versions": $0.versions] }
@@ -156,7 +152,7 @@ struct RepoGCCommand: ParsableCommand {
             let r = try repo.collectGarbage(safetyWindow: TimeInterval(window.seconds), lockTimeout: lockTimeout)
             print("gc: \(r.liveChunks) chunks in use, \(r.deletedChunks) deleted (\(humanBytes(r.deletedBytes))), \(r.keptYoungChunks) unreferenced but younger than \(window) kept, \(r.removedTemporaryFiles) temporary files removed")
         } catch let e as DataError {
-            fail("\(e)")
+            throw CLIError("\(e)")
         }
     }
 }
@@ -222,7 +218,7 @@ struct RepoImportImageCommand: ParsableCommand {
             try repo.commit(manifest)
             print(manifest.id)
         } catch let e as DataError {
-            fail("\(e)")
+            throw CLIError("\(e)")
         }
     }
 }
@@ -243,7 +239,7 @@ struct BackupsListCommand: ParsableCommand {
     func run() throws {
         let repo = try target.open()
         let list: [BackupManifest]
-        do { list = try repo.manifests() } catch let e as DataError { fail("\(e)") }
+        do { list = try repo.manifests() } catch let e as DataError { throw CLIError("\(e)") }
         if output == .json {
             let f = ISO8601DateFormatter()
             let rows: [[String: Any]] = list.map { m in
@@ -316,10 +312,10 @@ struct RestoreCommand: AsyncParsableCommand {
     func run() async throws {
         let repo = try target.open()
         let m: BackupManifest
-        do { m = try repo.manifest(backup) } catch let e as DataError { fail("\(e)") }
+        do { m = try repo.manifest(backup) } catch let e as DataError { throw CLIError("\(e)") }
         if let toFile {
             guard let d = m.disks.first(where: { $0.key == disk }) ?? Int(disk).flatMap({ $0 < m.disks.count ? m.disks[$0] : nil }) else {
-                fail("version \(backup) has no disk \(disk) (disks: \(m.disks.map { $0.key }.joined(separator: ", ")))")
+                throw CLIError("version \(backup) has no disk \(disk) (disks: \(m.disks.map { $0.key }.joined(separator: ", ")))")
             }
             do {
                 let restore = DiskRestore(repository: repo)
@@ -328,14 +324,14 @@ struct RestoreCommand: AsyncParsableCommand {
                 case .vhd: try restore.toVHDFile(d, path: toFile)
                 }
             } catch let e as DataError {
-                fail("\(e)")
+                throw CLIError("\(e)")
             }
             print("restored disk \(d.key) of \(m.vmName) (\(humanBytes(d.size))) from \(backup) to \(toFile) (\(format.rawValue))")
             return
         }
         let result = SpecLoader.load(path: target.config)
         guard let desired = result.state, let pool = desired.pool(named: toPool!) else {
-            fail("Pool '\(toPool!)' is not declared in \(target.config)")
+            throw CLIError("Pool '\(toPool!)' is not declared in \(target.config)")
         }
         do {
             let client = try PoolConnection.client(for: pool)
@@ -343,7 +339,7 @@ struct RestoreCommand: AsyncParsableCommand {
             await client.logout()
             print("restored \(m.vmName) from \(backup) to pool \(pool.name) as '\(outcome.name)'" + (outcome.keptIdentity ? " (original name and MACs)" : " (new name and MACs: the original still exists)"))
         } catch {
-            fail("\(error)")
+            throw CLIError("\(error)")
         }
     }
 }
@@ -358,18 +354,22 @@ struct StatusCommand: AsyncParsableCommand {
     var output: OutputFormat = .text
 
     func run() async throws {
-        let desired = options.loadDesired()
-        let engine = options.engine(desired)
+        let desired = try options.loadDesired()
+        let engine = try options.engine(desired)
         let now = currentTime()
-        let observed: [String: ObservedPool]
-        let view: CatalogView
-        do {
-            observed = try await engine.observe(pools: options.scope(desired).pools)
-            view = try engine.catalog.view()
-        } catch {
-            fail("\(error)")
+        let scope = try options.scope(desired)
+        let observation = try await engine.withSessions { await engine.observe(pools: scope.pools) }
+        let view = try engine.catalog.view()
+        // A pool that cannot be read (a disaster is when status matters most) is answered from the catalog.
+        var observed = observation.pools
+        for (name, why) in observation.unreachable.sorted(by: { $0.key < $1.key }) {
+            FileHandle.standardError.write(Data("haven: pool \(name) cannot be read (\(why)); its VMs are shown from the catalog\n".utf8))
+            var seen: [String: ObservedVM] = [:]
+            for b in view.backups where b.pool == name { seen[b.vmUUID] = ObservedVM(uuid: b.vmUUID, name: b.vmName, powerState: "unknown", tags: [], disks: []) }
+            observed[name] = ObservedPool(name: name, apiMajor: 0, apiMinor: 0, cbtLicensed: false, vms: seen.values.sorted { $0.name < $1.name },
+                                          snapshots: [], vdis: [:], srs: [:], nbdNetworks: [])
         }
-        await engine.logout()
+        let fromCatalog = Set(observation.unreachable.keys)
         struct Row: Encodable {
             var pool, vm, policy: String
             var lastBackup: Date?
@@ -380,7 +380,8 @@ struct StatusCommand: AsyncParsableCommand {
         var rows: [Row] = []
         for p in desired.backupPolicies {
             guard let pool = observed[p.spec.pool.value] else { continue }
-            for vm in pool.vms where p.spec.vms.matches(name: vm.name, uuid: vm.uuid, tags: vm.tags) {
+            for vm in pool.vms where p.spec.vms.matches(name: vm.name, uuid: vm.uuid, tags: vm.tags)
+                || (fromCatalog.contains(pool.name) && view.backups.contains { $0.policy == p.name && $0.vmUUID == vm.uuid }) {
                 let mine = view.backups.filter { $0.pool == pool.name && $0.policy == p.name && $0.vmUUID == vm.uuid }
                 let last = mine.map(\.createdAt).max()
                 var next: Date?
@@ -442,19 +443,15 @@ struct CatalogRebuildCommand: AsyncParsableCommand {
     @OptionGroup var options: EngineOptions
 
     func run() async throws {
-        let desired = options.loadDesired()
-        let engine = options.engine(desired)
-        do {
-            var repos: [String: BackupRepository] = [:]
-            for r in desired.repositories where FileManager.default.fileExists(atPath: r.spec.path + "/config.json") {
-                repos[r.name] = try BackupRepository.open(at: r.spec.path, keyFile: r.spec.encryption?.keyFile)
-            }
-            let view = try await CatalogRebuild.rebuild(engine: engine, repositories: repos)
-            await engine.logout()
-            print("catalog rebuilt: \(view.backups.count) backups, \(view.anchors.count) CBT anchors, \(view.inventory.count) owned objects, \(view.cbtMarks.count) disks with haven's CBT")
-        } catch {
-            fail("\(error)")
+        let desired = try options.loadDesired()
+        let engine = try options.engine(desired)
+        var repos: [String: BackupRepository] = [:]
+        for r in desired.repositories where FileManager.default.fileExists(atPath: r.spec.path + "/config.json") {
+            repos[r.name] = try BackupRepository.open(at: r.spec.path, keyFile: r.spec.encryption?.keyFile)
         }
+        let found = repos
+        let view = try await engine.withSessions { try await CatalogRebuild.rebuild(engine: engine, repositories: found) }
+        print("catalog rebuilt: \(view.backups.count) backups, \(view.anchors.count) CBT anchors, \(view.inventory.count) owned objects, \(view.cbtMarks.count) disks with haven's CBT")
     }
 }
 
@@ -479,7 +476,7 @@ struct BackupsForgetCommand: AsyncParsableCommand {
                 try catalog?.forget(backup: id)
                 print("forgot \(id)")
             } catch {
-                fail("\(error)")
+                throw CLIError("\(error)")
             }
         }
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import HavenEngine
 import HavenSpec
+import Logging
 
 /// Options every command that acts on pools shares.
 struct EngineOptions: ParsableArguments {
@@ -14,25 +15,29 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "Restrict to KIND/NAME: BackupPolicy/NAME or Pool/NAME.")
     var target: String?
 
-    /// The configuration, or exit 2 with its errors.
-    func loadDesired() -> DesiredState {
+    /// The configuration, or its errors (exit 2).
+    func loadDesired() throws -> DesiredState {
         let result = SpecLoader.load(path: config)
         for d in result.diagnostics { FileHandle.standardError.write(Data("\(d)\n".utf8)) }
-        guard let state = result.state else { fail("\(config): the configuration has \(result.errors.count) error\(result.errors.count == 1 ? "" : "s"); nothing was done") }
+        guard let state = result.state else {
+            throw CLIError("\(config): the configuration has \(result.errors.count) error\(result.errors.count == 1 ? "" : "s"); nothing was done", code: .config)
+        }
         return state
     }
 
-    func engine(_ desired: DesiredState) -> Engine {
-        do {
-            return try Engine(desired: desired, state: StateDirectory(path: state ?? StateDirectory.defaultPath))
-        } catch {
-            fail("\(error)")
-        }
+    func engine(_ desired: DesiredState) throws -> Engine {
+        try Engine(desired: desired, state: StateDirectory(path: state ?? StateDirectory.defaultPath), logger: havenLogger())
     }
 
-    func scope(_ desired: DesiredState) -> TargetScope {
-        do { return try TargetScope.parse(target, in: desired) } catch { fail("\(error)") }
-    }
+    func scope(_ desired: DesiredState) throws -> TargetScope { try TargetScope.parse(target, in: desired) }
+}
+
+/// swift-log to standard error; quiet (warnings) unless `HAVEN_LOG_LEVEL` says otherwise.
+func havenLogger() -> Logger {
+    var logger = Logger(label: "haven") { StreamLogHandler.standardError(label: $0) }
+    let level = ProcessInfo.processInfo.environment["HAVEN_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) }
+    logger.logLevel = level ?? .warning
+    return logger
 }
 
 /// "Now", unless `HAVEN_NOW` (ISO 8601) says otherwise: the injectable clock of tests and demos.

@@ -6,37 +6,40 @@ import HavenCore
 enum PlanRenderer {
     static func text(_ plan: Plan, color: Bool) -> String {
         func paint(_ s: String, _ code: String) -> String { color ? "\u{1B}[\(code)m\(s)\u{1B}[0m" : s }
-        func symbol(_ k: PlanAction.Kind) -> String {
+        func symbol(_ k: ActionKind) -> String {
             switch k.symbol {
             case "+": paint("+", "32")
             case "~": paint("~", "33")
-            case "-": paint("-", "31")
-            default: paint("!", "35")
+            default: paint("-", "31")
             }
         }
+        let order = Dictionary(uniqueKeysWithValues: plan.actions.enumerated().map { ($1.key, $0) })
+        func requirement(_ a: PlannedAction) -> String? {
+            let needs = a.requires.compactMap { plan.action($0) }.filter { $0.vm?.uuid != a.vm?.uuid || $0.kind != .backup }
+            guard !needs.isEmpty else { return a.requires.isEmpty ? nil : "only if the backup above succeeds" }
+            return "only if " + needs.map { "'\($0.headline)'" }.joined(separator: " and ") + " succeeds"
+        }
         var out: [String] = []
-        let pools = Array(Set(plan.actions.map(\.pool))).sorted()
+        let pools = Array(Set(plan.actions.map(\.pool)).union(plan.warnings.map(\.pool))).sorted()
         for pool in pools {
             out.append(paint("Pool \(pool)", "1"))
-            let actions = plan.actions.filter { $0.pool == pool }
-            for w in actions where w.kind == .warning {
-                out.append("  \(symbol(.warning)) \(w.headline)")
+            for w in plan.warnings where w.pool == pool {
+                out.append("  \(paint("!", "35")) \(w.message)")
                 out.append("      \(w.reason)")
             }
+            let actions = plan.actions.filter { $0.pool == pool }.sorted { ($0.kind, order[$0.key] ?? 0) < ($1.kind, order[$1.key] ?? 0) }
             var seen: [String] = []
-            for a in actions where a.kind != .warning && a.vm != nil && !seen.contains(a.vmUUID ?? "") {
-                seen.append(a.vmUUID ?? "")
-            }
+            for a in actions where a.vm != nil && !seen.contains(a.vm!.uuid) { seen.append(a.vm!.uuid) }
             for vmUUID in seen {
-                let list = actions.filter { $0.kind != .warning && $0.vmUUID == vmUUID }
+                let list = actions.filter { $0.vm?.uuid == vmUUID }
                 let policies = Array(Set(list.compactMap(\.policy))).sorted().joined(separator: ", ")
-                out.append("  VM \(list[0].vm ?? vmUUID)" + (policies.isEmpty ? "" : " (\(policies))"))
+                out.append("  VM \(list[0].vm?.name ?? vmUUID)" + (policies.isEmpty ? "" : " (\(policies))"))
                 for a in list {
                     out.append("    \(symbol(a.kind)) \(a.headline)")
-                    out.append("        \(a.reason)")
+                    out.append("        \(a.reason)" + (requirement(a).map { "; \($0)" } ?? ""))
                 }
             }
-            for a in actions where a.kind != .warning && a.vm == nil {
+            for a in actions where a.vm == nil {
                 out.append("  \(symbol(a.kind)) \(a.headline)")
                 out.append("      \(a.reason)")
             }
@@ -52,15 +55,17 @@ enum PlanRenderer {
             let formatVersion: Int
             let generatedAt: Date
             let fingerprint: String
+            let scope: PlanScope
             let summary: Plan.Summary
-            let actions: [PlanAction]
+            let actions: [PlannedAction]
+            let warnings: [PlanWarning]
             let inSync: Bool
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .iso8601
-        let o = Output(formatVersion: plan.formatVersion, generatedAt: plan.generatedAt, fingerprint: plan.fingerprint, summary: plan.summary,
-                       actions: plan.actions, inSync: plan.isEmpty)
+        let o = Output(formatVersion: plan.formatVersion, generatedAt: plan.generatedAt, fingerprint: plan.fingerprint, scope: plan.scope,
+                       summary: plan.summary, actions: plan.actions, warnings: plan.warnings, inSync: plan.isEmpty)
         return String(decoding: try encoder.encode(o), as: UTF8.self)
     }
 

@@ -28,9 +28,12 @@ public struct BackupRecord: Sendable, Codable, Hashable {
     public var kind: String
     public var size: Int64
     public var storedBytes: Int64
+    /// What a person should know about this version (a disk read in full after a broken CBT chain).
+    public var note: String
 
     public init(id: String, repository: String, pool: String, policy: String, vmUUID: String, vmName: String, createdAt: Date, kind: String,
-                size: Int64, storedBytes: Int64) {
+                size: Int64, storedBytes: Int64, note: String = "") {
+        self.note = note
         self.id = id
         self.repository = repository
         self.pool = pool

@@ -1,19 +1,33 @@
 import Foundation
 
 /// What haven would do, and why: the output of the planner, the input of the executor, and what
-/// `haven diff` prints. Versioned JSON (`formatVersion`).
+/// `haven diff` prints. A typed action graph: every action carries everything its execution
+/// needs (repository, hooks, NBD settings; per-pool limits in `pools`), so executing a plan never
+/// re-reads the configuration. Versioned JSON (`formatVersion`).
 public struct Plan: Sendable, Codable {
-    public var formatVersion = 1
-    public var generatedAt: Date
-    /// Digest of the observed pools, the catalog and the desired state the plan was made from:
-    /// a saved plan whose digest no longer matches is stale and refused.
-    public var fingerprint: String
-    public var actions: [PlanAction]
+    public static let currentFormatVersion = 2
 
-    public init(generatedAt: Date, fingerprint: String, actions: [PlanAction]) {
+    public var formatVersion = Plan.currentFormatVersion
+    public var generatedAt: Date
+    /// Digest of the desired state (canonical, without source locations), the observed pools
+    /// and the catalog the plan was made from: a saved plan whose digest no longer matches is
+    /// stale and refused.
+    public var fingerprint: String
+    /// What the plan was made for (`--target`): nil policies means every policy, with clean-up.
+    public var scope: PlanScope
+    /// Per pool: the settings execution needs (limits, NBD).
+    public var pools: [String: PoolSettings]
+    public var actions: [PlannedAction]
+    public var warnings: [PlanWarning]
+
+    public init(generatedAt: Date, fingerprint: String, scope: PlanScope, pools: [String: PoolSettings], actions: [PlannedAction],
+                warnings: [PlanWarning]) {
         self.generatedAt = generatedAt
         self.fingerprint = fingerprint
+        self.scope = scope
+        self.pools = pools
         self.actions = actions
+        self.warnings = warnings
     }
 
     public var summary: Summary {
@@ -22,15 +36,17 @@ public struct Plan: Sendable, Codable {
             switch a.kind.symbol {
             case "+": s.add += 1
             case "~": s.change += 1
-            case "-": s.destroy += 1
-            default: s.warnings += 1
+            default: s.destroy += 1
             }
         }
+        s.warnings = warnings.count
         return s
     }
 
-    /// Nothing to do (warnings do not count: they are not changes).
-    public var isEmpty: Bool { actions.allSatisfy { $0.kind == .warning } }
+    /// Nothing to do (warnings are not changes).
+    public var isEmpty: Bool { actions.isEmpty }
+
+    public func action(_ key: ActionKey) -> PlannedAction? { actions.first { $0.key == key } }
 
     public struct Summary: Sendable, Codable, Equatable {
         public var add = 0
@@ -44,104 +60,396 @@ public struct Plan: Sendable, Codable {
     }
 }
 
-/// One thing to do, with the reason it exists.
-public struct PlanAction: Sendable, Codable, Hashable {
-    public enum Kind: String, Sendable, Codable, Hashable {
-        case enableCBT = "enable-cbt"
-        case disableCBT = "disable-cbt"
-        case backup
-        case deleteSnapshot = "delete-snapshot"
-        case prune
-        case gc
-        case warning
+/// What a plan covers: the pools observed and acted on, and (with `--target BackupPolicy/X`) the
+/// only policies planned — then nothing is cleaned up.
+public struct PlanScope: Sendable, Codable, Hashable {
+    public var pools: [String]
+    public var policies: [String]?
 
-        public var symbol: String {
-            switch self {
-            case .backup: "+"
-            case .enableCBT, .disableCBT: "~"
-            case .deleteSnapshot, .prune, .gc: "-"
-            case .warning: "!"
-            }
+    public init(pools: [String], policies: [String]?) {
+        self.pools = pools
+        self.policies = policies
+    }
+}
+
+/// The settings of a pool that execution needs, copied from the Pool resource at planning time.
+public struct PoolSettings: Sendable, Codable, Hashable {
+    public var snapshots: Int
+    public var transfers: Int
+    public var nbdConnections: Int
+    public var nbdRequired: Bool
+    public var nbdNetwork: String?
+    /// NBD is served with TLS (purpose `nbd`), not in the clear (`insecure_nbd`).
+    public var nbdTLS: Bool
+
+    public init(snapshots: Int, transfers: Int, nbdConnections: Int, nbdRequired: Bool, nbdNetwork: String?, nbdTLS: Bool = true) {
+        self.nbdTLS = nbdTLS
+        self.snapshots = snapshots
+        self.transfers = transfers
+        self.nbdConnections = nbdConnections
+        self.nbdRequired = nbdRequired
+        self.nbdNetwork = nbdNetwork
+    }
+}
+
+/// Something the plan wants a person to know; not a change.
+public struct PlanWarning: Sendable, Codable, Hashable {
+    public enum Code: String, Sendable, Codable, Hashable {
+        case poolUnreachable = "pool-unreachable"
+        case noNBDNetwork = "no-nbd-network"
+        case preCBTPool = "pre-cbt-pool"
+        case noCBTLicence = "no-cbt-licence"
+        case noMatch = "selector-matches-nothing"
+        case emptySelection = "selects-no-vm"
+        case srWithoutCBT = "sr-without-cbt"
+        case longChain = "long-vhd-chain"
+        case srAlmostFull = "sr-almost-full"
+        case notActedOn = "not-acted-on"
+        case methodNotBuilt = "method-not-built"
+    }
+
+    public var code: Code
+    public var pool: String
+    /// The resource it concerns, `Kind/name`, when there is one.
+    public var resource: String?
+    public var message: String
+    public var reason: String
+
+    public init(_ code: Code, pool: String, resource: String? = nil, _ message: String, reason: String) {
+        self.code = code
+        self.pool = pool
+        self.resource = resource
+        self.message = message
+        self.reason = reason
+    }
+}
+
+/// The kinds of action, in the order a person reads them.
+public enum ActionKind: String, Sendable, Codable, Hashable, CaseIterable, Comparable {
+    case enableCBT = "enable-cbt"
+    case backup
+    case deleteSnapshot = "delete-snapshot"
+    case retireAnchor = "retire-anchor"
+    case prune
+    case gc
+    case disableCBT = "disable-cbt"
+
+    public var symbol: String {
+        switch self {
+        case .backup: "+"
+        case .enableCBT, .disableCBT: "~"
+        case .deleteSnapshot, .retireAnchor, .prune, .gc: "-"
         }
     }
 
-    /// How a backup reads its disks.
-    public enum Method: String, Sendable, Codable, Hashable {
-        /// Changed blocks since the anchor, over NBD.
-        case cbtIncremental = "cbt-incremental"
-        /// The whole disk over NBD; the repository deduplicates.
-        case fullNBD = "full-nbd"
-        /// The whole disk through `/export_raw_vdi` (no NBD network).
-        case fullExport = "full-export"
-        /// The whole VM as XVA through `/export`.
-        case xva
-    }
+    public static func < (a: ActionKind, b: ActionKind) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
+}
 
-    public struct Disk: Sendable, Codable, Hashable {
-        public var key: String
-        public var vdiUUID: String
-        public var name: String
-        public var size: Int64
-        /// For an incremental: the anchor's snapshot VDI and the version it matches.
-        public var anchorVDI: String?
-        public var baseBackup: String?
-    }
-
-    public var kind: Kind
+/// Identifies one action within a plan: dependencies name actions by key.
+public struct ActionKey: Sendable, Codable, Hashable, Comparable, CustomStringConvertible {
+    public var kind: ActionKind
     public var pool: String
-    public var vm: String?
-    public var vmUUID: String?
-    public var policy: String?
-    public var reason: String
-    /// What exactly: the CBT disk, the snapshot, the version, the repository.
-    public var target: String
-    public var method: Method?
-    public var repository: String?
-    public var disks: [Disk]
-    public var skippedDisks: [String]
-    /// The pool object acted on (a snapshot VM or an anchor VDI), for deletions.
-    public var objectUUID: String?
-    public var objectClass: String?
+    /// What it acts on: a VM uuid (backup), a VDI uuid (CBT, anchor), a snapshot uuid, a
+    /// version id (prune), a repository name (gc).
+    public var subject: String
+    /// The policy it is done for, when one.
+    public var policy: String
 
-    public init(kind: Kind, pool: String, vm: String? = nil, vmUUID: String? = nil, policy: String? = nil, reason: String, target: String,
-                method: Method? = nil, repository: String? = nil, disks: [Disk] = [], skippedDisks: [String] = [],
-                objectUUID: String? = nil, objectClass: String? = nil) {
-        self.objectUUID = objectUUID
-        self.objectClass = objectClass
+    public init(_ kind: ActionKind, pool: String, subject: String, policy: String = "") {
         self.kind = kind
         self.pool = pool
-        self.vm = vm
-        self.vmUUID = vmUUID
+        self.subject = subject
         self.policy = policy
-        self.reason = reason
-        self.target = target
+    }
+
+    public var description: String { "\(kind.rawValue)/\(pool)/\(subject)" + (policy.isEmpty ? "" : "@\(policy)") }
+
+    public static func < (a: ActionKey, b: ActionKey) -> Bool {
+        (a.pool, a.kind, a.subject, a.policy) < (b.pool, b.kind, b.subject, b.policy)
+    }
+}
+
+/// A VM as the plan names it.
+public struct VMIdentity: Sendable, Codable, Hashable {
+    public var uuid: String
+    public var name: String
+
+    public init(uuid: String, name: String) {
+        self.uuid = uuid
+        self.name = name
+    }
+}
+
+/// A repository as execution needs it: where it is and how it is written.
+public struct RepositoryTarget: Sendable, Codable, Hashable {
+    public var name: String
+    public var path: String
+    public var chunkSize: Int
+    public var compression: String
+    public var keyFile: String?
+
+    public init(name: String, path: String, chunkSize: Int, compression: String, keyFile: String?) {
+        self.name = name
+        self.path = path
+        self.chunkSize = chunkSize
+        self.compression = compression
+        self.keyFile = keyFile
+    }
+}
+
+/// A hook as execution needs it.
+public struct HookJob: Sendable, Codable, Hashable {
+    public var command: [String]
+    public var timeoutSeconds: Int
+    public var failOnError: Bool
+
+    public init(command: [String], timeoutSeconds: Int, failOnError: Bool) {
+        self.command = command
+        self.timeoutSeconds = timeoutSeconds
+        self.failOnError = failOnError
+    }
+}
+
+/// How a backup reads its disks.
+public enum BackupMethod: String, Sendable, Codable, Hashable {
+    /// Changed blocks since the anchor, over NBD.
+    case cbtIncremental = "cbt-incremental"
+    /// The whole disk over NBD; the repository deduplicates.
+    case fullNBD = "full-nbd"
+    /// The whole disk through `/export_raw_vdi` (no NBD network).
+    case fullExport = "full-export"
+    /// The whole VM as XVA through `/export`.
+    case xva
+}
+
+/// One disk of a backup.
+public struct DiskJob: Sendable, Codable, Hashable {
+    /// The VBD userdevice.
+    public var key: String
+    public var vdiUUID: String
+    public var name: String
+    public var size: Int64
+    /// For an incremental: the anchor's snapshot VDI and the version it matches.
+    public var anchorVDI: String?
+    public var baseBackup: String?
+
+    public init(key: String, vdiUUID: String, name: String, size: Int64, anchorVDI: String? = nil, baseBackup: String? = nil) {
+        self.key = key
+        self.vdiUUID = vdiUUID
+        self.name = name
+        self.size = size
+        self.anchorVDI = anchorVDI
+        self.baseBackup = baseBackup
+    }
+}
+
+/// One backup of one VM.
+public struct BackupJob: Sendable, Codable, Hashable {
+    public var method: BackupMethod
+    public var repository: RepositoryTarget
+    public var disks: [DiskJob]
+    public var skippedDisks: [String]
+    /// Keep the snapshot disks as CBT anchors (data destroyed) for the next incremental.
+    public var keepAnchors: Bool
+    public var purgeSnapshotData: Bool
+    public var quiesce: String
+    public var preSnapshot: HookJob?
+    public var postSnapshot: HookJob?
+
+    public init(method: BackupMethod, repository: RepositoryTarget, disks: [DiskJob], skippedDisks: [String], keepAnchors: Bool,
+                purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?) {
         self.method = method
         self.repository = repository
         self.disks = disks
         self.skippedDisks = skippedDisks
+        self.keepAnchors = keepAnchors
+        self.purgeSnapshotData = purgeSnapshotData
+        self.quiesce = quiesce
+        self.preSnapshot = preSnapshot
+        self.postSnapshot = postSnapshot
     }
+}
+
+/// CBT switched on or off on one disk.
+public struct CBTChange: Sendable, Codable, Hashable {
+    public var disk: DiskJob
+
+    public init(disk: DiskJob) { self.disk = disk }
+}
+
+/// An object haven made, to be destroyed: a snapshot VM (with its disks) or an anchor VDI.
+public struct OwnedRemoval: Sendable, Codable, Hashable {
+    public var uuid: String
+    public var label: String
+
+    public init(uuid: String, label: String) {
+        self.uuid = uuid
+        self.label = label
+    }
+}
+
+/// A backup version to remove from its repository.
+public struct PruneJob: Sendable, Codable, Hashable {
+    public var version: String
+    public var repository: RepositoryTarget
+
+    public init(version: String, repository: RepositoryTarget) {
+        self.version = version
+        self.repository = repository
+    }
+}
+
+/// Garbage collection of a repository after prunes.
+public struct GCJob: Sendable, Codable, Hashable {
+    public var repository: RepositoryTarget
+    public var safetyWindowSeconds: Int
+
+    public init(repository: RepositoryTarget, safetyWindowSeconds: Int) {
+        self.repository = repository
+        self.safetyWindowSeconds = safetyWindowSeconds
+    }
+}
+
+/// What an action does, with its payload.
+public enum Action: Sendable, Hashable {
+    case enableCBT(CBTChange)
+    case disableCBT(CBTChange)
+    case backup(BackupJob)
+    case deleteSnapshot(OwnedRemoval)
+    case retireAnchor(OwnedRemoval)
+    case prune(PruneJob)
+    case gc(GCJob)
+
+    public var kind: ActionKind {
+        switch self {
+        case .enableCBT: .enableCBT
+        case .disableCBT: .disableCBT
+        case .backup: .backup
+        case .deleteSnapshot: .deleteSnapshot
+        case .retireAnchor: .retireAnchor
+        case .prune: .prune
+        case .gc: .gc
+        }
+    }
+}
+
+/// One action of the plan: what, on which pool and VM, why, and what it waits for.
+public struct PlannedAction: Sendable, Hashable {
+    public var key: ActionKey
+    public var action: Action
+    public var vm: VMIdentity?
+    public var reason: String
+    /// Run only after these succeeded; when one fails or is skipped, this is skipped (and says why).
+    public var requires: [ActionKey]
+    /// Run only after these finished, whatever their outcome.
+    public var after: [ActionKey]
+
+    public init(key: ActionKey, action: Action, vm: VMIdentity? = nil, reason: String, requires: [ActionKey] = [], after: [ActionKey] = []) {
+        self.key = key
+        self.action = action
+        self.vm = vm
+        self.reason = reason
+        self.requires = requires
+        self.after = after
+    }
+
+    public var kind: ActionKind { action.kind }
+    public var pool: String { key.pool }
+    public var policy: String? { key.policy.isEmpty ? nil : key.policy }
 
     /// The one-line description `haven diff` prints after the symbol.
     public var headline: String {
-        switch kind {
-        case .enableCBT: return "enable CBT on \(target)"
-        case .disableCBT: return "disable CBT on \(target)"
-        case .backup:
+        switch action {
+        case .enableCBT(let c): return "enable CBT on \(c.disk.name) (disk \(c.disk.key))"
+        case .disableCBT(let c): return "disable CBT on \(c.disk.name)"
+        case .backup(let b):
             let what: String
-            switch method {
-            case .cbtIncremental?: what = "incremental backup (changed blocks over NBD)"
-            case .fullNBD?: what = "full backup over NBD"
-            case .fullExport?: what = "full backup through /export_raw_vdi"
-            case .xva?: what = "XVA export"
-            case nil: what = "backup"
+            switch b.method {
+            case .cbtIncremental: what = "incremental backup (changed blocks over NBD)"
+            case .fullNBD: what = "full backup over NBD"
+            case .fullExport: what = "full backup through /export_raw_vdi"
+            case .xva: what = "XVA export"
             }
-            var s = "\(what) of \(disks.count) disk\(disks.count == 1 ? "" : "s") (\(disks.map(\.name).joined(separator: ", "))) to \(repository ?? "?")"
-            if !skippedDisks.isEmpty { s += ", skipping \(skippedDisks.joined(separator: ", "))" }
+            var s = "\(what) of \(b.disks.count) disk\(b.disks.count == 1 ? "" : "s") (\(b.disks.map(\.name).joined(separator: ", "))) to \(b.repository.name)"
+            if !b.skippedDisks.isEmpty { s += ", skipping \(b.skippedDisks.joined(separator: ", "))" }
             return s
-        case .deleteSnapshot: return "delete snapshot \(target)"
-        case .prune: return "prune backup \(target) from \(repository ?? "?")"
-        case .gc: return "collect garbage in repository \(target)"
-        case .warning: return target
+        case .deleteSnapshot(let r): return "delete snapshot \(r.label)"
+        case .retireAnchor(let r): return "retire CBT anchor \(r.label)"
+        case .prune(let p): return "prune backup \(p.version) from \(p.repository.name)"
+        case .gc(let g): return "collect garbage in repository \(g.repository.name)"
+        }
+    }
+}
+
+extension PlannedAction: Codable {
+    enum CodingKeys: String, CodingKey {
+        case key, kind, pool, policy, vm, vmUUID, reason, requires, after, headline, symbol
+        case enableCBT, disableCBT, backup, deleteSnapshot, retireAnchor, prune, gc
+        // Flattened for readers of `diff --output json` (ignored when decoding).
+        case method, disks, skippedDisks, repository, target
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(key, forKey: .key)
+        try c.encode(kind, forKey: .kind)
+        try c.encode(pool, forKey: .pool)
+        try c.encodeIfPresent(policy, forKey: .policy)
+        try c.encodeIfPresent(vm?.name, forKey: .vm)
+        try c.encodeIfPresent(vm?.uuid, forKey: .vmUUID)
+        try c.encode(reason, forKey: .reason)
+        try c.encode(requires, forKey: .requires)
+        try c.encode(after, forKey: .after)
+        try c.encode(headline, forKey: .headline)
+        try c.encode(kind.symbol, forKey: .symbol)
+        switch action {
+        case .enableCBT(let p):
+            try c.encode(p, forKey: .enableCBT)
+            try c.encode(p.disk.vdiUUID, forKey: .target)
+        case .disableCBT(let p):
+            try c.encode(p, forKey: .disableCBT)
+            try c.encode(p.disk.vdiUUID, forKey: .target)
+        case .backup(let p):
+            try c.encode(p, forKey: .backup)
+            try c.encode(p.method, forKey: .method)
+            try c.encode(p.disks, forKey: .disks)
+            try c.encode(p.skippedDisks, forKey: .skippedDisks)
+            try c.encode(p.repository.name, forKey: .repository)
+            try c.encodeIfPresent(vm?.name, forKey: .target)
+        case .deleteSnapshot(let p):
+            try c.encode(p, forKey: .deleteSnapshot)
+            try c.encode(p.uuid, forKey: .target)
+        case .retireAnchor(let p):
+            try c.encode(p, forKey: .retireAnchor)
+            try c.encode(p.uuid, forKey: .target)
+        case .prune(let p):
+            try c.encode(p, forKey: .prune)
+            try c.encode(p.version, forKey: .target)
+            try c.encode(p.repository.name, forKey: .repository)
+        case .gc(let p):
+            try c.encode(p, forKey: .gc)
+            try c.encode(p.repository.name, forKey: .target)
+            try c.encode(p.repository.name, forKey: .repository)
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        key = try c.decode(ActionKey.self, forKey: .key)
+        reason = try c.decode(String.self, forKey: .reason)
+        requires = try c.decodeIfPresent([ActionKey].self, forKey: .requires) ?? []
+        after = try c.decodeIfPresent([ActionKey].self, forKey: .after) ?? []
+        if let uuid = try c.decodeIfPresent(String.self, forKey: .vmUUID) {
+            vm = VMIdentity(uuid: uuid, name: try c.decodeIfPresent(String.self, forKey: .vm) ?? uuid)
+        }
+        switch try c.decode(ActionKind.self, forKey: .kind) {
+        case .enableCBT: action = .enableCBT(try c.decode(CBTChange.self, forKey: .enableCBT))
+        case .disableCBT: action = .disableCBT(try c.decode(CBTChange.self, forKey: .disableCBT))
+        case .backup: action = .backup(try c.decode(BackupJob.self, forKey: .backup))
+        case .deleteSnapshot: action = .deleteSnapshot(try c.decode(OwnedRemoval.self, forKey: .deleteSnapshot))
+        case .retireAnchor: action = .retireAnchor(try c.decode(OwnedRemoval.self, forKey: .retireAnchor))
+        case .prune: action = .prune(try c.decode(PruneJob.self, forKey: .prune))
+        case .gc: action = .gc(try c.decode(GCJob.self, forKey: .gc))
         }
     }
 }

@@ -9,40 +9,49 @@ public struct Planner: Sendable {
     public init(instance: String) { self.instance = instance }
 
     /// `scope`: when set, only these BackupPolicies are planned and nothing is cleaned up (`--target`).
-    /// Pools outside `observed` are left alone.
-    public func plan(desired: DesiredState, observed: [String: ObservedPool], catalog: CatalogView, now: Date,
-                     scope: Set<String>? = nil) -> Plan {
+    /// `unreachable`: pools that could not be read, with why; they are reported and left alone.
+    /// Pools in neither are outside the plan's scope.
+    public func plan(desired: DesiredState, observed: [String: ObservedPool], unreachable: [String: String] = [:], catalog: CatalogView,
+                     now: Date, scope: Set<String>? = nil) -> Plan {
         var ctx = Context(planner: self, desired: desired, observed: observed, catalog: catalog, now: now)
         ctx.scope = scope
+        for (pool, why) in unreachable.sorted(by: { $0.key < $1.key }) {
+            ctx.warn(.poolUnreachable, pool, "pool-unreachable", resource: "Pool/\(pool)",
+                     "pool \(pool) cannot be read: \(why); nothing is planned for it", reason: "the other pools are planned and applied on their own")
+        }
         ctx.run()
-        return Plan(generatedAt: now, fingerprint: fingerprint(desired: desired, observed: observed, catalog: catalog), actions: ctx.actions)
+        var settings: [String: PoolSettings] = [:]
+        for p in desired.pools where observed[p.name] != nil {
+            settings[p.name] = PoolSettings(snapshots: p.spec.limits.snapshots, transfers: p.spec.limits.transfers,
+                                            nbdConnections: p.spec.nbd.connections, nbdRequired: p.spec.nbd.required, nbdNetwork: p.spec.nbd.network,
+                                            nbdTLS: observed[p.name]?.nbdTLS ?? true)
+        }
+        let scopeOut = PlanScope(pools: Array(Set(observed.keys).union(unreachable.keys)).sorted(), policies: scope.map { $0.sorted() })
+        return Plan(generatedAt: now, fingerprint: fingerprint(desired: desired, observed: observed, catalog: catalog), scope: scopeOut,
+                    pools: settings, actions: ctx.sortedActions(), warnings: ctx.warnings)
     }
 
+    /// Covers the desired state (canonical, without source locations), every observed pool and
+    /// the catalog: a saved plan is refused when any of them changed.
     public func fingerprint(desired: DesiredState, observed: [String: ObservedPool], catalog: CatalogView) -> String {
         var f = Fingerprint()
-        for p in observed.keys.sorted() {
-            let o = observed[p]!
-            f.add(p)
-            f.add(o.cbtLicensed)
-            f.add(o.apiVersion)
-            for vm in o.vms.sorted(by: { $0.uuid < $1.uuid }) {
-                f.add(vm.uuid)
-                f.add(vm.name)
-                f.add(vm.tags.joined(separator: ","))
-                for d in vm.disks { f.add(d.userdevice + d.vdiUUID) }
-            }
-            for s in o.snapshots.sorted(by: { $0.uuid < $1.uuid }) { f.add(s.uuid) }
-            for uuid in o.vdis.keys.sorted() {
-                let v = o.vdis[uuid]!
-                f.add(uuid)
-                f.add(v.cbtEnabled)
-                f.add(v.type)
-            }
-            f.add(o.nbdNetworks.sorted().joined(separator: ","))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.dateEncodingStrategy = .secondsSince1970
+        f.add(String(decoding: (try? desired.canonicalEncoding()) ?? Data(), as: UTF8.self))
+        for name in observed.keys.sorted() {
+            var o = observed[name]!
+            o.vms.sort { $0.uuid < $1.uuid }
+            o.snapshots.sort { $0.uuid < $1.uuid }
+            f.add(name)
+            f.add(String(decoding: (try? encoder.encode(o)) ?? Data(), as: UTF8.self))
         }
-        for b in catalog.backups.sorted(by: { $0.id < $1.id }) { f.add(b.id) }
-        for a in catalog.anchors { f.add(a.snapshotVDI + (a.dataDestroyed ? "d" : "")) }
-        for o in catalog.inventory { f.add(o.uuid) }
+        var c = catalog
+        c.backups.sort { $0.id < $1.id }
+        c.anchors.sort { ($0.pool, $0.snapshotVDI, $0.policy) < ($1.pool, $1.snapshotVDI, $1.policy) }
+        c.inventory.sort { ($0.pool, $0.uuid) < ($1.pool, $1.uuid) }
+        c.cbtMarks.sort { ($0.pool, $0.vdiUUID) < ($1.pool, $1.vdiUUID) }
+        f.add(String(decoding: (try? encoder.encode(c)) ?? Data(), as: UTF8.self))
         return f.hex
     }
 }
@@ -54,16 +63,22 @@ extension Planner {
         let observed: [String: ObservedPool]
         let catalog: CatalogView
         let now: Date
-        var actions: [PlanAction] = []
-        var warnedPools: Set<String> = []
-        /// Per pool, VM uuids some active policy covers.
+        var actions: [PlannedAction] = []
+        var keys: Set<ActionKey> = []
+        var warnings: [PlanWarning] = []
+        var warned: Set<String> = []
+        /// Per pool, VM uuids some declared policy covers.
         var covered: [String: Set<String>] = [:]
-        /// Per pool, (policy, vdi) pairs whose CBT some policy still wants.
+        /// Per pool, VDIs whose CBT some policy still wants.
         var wantedCBT: [String: Set<String>] = [:]
-        var prunedRepositories: Set<String> = []
         var scope: Set<String>?
-        /// "vm uuid \0 policy" of every backup planned so far (retention looks it up per VM).
-        var plannedBackups: Set<String> = []
+        /// Backup keys planned so far, by "vm uuid \0 policy" (retention and clean-up look them up).
+        var plannedBackups: [String: ActionKey] = [:]
+        /// Prunes planned, by repository name.
+        var prunes: [String: [ActionKey]] = [:]
+        var repositoriesByName: [String: RepositoryTarget] = [:]
+        /// Per pool and VM uuid: the actions that must come before CBT is switched off.
+        var anchorRetirements: [String: [ActionKey]] = [:]
 
         // Indexes built once: planning 10,000 VMs must not scan the catalog per VM.
         let backupsByKey: [String: [BackupRecord]]
@@ -79,11 +94,31 @@ extension Planner {
             backupsByKey = Dictionary(grouping: catalog.backups) { "\($0.pool)\u{0}\($0.policy)\u{0}\($0.vmUUID)" }
             anchorsByKey = Dictionary(grouping: catalog.anchors) { "\($0.pool)\u{0}\($0.policy)\u{0}\($0.vmUUID)" }
             inventoryByPool = Dictionary(grouping: catalog.inventory) { $0.pool }
+            for r in desired.repositories {
+                repositoriesByName[r.name] = RepositoryTarget(
+                    name: r.name, path: r.spec.path, chunkSize: Int(r.spec.chunkSize.bytes), compression: r.spec.compression.description,
+                    keyFile: r.spec.encryption?.keyFile)
+            }
         }
 
-        mutating func warn(_ pool: String, _ key: String, _ text: String, reason: String) {
-            guard warnedPools.insert("\(pool)\u{0}\(key)").inserted else { return }
-            actions.append(PlanAction(kind: .warning, pool: pool, reason: reason, target: text))
+        mutating func warn(_ code: PlanWarning.Code, _ pool: String, _ key: String, resource: String? = nil, _ text: String, reason: String) {
+            guard warned.insert("\(pool)\u{0}\(key)").inserted else { return }
+            warnings.append(PlanWarning(code, pool: pool, resource: resource, text, reason: reason))
+        }
+
+        mutating func add(_ a: PlannedAction) {
+            guard keys.insert(a.key).inserted else { return }
+            actions.append(a)
+        }
+
+        /// Dependencies only on actions of this plan; a person reads actions in kind order per pool and VM.
+        func sortedActions() -> [PlannedAction] {
+            actions.map { a in
+                var a = a
+                a.requires = a.requires.filter(keys.contains)
+                a.after = a.after.filter(keys.contains)
+                return a
+            }
         }
 
         mutating func run() {
@@ -91,22 +126,70 @@ extension Planner {
             // theirs counts as left behind.
             for policy in desired.backupPolicies {
                 guard let pool = observed[policy.spec.pool.value] else { continue }
+                let wants = policy.spec.cbt && policy.spec.method != .xva
                 for vm in pool.vms where policy.spec.vms.matches(name: vm.name, uuid: vm.uuid, tags: vm.tags) {
                     covered[policy.spec.pool.value, default: []].insert(vm.uuid)
-                    if policy.spec.cbt && policy.spec.method != .xva && policy.spec.suspend {
+                    if wants && (policy.spec.suspend || !(scope?.contains(policy.name) ?? true)) {
                         for d in vm.disks { wantedCBT[policy.spec.pool.value, default: []].insert(d.vdiUUID) }
                     }
                 }
+                selectorWarnings(policy, pool)
             }
             for policy in desired.backupPolicies where !policy.spec.suspend && (scope?.contains(policy.name) ?? true) {
                 backup(policy)
             }
-            for repo in prunedRepositories.sorted() {
-                let pool = actions.first { $0.kind == .prune && $0.repository == repo }?.pool ?? ""
-                actions.append(PlanAction(kind: .gc, pool: pool, reason: "versions were pruned; their unshared chunks can go",
-                                          target: repo, repository: repo))
+            for (repo, list) in prunes.sorted(by: { $0.key < $1.key }) {
+                guard let target = repositoriesByName[repo] ?? catalogRepository(repo) else { continue }
+                let pool = list.first?.pool ?? ""
+                add(PlannedAction(key: ActionKey(.gc, pool: pool, subject: repo), action: .gc(GCJob(repository: target, safetyWindowSeconds: 3_600)),
+                                  reason: "versions were pruned; their unshared chunks can go", after: list))
             }
-            if scope == nil { cleanup() }
+            if scope == nil {
+                cleanup()
+                notActedOn()
+            }
+        }
+
+        /// A repository no longer declared is not written to; its versions are only forgotten by hand.
+        func catalogRepository(_ name: String) -> RepositoryTarget? { nil }
+
+        /// Every name, uuid or tag of a selector that matches nothing in its pool.
+        mutating func selectorWarnings(_ policy: BackupPolicy, _ pool: ObservedPool) {
+            let sel = policy.spec.vms
+            let names = Set(pool.vms.map(\.name))
+            let uuids = Set(pool.vms.map { $0.uuid.lowercased() })
+            let tags = Set(pool.vms.flatMap(\.tags))
+            for n in sel.names where !names.contains(n.value) {
+                warn(.noMatch, pool.name, "name-\(policy.name)-\(n.value)", resource: "BackupPolicy/\(policy.name)",
+                     "BackupPolicy \(policy.name): no VM named '\(n.value)' in pool \(pool.name) (\(n.location))",
+                     reason: "check spec.vms.names; a VM that falls out of a policy loses its CBT anchors")
+            }
+            for u in sel.uuids where !uuids.contains(u.value.lowercased()) {
+                warn(.noMatch, pool.name, "uuid-\(policy.name)-\(u.value)", resource: "BackupPolicy/\(policy.name)",
+                     "BackupPolicy \(policy.name): no VM with uuid \(u.value) in pool \(pool.name) (\(u.location))", reason: "check spec.vms.uuids")
+            }
+            for t in sel.tags where !tags.contains(t) {
+                warn(.noMatch, pool.name, "tag-\(policy.name)-\(t)", resource: "BackupPolicy/\(policy.name)",
+                     "BackupPolicy \(policy.name): no VM of pool \(pool.name) carries the tag '\(t)'", reason: "check spec.vms.tags")
+            }
+            for e in sel.exclude where !names.contains(e) && !uuids.contains(e.lowercased()) {
+                warn(.noMatch, pool.name, "exclude-\(policy.name)-\(e)", resource: "BackupPolicy/\(policy.name)",
+                     "BackupPolicy \(policy.name): spec.vms.exclude names '\(e)', which is no VM of pool \(pool.name)", reason: "check spec.vms.exclude")
+            }
+        }
+
+        /// Kinds the engine does not act on yet are said, not silently ignored.
+        mutating func notActedOn() {
+            for r in desired.replicationPolicies {
+                warn(.notActedOn, r.spec.source.value, "repl-\(r.name)", resource: "ReplicationPolicy/\(r.name)",
+                     "ReplicationPolicy \(r.name) is not acted on yet: replication is not built in this version of haven",
+                     reason: "no replica is created or synchronised; back its VMs up with a BackupPolicy meanwhile")
+            }
+            for a in desired.appliancePools {
+                warn(.notActedOn, a.spec.pool.value, "appl-\(a.name)", resource: "AppliancePool/\(a.name)",
+                     "AppliancePool \(a.name) is not acted on yet: data-mover appliances are not built in this version of haven",
+                     reason: "no appliance is provisioned; backups read disks over NBD or /export_raw_vdi")
+            }
         }
 
         func dueReason(_ schedule: Schedule, last: Date?) -> String? {
@@ -155,30 +238,37 @@ extension Planner {
             patterns.contains { $0 == disk.userdevice || $0 == disk.device || $0 == vdi?.name || $0.lowercased() == disk.vdiUUID }
         }
 
+        static func hook(_ h: BackupPolicySpec.Hook?) -> HookJob? {
+            h.map { HookJob(command: $0.command, timeoutSeconds: Int($0.timeout.seconds), failOnError: $0.onError == .fail) }
+        }
+
         mutating func backup(_ policy: BackupPolicy) {
             let spec = policy.spec
             let poolName = spec.pool.value
-            guard let pool = observed[poolName] else {
-                warn(poolName, "unobserved", "pool \(poolName) was not observed; nothing planned for it", reason: "the pool could not be read")
-                return
-            }
-            let repo = spec.repository.value
+            guard let pool = observed[poolName] else { return }
+            guard let repo = repositoriesByName[spec.repository.value] else { return }
             if pool.nbdNetworks.isEmpty && spec.method != .xva && pool.hasCBTAPI {
-                warn(poolName, "nbd", "no network of pool \(poolName) has an NBD purpose: disks are read through /export_raw_vdi (whole disks, slower)",
+                warn(.noNBDNetwork, poolName, "nbd", "no network of pool \(poolName) has an NBD purpose: disks are read through /export_raw_vdi (whole disks, slower)",
                      reason: "add purpose nbd to a network (network.add_purpose) to read changed blocks over NBD")
             }
             let wantsCBT = spec.cbt && spec.method != .xva
             if wantsCBT && !pool.hasCBTAPI {
-                warn(poolName, "api", "pool \(poolName) speaks XenAPI \(pool.apiVersion), before CBT (2.8): every backup is a full read",
+                warn(.preCBTPool, poolName, "api", "pool \(poolName) speaks XenAPI \(pool.apiVersion), before CBT (2.8): every backup is a full read",
                      reason: "CBT needs XenServer 7.3 / XCP-ng 7.4 or later")
             } else if wantsCBT && !pool.cbtLicensed {
-                warn(poolName, "licence", "pool \(poolName) has no CBT licence (restrict_cbt): every backup is a full read",
+                warn(.noCBTLicence, poolName, "licence", "pool \(poolName) has no CBT licence (restrict_cbt): every backup is a full read",
                      reason: "CBT needs a licence on XenServer (XCP-ng includes it)")
+            }
+            if spec.method == .delta {
+                warn(.methodNotBuilt, poolName, "delta-\(policy.name)", resource: "BackupPolicy/\(policy.name)",
+                     "BackupPolicy \(policy.name): method delta (rolling-snapshot VHD deltas) is not built yet: disks are read whole",
+                     reason: "the repository deduplicates whole reads; only changed chunks are stored")
             }
             let selected = pool.vms.filter { spec.vms.matches(name: $0.name, uuid: $0.uuid, tags: $0.tags) }
                 .sorted { ($0.name, $0.uuid) < ($1.name, $1.uuid) }
             if selected.isEmpty {
-                warn(poolName, "empty-\(policy.name)", "BackupPolicy \(policy.name) selects no VM of pool \(poolName)", reason: "check spec.vms")
+                warn(.emptySelection, poolName, "empty-\(policy.name)", resource: "BackupPolicy/\(policy.name)",
+                     "BackupPolicy \(policy.name) selects no VM of pool \(poolName)", reason: "check spec.vms")
             }
             var fullSRs = Set<String>()
             for vm in selected {
@@ -193,55 +283,75 @@ extension Planner {
                     disks.append((d, vdi))
                     let depth = chainLength(vdi.uuid, in: pool)
                     if depth > Self.maxChain {
-                        warn(poolName, "chain-\(vdi.uuid)", "VM \(vm.name): disk \(d.userdevice) (\(vdi.name)) sits on a VHD chain of \(depth) images",
+                        warn(.longChain, poolName, "chain-\(vdi.uuid)", "VM \(vm.name): disk \(d.userdevice) (\(vdi.name)) sits on a VHD chain of \(depth) images",
                              reason: "xapi refuses snapshots once a chain nears 30 images; let the SR coalesce (haven's snapshots add to the chain until purged)")
                     }
                     if let sr = pool.srs[vdi.srUUID], sr.physicalSize > 0, Double(sr.physicalUtilisation) / Double(sr.physicalSize) > 0.9 {
                         fullSRs.insert(sr.name)
                     }
                 }
+                let identity = VMIdentity(uuid: vm.uuid, name: vm.name)
                 // CBT wanted and possible on every disk: switch it on where it is off.
                 let cbtPossible = wantsCBT && pool.hasCBTAPI && pool.cbtLicensed
                     && disks.allSatisfy { pool.srs[$0.1.srUUID]?.supportsCBT == true }
+                var enables: [ActionKey] = []
                 if cbtPossible {
                     for (d, vdi) in disks {
                         wantedCBT[poolName, default: []].insert(vdi.uuid)
                         if !vdi.cbtEnabled {
-                            actions.append(PlanAction(
-                                kind: .enableCBT, pool: poolName, vm: vm.name, vmUUID: vm.uuid, policy: policy.name,
-                                reason: "BackupPolicy \(policy.name) has cbt: true and the pool supports it", target: "\(vdi.name) (disk \(d.userdevice))",
-                                disks: [PlanAction.Disk(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)]))
+                            let key = ActionKey(.enableCBT, pool: poolName, subject: vdi.uuid, policy: policy.name)
+                            enables.append(key)
+                            add(PlannedAction(key: key, action: .enableCBT(CBTChange(disk: DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size))),
+                                              vm: identity, reason: "BackupPolicy \(policy.name) has cbt: true and the pool supports it"))
                         }
                     }
                 } else if wantsCBT && !disks.isEmpty && pool.hasCBTAPI && pool.cbtLicensed {
-                    warn(poolName, "sr-cbt-\(vm.uuid)", "VM \(vm.name): an SR of its disks does not support CBT; its backups are full reads",
+                    warn(.srWithoutCBT, poolName, "sr-cbt-\(vm.uuid)", "VM \(vm.name): an SR of its disks does not support CBT; its backups are full reads",
                          reason: "CBT needs a VHD-based SR (ext, nfs, lvm…)")
                 }
                 let key = "\(poolName)\u{0}\(policy.name)\u{0}\(vm.uuid)"
-                let history = (backupsByKey[key] ?? []).filter { $0.repository == repo }
+                let history = (backupsByKey[key] ?? []).filter { $0.repository == repo.name }
                 let last = history.map(\.createdAt).max()
                 if let reason = dueReason(spec.schedule, last: last), !disks.isEmpty {
-                    plannedBackup(policy, pool, vm, disks, skipped, cbtPossible: cbtPossible, reason: reason, key: key)
+                    plannedBackup(policy, repo, pool, identity, disks, skipped, cbtPossible: cbtPossible, reason: reason, key: key,
+                                  history: history, enables: enables)
+                } else if !cbtPossible {
+                    retireAnchors(policy, pool, identity, because: wantsCBT ? "CBT cannot be used for this VM any more" : "the policy no longer uses CBT (cbt: false or method: xva)")
                 }
-                retention(policy, vm, history: history)
-                snapshotRetention(policy, pool, vm)
+                retention(policy, identity, history: history)
+                snapshotRetention(policy, pool, identity)
             }
             for sr in fullSRs.sorted() {
-                warn(poolName, "sr-\(sr)", "SR \(sr) is more than 90% full", reason: "snapshots need room; free space or move disks")
+                warn(.srAlmostFull, poolName, "sr-\(sr)", "SR \(sr) is more than 90% full", reason: "snapshots need room; free space or move disks")
             }
         }
 
-        mutating func plannedBackup(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: ObservedVM, _ disks: [(ObservedDisk, ObservedVDI)],
-                                    _ skipped: [String], cbtPossible: Bool, reason: String, key: String) {
+        /// The anchors of a VM that no longer serve an incremental: removed (planned, shown), so no
+        /// CBT metadata of haven's is left behind and a later re-enable starts a clean chain.
+        mutating func retireAnchors(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: VMIdentity, because why: String, requires: [ActionKey] = []) {
+            for a in anchorsByKey["\(pool.name)\u{0}\(policy.name)\u{0}\(vm.uuid)"] ?? [] {
+                guard pool.vdis[a.snapshotVDI] != nil, owned(pool.name, "VDI", a.snapshotVDI, in: pool) else { continue }
+                // The disk of a snapshot kept by snapshotRetention goes with its snapshot.
+                if !a.dataDestroyed && pool.snapshots.contains(where: { $0.uuid == a.snapshotVM }) { continue }
+                let key = ActionKey(.retireAnchor, pool: pool.name, subject: a.snapshotVDI, policy: policy.name)
+                add(PlannedAction(key: key, action: .retireAnchor(OwnedRemoval(uuid: a.snapshotVDI, label: "\(a.snapshotVDI) (disk \(a.diskKey))")),
+                                  vm: vm, reason: why, requires: requires))
+                anchorRetirements["\(pool.name)\u{0}\(vm.uuid)", default: []].append(key)
+            }
+        }
+
+        mutating func plannedBackup(_ policy: BackupPolicy, _ repo: RepositoryTarget, _ pool: ObservedPool, _ vm: VMIdentity,
+                                    _ disks: [(ObservedDisk, ObservedVDI)], _ skipped: [String], cbtPossible: Bool, reason: String, key: String,
+                                    history: [BackupRecord], enables: [ActionKey]) {
             let spec = policy.spec
-            var method: PlanAction.Method
+            var method: BackupMethod
             var why = reason
-            var planned: [PlanAction.Disk] = []
+            var planned: [DiskJob] = []
             let anchors = anchorsByKey[key] ?? []
-            let backupIDs = Set((backupsByKey[key] ?? []).map(\.id))
+            let backupIDs = Set(history.map(\.id))
             if spec.method == .xva {
                 method = .xva
-                planned = disks.map { PlanAction.Disk(key: $0.0.userdevice, vdiUUID: $0.1.uuid, name: $0.1.name, size: $0.1.size) }
+                planned = disks.map { DiskJob(key: $0.0.userdevice, vdiUUID: $0.1.uuid, name: $0.1.name, size: $0.1.size) }
             } else {
                 var fullBecause: String?
                 if !cbtPossible {
@@ -250,19 +360,20 @@ extension Planner {
                     } else { fullBecause = "an SR does not support CBT" }
                 }
                 for (d, vdi) in disks {
-                    var disk = PlanAction.Disk(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
+                    var disk = DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
                     if fullBecause == nil {
                         let anchor = anchors.first { $0.diskKey == d.userdevice }
-                        if anchor == nil {
-                            fullBecause = "first backup with CBT"
+                        if !vdi.cbtEnabled {
+                            fullBecause = history.isEmpty
+                                ? "first backup with CBT" : "CBT was re-enabled on disk \(d.userdevice) (it was off, so no changed blocks are known)"
+                        } else if anchor == nil {
+                            fullBecause = history.isEmpty ? "first backup with CBT" : "no CBT anchor is kept for disk \(d.userdevice)"
                         } else if let a = anchor, a.sourceVDI != vdi.uuid {
                             fullBecause = "disk \(d.userdevice) is another VDI than at the last backup"
                         } else if let a = anchor, pool.vdis[a.snapshotVDI] == nil {
                             fullBecause = "the CBT anchor of disk \(d.userdevice) was deleted"
                         } else if let a = anchor, pool.vdis[a.snapshotVDI]?.cbtEnabled != true {
                             fullBecause = "the CBT anchor of disk \(d.userdevice) has no CBT metadata"
-                        } else if !vdi.cbtEnabled {
-                            fullBecause = "CBT was disabled on disk \(d.userdevice) since the last backup (it is switched on again)"
                         } else if let a = anchor, !backupIDs.contains(a.backupID) {
                             fullBecause = "the backup the anchor of disk \(d.userdevice) belongs to is gone"
                         } else if let a = anchor {
@@ -279,29 +390,22 @@ extension Planner {
                     }
                     method = pool.nbdAvailable ? .fullNBD : .fullExport
                     why += "; full, because \(fullBecause)"
-                    if spec.method == .delta { why += " (method delta reads whole disks: the rolling-snapshot VHD delta path is not built yet)" }
                 } else {
                     method = pool.nbdAvailable ? .cbtIncremental : .fullExport
                     if !pool.nbdAvailable { why += "; full, because there is no NBD network to read changed blocks through" }
                 }
             }
-            if cbtPossible && spec.purgeSnapshotData && method != .xva {
-                why += "; afterwards the snapshot's data is destroyed and only its CBT metadata kept"
-            }
-            actions.append(PlanAction(
-                kind: .backup, pool: pool.name, vm: vm.name, vmUUID: vm.uuid, policy: policy.name, reason: why, target: vm.name, method: method,
-                repository: spec.repository.value, disks: planned, skippedDisks: skipped))
-            plannedBackups.insert("\(vm.uuid)\u{0}\(policy.name)")
-            // The anchors this backup replaces: their CBT metadata goes once it is done.
-            if method == .cbtIncremental || (cbtPossible && method == .fullNBD) {
-                for a in anchors where pool.vdis[a.snapshotVDI] != nil && owned(pool.name, "VDI", a.snapshotVDI, in: pool) {
-                    actions.append(PlanAction(
-                        kind: .deleteSnapshot, pool: pool.name, vm: vm.name, vmUUID: vm.uuid, policy: policy.name,
-                        reason: "replaced by the new anchor once the backup succeeds", target: "CBT anchor \(a.snapshotVDI) (disk \(a.diskKey))",
-                        disks: [PlanAction.Disk(key: a.diskKey, vdiUUID: a.snapshotVDI, name: "anchor", size: 0)],
-                        objectUUID: a.snapshotVDI, objectClass: "VDI"))
-                }
-            }
+            let keepAnchors = cbtPossible && method != .xva
+            if keepAnchors && spec.purgeSnapshotData { why += "; afterwards the snapshot's data is destroyed and only its CBT metadata kept" }
+            let job = BackupJob(method: method, repository: repo, disks: planned, skippedDisks: skipped, keepAnchors: keepAnchors,
+                                purgeSnapshotData: spec.purgeSnapshotData, quiesce: spec.quiesce.rawValue,
+                                preSnapshot: Self.hook(spec.hooks.preSnapshot), postSnapshot: Self.hook(spec.hooks.postSnapshot))
+            let backupKey = ActionKey(.backup, pool: pool.name, subject: vm.uuid, policy: policy.name)
+            add(PlannedAction(key: backupKey, action: .backup(job), vm: vm, reason: why, after: enables))
+            plannedBackups["\(vm.uuid)\u{0}\(policy.name)"] = backupKey
+            // The anchors this backup replaces go once it succeeded; if it fails they stay.
+            retireAnchors(policy, pool, vm, because: keepAnchors ? "replaced by the new anchor once the backup succeeds"
+                              : "not needed once the backup succeeds (it keeps no CBT anchor)", requires: [backupKey])
         }
 
         /// Whether an object is haven's: in the inventory and carrying haven's mark on the pool.
@@ -314,46 +418,44 @@ extension Planner {
         }
 
         /// Retention as it will stand after this run: a backup planned now counts as the newest
-        /// version (the executor prunes only once that backup succeeded).
-        mutating func retention(_ policy: BackupPolicy, _ vm: ObservedVM, history: [BackupRecord]) {
-            let planned = plannedBackups.contains("\(vm.uuid)\u{0}\(policy.name)")
+        /// version (its prunes require that backup to succeed).
+        mutating func retention(_ policy: BackupPolicy, _ vm: VMIdentity, history: [BackupRecord]) {
+            let backupKey = plannedBackups["\(vm.uuid)\u{0}\(policy.name)"]
             var versions = history.map { (id: $0.id, date: $0.createdAt) }
-            if planned { versions.append((id: "\u{0}planned", date: now)) }
+            if backupKey != nil { versions.append((id: "\u{0}planned", date: now)) }
             guard versions.count > 1 else { return }
             let tz = TimeZone(identifier: policy.spec.schedule.timezone) ?? TimeZone(identifier: "UTC")!
             let decisions = Retention.decide(versions, rules: policy.spec.retention, timeZone: tz)
             for b in history.sorted(by: { $0.createdAt < $1.createdAt }) where decisions[b.id]?.keep == false {
+                guard let repo = repositoriesByName[b.repository] else { continue }
                 // A version a live anchor still points to is kept until the anchor moves on.
-                actions.append(PlanAction(
-                    kind: .prune, pool: policy.spec.pool.value, vm: vm.name, vmUUID: vm.uuid, policy: policy.name,
-                    reason: "retention: \(decisions[b.id]!.reason)", target: b.id, repository: b.repository))
-                prunedRepositories.insert(b.repository)
+                let key = ActionKey(.prune, pool: policy.spec.pool.value, subject: b.id, policy: policy.name)
+                add(PlannedAction(key: key, action: .prune(PruneJob(version: b.id, repository: repo)), vm: vm,
+                                  reason: "retention: \(decisions[b.id]!.reason)", requires: backupKey.map { [$0] } ?? []))
+                prunes[b.repository, default: []].append(key)
             }
         }
 
         /// Snapshots kept on the host when their data is not purged: the newest `snapshotRetention`.
         /// When data is purged, a snapshot VM of haven's can only be left over from a backup that
         /// did not finish (a crash): it goes.
-        mutating func snapshotRetention(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: ObservedVM) {
+        mutating func snapshotRetention(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: VMIdentity) {
             let mine = pool.snapshots.filter {
                 $0.snapshotOf == vm.uuid && $0.otherConfig[OwnershipMarks.policy] == policy.name && owned(pool.name, "VM", $0.uuid, in: pool)
             }.sorted { ($0.otherConfig["haven.created"] ?? "") > ($1.otherConfig["haven.created"] ?? "") }
+            let backupKey = plannedBackups["\(vm.uuid)\u{0}\(policy.name)"]
+            func remove(_ s: ObservedSnapshot, _ why: String) {
+                add(PlannedAction(key: ActionKey(.deleteSnapshot, pool: pool.name, subject: s.uuid, policy: policy.name),
+                                  action: .deleteSnapshot(OwnedRemoval(uuid: s.uuid, label: "\(s.name) (\(s.uuid))")), vm: vm, reason: why,
+                                  after: backupKey.map { [$0] } ?? []))
+            }
             if policy.spec.purgeSnapshotData {
-                for s in mine {
-                    actions.append(PlanAction(
-                        kind: .deleteSnapshot, pool: pool.name, vm: vm.name, vmUUID: vm.uuid, policy: policy.name,
-                        reason: "left over from a backup that did not finish", target: "\(s.name) (\(s.uuid))", objectUUID: s.uuid, objectClass: "VM"))
-                }
+                for s in mine { remove(s, "left over from a backup that did not finish") }
                 return
             }
             // A backup planned now adds one; keep room for it.
-            let planned = plannedBackups.contains("\(vm.uuid)\u{0}\(policy.name)") ? 1 : 0
-            let keep = max(0, policy.spec.snapshotRetention - planned)
-            for s in mine.dropFirst(keep) {
-                actions.append(PlanAction(
-                    kind: .deleteSnapshot, pool: pool.name, vm: vm.name, vmUUID: vm.uuid, policy: policy.name,
-                    reason: "snapshotRetention \(policy.spec.snapshotRetention)", target: "\(s.name) (\(s.uuid))", objectUUID: s.uuid, objectClass: "VM"))
-            }
+            let keep = max(0, policy.spec.snapshotRetention - (backupKey == nil ? 0 : 1))
+            for s in mine.dropFirst(keep) { remove(s, "snapshotRetention \(policy.spec.snapshotRetention)") }
         }
 
         /// What haven made for VMs no policy covers any more, and CBT no policy wants any more.
@@ -362,20 +464,27 @@ extension Planner {
                 let covers = covered[poolName] ?? []
                 for o in (inventoryByPool[poolName] ?? []) where !covers.contains(o.vmUUID) {
                     guard owned(poolName, o.cls, o.uuid, in: pool) else { continue }
-                    let vmName = pool.vms.first { $0.uuid == o.vmUUID }?.name ?? o.vmUUID
-                    actions.append(PlanAction(
-                        kind: .deleteSnapshot, pool: poolName, vm: vmName, vmUUID: o.vmUUID, policy: o.policy,
-                        reason: "the VM is no longer covered by any backup policy (its backups stay until retention or `haven backups forget`)",
-                        target: o.cls == "VM" ? "snapshot \(o.uuid)" : "CBT anchor \(o.uuid)", objectUUID: o.uuid, objectClass: o.cls))
+                    let vm = VMIdentity(uuid: o.vmUUID, name: pool.vms.first { $0.uuid == o.vmUUID }?.name ?? o.vmUUID)
+                    let why = "the VM is no longer covered by any backup policy (its backups stay until retention or `haven backups forget`)"
+                    if o.cls == "VM" {
+                        add(PlannedAction(key: ActionKey(.deleteSnapshot, pool: poolName, subject: o.uuid, policy: o.policy),
+                                          action: .deleteSnapshot(OwnedRemoval(uuid: o.uuid, label: "snapshot \(o.uuid)")), vm: vm, reason: why))
+                    } else {
+                        let key = ActionKey(.retireAnchor, pool: poolName, subject: o.uuid, policy: o.policy)
+                        add(PlannedAction(key: key, action: .retireAnchor(OwnedRemoval(uuid: o.uuid, label: o.uuid)), vm: vm, reason: why))
+                        anchorRetirements["\(poolName)\u{0}\(o.vmUUID)", default: []].append(key)
+                    }
                 }
                 for mark in catalog.cbtMarks where mark.pool == poolName && !(wantedCBT[poolName] ?? []).contains(mark.vdiUUID) {
                     guard let vdi = pool.vdis[mark.vdiUUID], vdi.cbtEnabled, !vdi.isSnapshot, vdi.otherConfig[OwnershipMarks.cbt] == planner.instance else { continue }
-                    let vm = pool.vms.first { $0.disks.contains { $0.vdiUUID == vdi.uuid } }
-                    actions.append(PlanAction(
-                        kind: .disableCBT, pool: poolName, vm: vm?.name, vmUUID: vm?.uuid, policy: mark.policy,
-                        reason: "haven enabled CBT here and no policy wants it any more", target: vdi.name,
-                        disks: [PlanAction.Disk(key: vm?.disks.first { $0.vdiUUID == vdi.uuid }?.userdevice ?? "", vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)],
-                        objectUUID: vdi.uuid, objectClass: "VDI"))
+                    let owner = pool.vms.first { $0.disks.contains { $0.vdiUUID == vdi.uuid } }
+                    let vm = owner.map { VMIdentity(uuid: $0.uuid, name: $0.name) }
+                    let disk = DiskJob(key: owner?.disks.first { $0.vdiUUID == vdi.uuid }?.userdevice ?? "", vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
+                    // Anchors go first: switching CBT off breaks their chain anyway.
+                    let before = vm.flatMap { anchorRetirements["\(poolName)\u{0}\($0.uuid)"] } ?? []
+                    add(PlannedAction(key: ActionKey(.disableCBT, pool: poolName, subject: vdi.uuid, policy: mark.policy),
+                                      action: .disableCBT(CBTChange(disk: disk)), vm: vm,
+                                      reason: "haven enabled CBT here and no policy wants it any more", after: before))
                 }
             }
         }

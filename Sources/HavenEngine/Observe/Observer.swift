@@ -9,7 +9,8 @@ public enum Observer {
     public static let callsPerPool = 8
 
     public static func observe(_ client: XenAPIClient, name: String) async throws -> ObservedPool {
-        let caps = try await client.login()
+        // The session transfers use is reused: observing never logs out a session that is in use.
+        let caps = try await client.currentCapabilities()
         let vmRecords = try await client.records(VMRecord.self)
         let vbds = try await client.records(VBDRecord.self)
         let vdis = try await client.records(VDIRecord.self)

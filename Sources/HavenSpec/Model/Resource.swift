@@ -123,3 +123,32 @@ public struct DesiredState: Sendable, Encodable {
         try c.encode(replicationPolicies, forKey: .replicationPolicies)
     }
 }
+
+extension DesiredState {
+    /// The desired state as canonical JSON: resources sorted by kind and name, keys sorted, no
+    /// source locations. Equal configurations give equal bytes wherever their files lie, so a
+    /// saved plan's fingerprint changes exactly when what is declared changes.
+    public func canonicalEncoding() throws -> Data {
+        struct Entry<S: ResourceSpec>: Encodable {
+            let metadata: Metadata
+            let spec: S
+        }
+        struct Canonical: Encodable {
+            let apiVersion: String
+            let pools: [Entry<PoolSpec>]
+            let repositories: [Entry<RepositorySpec>]
+            let appliancePools: [Entry<AppliancePoolSpec>]
+            let backupPolicies: [Entry<BackupPolicySpec>]
+            let replicationPolicies: [Entry<ReplicationPolicySpec>]
+        }
+        func entries<S>(_ list: [Resource<S>]) -> [Entry<S>] {
+            list.sorted { $0.name < $1.name }.map { Entry(metadata: $0.metadata, spec: $0.spec) }
+        }
+        let c = Canonical(apiVersion: havenAPIVersion, pools: entries(pools), repositories: entries(repositories),
+                          appliancePools: entries(appliancePools), backupPolicies: entries(backupPolicies),
+                          replicationPolicies: entries(replicationPolicies))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return try encoder.encode(c)
+    }
+}

@@ -1,0 +1,77 @@
+import Foundation
+import HavenCore
+
+/// What one reconcile is asked to do.
+public struct ReconcileRequest: Sendable {
+    public var scope: TargetScope
+    /// A plan saved by `haven diff --out`: executed only if the configuration, the pools and the
+    /// catalog are still what it was made from.
+    public var savedPlan: Plan?
+    /// Seconds to wait for another haven holding a pool's lock; nil waits forever.
+    public var lockTimeout: Double?
+    public var now: @Sendable () -> Date
+
+    public init(scope: TargetScope, savedPlan: Plan? = nil, lockTimeout: Double? = 0, now: @escaping @Sendable () -> Date = { Date() }) {
+        self.scope = scope
+        self.savedPlan = savedPlan
+        self.lockTimeout = lockTimeout
+        self.now = now
+    }
+}
+
+/// What a reconcile did.
+public struct ReconcileReport: Sendable {
+    public var plan: Plan
+    /// False when the approval callback declined: nothing was executed.
+    public var approved: Bool
+    public var result: ExecutionResult
+    public var unreachable: [String: String]
+
+    /// Everything planned succeeded and every pool in scope could be read.
+    public var ok: Bool { result.ok && unreachable.isEmpty }
+}
+
+extension Engine {
+    /// Observe → plan → approve → execute, holding every pool's lock in scope (taken in name
+    /// order, so two runs never wait on each other crosswise), each pool observed on its own.
+    /// Every session is logged out on every path out; cancelling the calling task starts no
+    /// new action and lets running ones clean up.
+    public func reconcile(_ request: ReconcileRequest, events: @escaping @Sendable (ExecutionEvent) -> Void,
+                          approve: @escaping @Sendable (Plan) async throws -> Bool) async throws -> ReconcileReport {
+        try await withSessions {
+            try await withPoolLocks(request.scope.pools.sorted(), timeout: request.lockTimeout) {
+                let observation = await observe(pools: request.scope.pools)
+                let plan: Plan
+                if let saved = request.savedPlan {
+                    guard saved.formatVersion == Plan.currentFormatVersion else {
+                        throw EngineError(.stale, "plan", "the saved plan has format \(saved.formatVersion), this haven writes \(Plan.currentFormatVersion); run `haven diff --out` again")
+                    }
+                    let current = try fingerprint(observation)
+                    guard saved.fingerprint == current, saved.scope.pools.sorted() == request.scope.pools.sorted(),
+                          Set(saved.scope.policies ?? []) == Set(request.scope.policies.map { Array($0) } ?? []),
+                          Set(observation.unreachable.keys) == Set(saved.warnings.filter { $0.code == .poolUnreachable }.map(\.pool)) else {
+                        throw EngineError(.stale, "plan", "the saved plan is stale: the configuration, the pools or the catalog changed since it was made; run `haven diff --out` again")
+                    }
+                    plan = saved
+                } else {
+                    plan = try self.plan(observation, now: request.now(), scope: request.scope.policies)
+                }
+                if plan.isEmpty {
+                    return ReconcileReport(plan: plan, approved: true, result: ExecutionResult(), unreachable: observation.unreachable)
+                }
+                guard try await approve(plan) else {
+                    return ReconcileReport(plan: plan, approved: false, result: ExecutionResult(), unreachable: observation.unreachable)
+                }
+                let result = await executor(plan: plan, now: request.now, emit: events).apply()
+                return ReconcileReport(plan: plan, approved: true, result: result, unreachable: observation.unreachable)
+            }
+        }
+    }
+
+    func withPoolLocks<T: Sendable>(_ pools: [String], timeout: Double?, _ body: () async throws -> T) async throws -> T {
+        guard let first = pools.first else { return try await body() }
+        return try await state.withPoolLock(first, timeout: timeout) {
+            try await withPoolLocks(Array(pools.dropFirst()), timeout: timeout, body)
+        }
+    }
+}
