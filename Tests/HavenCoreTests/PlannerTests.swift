@@ -24,8 +24,8 @@ struct World {
         pool.vms.append(ObservedVM(uuid: "\(name)-uuid", name: name, powerState: "Running", tags: [], disks: ds))
     }
 
-    func desired(_ policy: String = "", extra: String = "") -> DesiredState {
-        let text = """
+    func desired(_ policy: String = "", extra: String = "", replace: [(String, String)] = []) -> DesiredState {
+        var text = """
             apiVersion: haven/v1
             kind: Pool
             metadata: {name: lab}
@@ -46,6 +46,7 @@ struct World {
             \(policy)
             \(extra)
             """
+        for (a, b) in replace { text = text.replacingOccurrences(of: a, with: b) }
         let result = SpecLoader.load(sources: [.init(path: "t.yaml", text: text)])
         guard let state = result.state else { fatalError("\(result.diagnostics)") }
         return state
@@ -71,8 +72,18 @@ struct World {
     }
 }
 
+extension PlannedAction {
+    var job: BackupJob? {
+        if case .backup(let b) = action { return b }
+        return nil
+    }
+    var method: BackupMethod? { job?.method }
+    var disks: [DiskJob] { job?.disks ?? [] }
+    var skippedDisks: [String] { job?.skippedDisks ?? [] }
+}
+
 @Suite struct PlannerTests {
-    func backups(_ p: Plan) -> [PlanAction] { p.actions.filter { $0.kind == .backup } }
+    func backups(_ p: Plan) -> [PlannedAction] { p.actions.filter { $0.kind == .backup } }
 
     @Test func firstRunEnablesCBTAndTakesFullBackups() {
         var w = World()
@@ -81,7 +92,7 @@ struct World {
         w.vm("other", disks: ["root"])
         let p = w.plan(w.desired())
         #expect(p.actions.filter { $0.kind == .enableCBT }.count == 3)
-        #expect(backups(p).map(\.vm) == ["db", "web"])
+        #expect(backups(p).map(\.vm?.name) == ["db", "web"])
         #expect(backups(p).allSatisfy { $0.method == .fullNBD && $0.reason.contains("due: never backed up; full, because first backup with CBT") })
         #expect(p.summary == Plan.Summary(add: 2, change: 3, destroy: 0, warnings: 0))
         #expect(p.summary.line == "Plan: 2 to add, 3 to change, 0 to destroy, 0 warnings.")
@@ -120,7 +131,7 @@ struct World {
         ("licence", "full, because CBT is not licensed"),
         ("api", "full, because the pool predates CBT (API 2.7)"),
         ("anchor-deleted", "full, because the CBT anchor of disk 0 was deleted"),
-        ("cbt-disabled", "full, because CBT was disabled on disk 0"),
+        ("cbt-disabled", "full, because CBT was re-enabled on disk 0"),
         ("disk-replaced", "full, because disk 0 is another VDI than at the last backup"),
         ("version-gone", "full, because the backup the anchor of disk 0 belongs to is gone"),
     ])
@@ -146,7 +157,7 @@ struct World {
         #expect(b.first?.reason.contains(expected) == true, "\(b.first?.reason ?? "")")
         #expect(b.first?.method != .cbtIncremental)
         if situation == "licence" || situation == "api" {
-            #expect(p.actions.contains { $0.kind == .warning }, "the pool-level cause is also a warning")
+            #expect(!p.warnings.isEmpty, "the pool-level cause is also a warning")
             #expect(!p.actions.contains { $0.kind == .enableCBT })
         }
         if situation == "cbt-disabled" {
@@ -161,7 +172,7 @@ struct World {
         let b = backups(p)[0]
         #expect(b.disks.map(\.name) == ["root"])
         #expect(b.skippedDisks == ["scratch (disk 1)"])
-        #expect(p.actions.filter { $0.kind == .enableCBT }.map(\.target) == ["root (disk 0)"])
+        #expect(p.actions.filter { $0.kind == .enableCBT }.map(\.headline) == ["enable CBT on root (disk 0)"])
     }
 
     @Test func usersSnapshotsAndUnmarkedObjectsAreNeverTouched() {
@@ -173,7 +184,7 @@ struct World {
         // Marked as haven's, but not in the inventory: left alone too.
         w.pool.snapshots.append(ObservedSnapshot(uuid: "stray", name: "x", snapshotOf: "gone-uuid", otherConfig: ["haven.owner": w.instance], disks: []))
         let p = w.plan(w.desired())
-        #expect(!p.actions.contains { $0.objectUUID == "user-snap" || $0.objectUUID == "stray" })
+        #expect(!p.actions.contains { $0.key.subject == "user-snap" || $0.key.subject == "stray" })
     }
 
     @Test func aVMLeavingAllPoliciesIsCleanedUpButItsBackupsStay() {
@@ -186,9 +197,9 @@ struct World {
         // A disk whose CBT the user enabled: no mark, never disabled.
         w.vm("mine", disks: ["root"], cbt: true)
         let p = w.plan(w.desired())
-        #expect(p.actions.contains { $0.kind == .deleteSnapshot && $0.objectUUID == "old-vdi-0-anchor" && $0.reason.contains("no longer covered") })
-        #expect(p.actions.contains { $0.kind == .disableCBT && $0.objectUUID == "old-vdi-0" })
-        #expect(!p.actions.contains { $0.kind == .disableCBT && $0.objectUUID == "mine-vdi-0" })
+        #expect(p.actions.contains { $0.kind == .retireAnchor && $0.key.subject == "old-vdi-0-anchor" && $0.reason.contains("no longer covered") })
+        #expect(p.actions.contains { $0.kind == .disableCBT && $0.key.subject == "old-vdi-0" })
+        #expect(!p.actions.contains { $0.kind == .disableCBT && $0.key.subject == "mine-vdi-0" })
         #expect(!p.actions.contains { $0.kind == .prune }, "backups stay until retention or `haven backups forget`")
     }
 
@@ -207,7 +218,7 @@ struct World {
         w.backedUp("old", hoursAgo: 5)
         let p = w.plan(w.desired(), scope: ["daily"])
         #expect(!p.actions.contains { $0.kind == .deleteSnapshot })
-        #expect(backups(p).map(\.vm) == ["web"])
+        #expect(backups(p).map(\.vm?.name) == ["web"])
     }
 
     @Test func noNBDNetworkMeansAWarningAndHTTPExport() {
@@ -216,7 +227,7 @@ struct World {
         w.vm("web", disks: ["root"], cbt: true)
         w.backedUp("web", hoursAgo: 30)
         let p = w.plan(w.desired())
-        #expect(p.actions.contains { $0.kind == .warning && $0.target.contains("NBD purpose") })
+        #expect(p.warnings.contains { $0.message.contains("NBD purpose") })
         #expect(backups(p)[0].method == .fullExport)
     }
 
@@ -225,9 +236,9 @@ struct World {
         w.vm("web", disks: ["root"], cbt: true)
         for i in 0..<10 { w.backedUp("web", hoursAgo: Double(i) * 24 + 1, anchors: i == 0, id: "v\(i)") }
         let p = w.plan(w.desired("  retention: {keepLast: 3}"))
-        let pruned = p.actions.filter { $0.kind == .prune }.map(\.target)
+        let pruned = p.actions.filter { $0.kind == .prune }.map(\.key.subject)
         #expect(Set(pruned) == Set((3..<10).map { "v\($0)" }))
-        #expect(p.actions.filter { $0.kind == .gc }.map(\.target) == ["local"])
+        #expect(p.actions.filter { $0.kind == .gc }.map(\.key.subject) == ["local"])
     }
 
     @Test func longVHDChainsAreWarnedAbout() {
@@ -241,9 +252,9 @@ struct World {
         }
         w.pool.vdis["web-vdi-0"]!.vhdParent = parent
         let p = w.plan(w.desired())
-        #expect(p.actions.contains { $0.kind == .warning && $0.target.contains("VHD chain of 29 images") })
+        #expect(p.warnings.contains { $0.message.contains("VHD chain of 29 images") })
         w.pool.vdis["web-vdi-0"]!.vhdParent = "chain-0"
-        #expect(!w.plan(w.desired()).actions.contains { $0.kind == .warning })
+        #expect(!w.plan(w.desired()).warnings.contains { $0.code == .longChain })
     }
 
     @Test func theFingerprintFollowsThePool() {
