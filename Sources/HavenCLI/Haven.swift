@@ -16,7 +16,9 @@ struct Haven: AsyncParsableCommand {
             var c = command
             if var a = c as? any AsyncParsableCommand { try await a.run() } else { try c.run() }
         } catch {
-            if error is CleanExit { exit(withError: error) }
+            // Help and usage errors the parser raises late (`help validate`, `validate --help`) keep its codes.
+            let parserCode = exitCode(for: error)
+            if error is CleanExit || parserCode == .success || parserCode == .validationFailure { exit(withError: error) }
             ExitMapping.report(error)
             Foundation.exit(ExitMapping.exitStatus(for: error))
         }
