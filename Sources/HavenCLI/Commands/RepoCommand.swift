@@ -245,7 +245,9 @@ struct BackupsListCommand: ParsableCommand {
             let rows: [[String: Any]] = list.map { m in
                 ["id": m.id, "vm": ["name": m.vmName, "uuid": m.vmUUID], "time": f.string(from: m.createdAt), "kind": m.kind.rawValue,
                  "size": m.totalSize, "storedBytes": m.storedBytes, "pool": m.pool, "policy": m.policy,
-                 "disks": m.disks.map { ["key": $0.key, "name": $0.name, "size": $0.size, "vdi": $0.vdiUUID] }]
+                 // An XVA version stores one stream, the whole-VM archive, not a disk image: say so.
+                 "disks": m.disks.map { ["key": $0.key, "name": $0.name, "size": $0.size, "vdi": $0.vdiUUID,
+                                         "content": $0.key == XVAArchive.key ? "xva-archive" : "disk"] }]
             }
             print(String(decoding: try JSONSerialization.data(withJSONObject: ["formatVersion": 1, "backups": rows], options: [.sortedKeys, .prettyPrinted]), as: UTF8.self))
             return
@@ -261,7 +263,7 @@ struct BackupsListCommand: ParsableCommand {
               + "TIME (UTC)           KIND         SIZE       STORED")
         for m in list {
             print(m.id.padding(toLength: 34, withPad: " ", startingAt: 0) + m.vmName.padding(toLength: 18, withPad: " ", startingAt: 0)
-                  + f.string(from: m.createdAt) + "  " + m.kind.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)
+                  + f.string(from: m.createdAt) + "  " + (m.kind == .xva ? "xva archive" : m.kind.rawValue).padding(toLength: 12, withPad: " ", startingAt: 0)
                   + humanBytes(m.totalSize).padding(toLength: 11, withPad: " ", startingAt: 0) + humanBytes(m.storedBytes))
         }
     }
@@ -271,7 +273,9 @@ struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore", abstract: "Restore a backup version: one disk to a file, or the whole VM to a pool.",
         discussion: """
-            `--disk N --to-file PATH` writes one disk as a sparse raw image or a dynamic VHD that qemu-img opens.
+            `--disk N --to-file PATH` writes one disk as a sparse raw image or a dynamic VHD that qemu-img opens. \
+            N is the disk's userdevice, else its position in userdevice order. For a version made with `method: xva` \
+            the disk is taken out of the stored XVA archive; `--disk xva` writes the archive itself (for `xe vm-import`).
             `--to-pool NAME --sr NAME` recreates the VM on a declared pool: new MACs and a new name when the original \
             VM still exists there, its original name and MACs otherwise.
             """)
@@ -281,7 +285,7 @@ struct RestoreCommand: AsyncParsableCommand {
     @Option(help: "Version id (see `haven backups list`).")
     var backup: String
 
-    @Option(help: "Disk: its key (userdevice) or its position in the version.")
+    @Option(help: "Disk: its key (userdevice) or its position in the version; `xva` for the archive of an XVA version.")
     var disk: String = "0"
 
     @Option(help: "Write the disk to this file.")
@@ -313,6 +317,10 @@ struct RestoreCommand: AsyncParsableCommand {
         let repo = try target.open()
         let m: BackupManifest
         do { m = try repo.manifest(backup) } catch let e as DataError { throw CLIError("\(e)") }
+        if let toFile, let archive = XVAArchive.stream(of: m) {
+            try restoreFromXVA(m, archive: archive, repo: repo, to: toFile)
+            return
+        }
         if let toFile {
             guard let d = m.disks.first(where: { $0.key == disk }) ?? Int(disk).flatMap({ $0 < m.disks.count ? m.disks[$0] : nil }) else {
                 throw CLIError("version \(backup) has no disk \(disk) (disks: \(m.disks.map { $0.key }.joined(separator: ", ")))")
@@ -333,12 +341,40 @@ struct RestoreCommand: AsyncParsableCommand {
         guard let desired = result.state, let pool = desired.pool(named: toPool!) else {
             throw CLIError("Pool '\(toPool!)' is not declared in \(target.config)")
         }
+        let client = try PoolConnection.client(for: pool)
         do {
-            let client = try PoolConnection.client(for: pool)
             let outcome = try await VMRestore(client: client, repository: repo).restore(m, srName: sr!, name: name) { print("  \($0)") }
             await client.logout()
             print("restored \(m.vmName) from \(backup) to pool \(pool.name) as '\(outcome.name)'" + (outcome.keptIdentity ? " (original name and MACs)" : " (new name and MACs: the original still exists)"))
         } catch {
+            await client.logout()
+            throw CLIError("\(error)")
+        }
+    }
+}
+
+extension RestoreCommand {
+    /// A version made with `method: xva` holds the whole-VM archive, not disk images: a disk is
+    /// taken out of the archive; `--disk xva` writes the archive as it is.
+    func restoreFromXVA(_ m: BackupManifest, archive: DiskVersion, repo: BackupRepository, to path: String) throws {
+        if disk == XVAArchive.key {
+            guard format == .raw else {
+                throw CLIError("--disk xva is the XVA archive itself (a tar stream for `xe vm-import`), not a disk image, so it has no VHD form; give --disk N (a userdevice) for one of the VM's disks")
+            }
+            do {
+                try DiskRestore(repository: repo).toRawFile(archive, path: path)
+            } catch {
+                throw CLIError("\(error)")
+            }
+            print("wrote the XVA archive of \(m.vmName) (\(humanBytes(archive.size))) from \(backup) to \(path): an XVA, not a disk image (import it with `xe vm-import`, or take one disk out with --disk N)")
+            return
+        }
+        do {
+            let r = try XVAArchive.extract(m, disk: disk, repository: repo, to: path, format: format == .vhd ? .vhd : .raw)
+            print("restored disk \(r.disk.key) of \(m.vmName) (\(r.disk.name), \(humanBytes(r.disk.size))) from the XVA archive of \(backup) to \(path) (\(format.rawValue))")
+        } catch {
+            // A half-written image under the name the user asked for would pass for a good one.
+            unlink(path)
             throw CLIError("\(error)")
         }
     }

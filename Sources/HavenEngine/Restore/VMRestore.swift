@@ -30,6 +30,9 @@ public struct VMRestore: Sendable {
         let originalExists = vms.values.contains { $0.uuid == manifest.vmUUID && $0.isRealVM }
         let stamp = ISO8601DateFormatter().string(from: manifest.createdAt)
         let name = requested ?? (originalExists ? "\(manifest.vmName) (restored \(stamp))" : manifest.vmName)
+        if let archive = XVAArchive.stream(of: manifest) {
+            return try await restoreXVA(manifest, archive: archive, sr: srRef, name: name, originalExists: originalExists, log: log)
+        }
         var record: [String: XenValue] = [:]
         let copied = ["name_description", "memory_static_max", "memory_static_min", "memory_dynamic_max", "memory_dynamic_min", "memory_target",
                       "VCPUs_max", "VCPUs_at_startup", "VCPUs_params", "actions_after_shutdown", "actions_after_reboot", "actions_after_crash",
@@ -56,9 +59,14 @@ public struct VMRestore: Sendable {
             ])
             let restore = DiskRestore(repository: repository)
             let length = try restore.vhdSize(disk)
-            let stream = VHDPipe(restore: restore, disk: disk)
-            try await client.importRawVDI(vdi, format: .vhd, length: length) { try stream.read(into: $0) }
-            try stream.finish()
+            let stream = StreamPipe(vhdOf: disk, restore: restore)
+            do {
+                try await client.importRawVDI(vdi, format: .vhd, length: length) { try stream.read(into: $0) }
+                try stream.finish()
+            } catch {
+                stream.abandon()
+                throw error
+            }
             _ = try await client.createVBD([
                 "VM": vm.value, "VDI": vdi.value, "userdevice": .string(disk.key), "bootable": .bool(disk.key == "0"), "mode": "RW",
                 "type": "Disk", "empty": false, "other_config": [:], "qos_algorithm_type": "", "qos_algorithm_params": [:],
@@ -77,22 +85,104 @@ public struct VMRestore: Sendable {
     }
 }
 
-/// Turns DiskRestore's push-style VHD stream into the pull-style reads an upload wants, holding
+extension VMRestore {
+    /// An XVA version goes back through xapi's own VM import: the archive is streamed to
+    /// `/import` and xapi recreates the VM, its disks (the exported bytes), VBDs and VIFs (with new
+    /// MACs and uuids, as any import without `restore=true`). What the import cannot know is
+    /// put right afterwards.
+    func restoreXVA(_ manifest: BackupManifest, archive: DiskVersion, sr: SRRef, name: String, originalExists: Bool,
+                    log: @escaping @Sendable (String) -> Void) async throws -> Outcome {
+        let pipe = StreamPipe(rawOf: archive, restore: DiskRestore(repository: repository))
+        let imported: [VMRef]
+        do {
+            imported = try await client.importXVA(sr: sr, length: archive.size) { try pipe.read(into: $0) }
+            try pipe.finish()
+        } catch {
+            pipe.abandon()
+            throw error
+        }
+        guard imported.count == 1, let vm = imported.first else {
+            throw EngineError(.restore, manifest.id, "importing the XVA of \(manifest.id) gave \(imported.count) VMs (\(imported.map(\.raw).joined(separator: ", "))), expected one")
+        }
+        log("imported the XVA archive (\(archive.size) bytes) as a new VM")
+        let record = try await client.record(vm)
+        // The archive is an export of haven's snapshot, and xapi's snapshots are templates; an
+        // export keeps is_a_template, so the import is a template until made a VM again.
+        if record.isATemplate { try await client.setIsATemplate(vm, false) }
+        try await client.setNameLabel(vm, name)
+        // The snapshot (and its disks) carried haven's ownership marks, which the export copied:
+        // left on the restored VM they would make haven treat the user's VM as its own leftover.
+        for key in record.otherConfig.keys.sorted() where key.hasPrefix("haven.") {
+            try await client.removeOtherConfig(vm, key: key)
+        }
+        try await client.setOtherConfig(vm, key: "haven.restored-from", value: manifest.id)
+        var disks: [(String, VDIRecord)] = []
+        for vbd in record.vbds {
+            let b = try await client.record(vbd)
+            guard b.type != "CD", !b.vdi.isNull else { continue }
+            let vdi = try await client.record(b.vdi)
+            for key in vdi.otherConfig.keys.sorted() where key.hasPrefix("haven.") {
+                _ = try await client.call(.vdiRemoveFromOtherConfig, [b.vdi.value, .string(key)])
+            }
+            disks.append((b.userdevice, vdi))
+        }
+        for (device, vdi) in disks.sorted(by: { (Int($0.0) ?? Int.max, $0.0) < (Int($1.0) ?? Int.max, $1.0) }) {
+            log("restored disk \(device) (\(vdi.nameLabel), \(vdi.virtualSize) bytes) from the XVA")
+        }
+        // Taking back the original identity: the import gave new MACs, and a VIF's MAC is fixed
+        // when it is created, so each interface is recreated on its network with the old MAC.
+        if !originalExists {
+            let original = manifest.vifs ?? []
+            for ref in record.vifs {
+                let vif = try await client.record(ref)
+                guard let old = original.first(where: { $0.device == vif.device }), !old.mac.isEmpty,
+                      old.mac.lowercased() != vif.mac.lowercased() else { continue }
+                try await client.destroy(ref)
+                _ = try await client.createVIF([
+                    "VM": vm.value, "network": vif.network.value, "device": .string(vif.device), "MAC": .string(old.mac), "MTU": 1500,
+                    "other_config": [:], "qos_algorithm_type": "", "qos_algorithm_params": [:],
+                ])
+            }
+        }
+        return Outcome(vm: vm, name: name, keptIdentity: !originalExists)
+    }
+}
+
+/// Turns DiskRestore's push-style streams into the pull-style reads an upload wants, holding
 /// at most a few MiB: a producer thread writes, the upload reads.
-final class VHDPipe: @unchecked Sendable {
-    // @unchecked: `buffer`, `done` and `error` are guarded by `condition`.
+final class StreamPipe: @unchecked Sendable {
+    // @unchecked: `buffer`, `head`, `done`, `abandoned` and `error` are guarded by `condition`.
     let condition = NSCondition()
     var buffer: [UInt8] = []
+    /// Bytes at the front of `buffer` already read: dropping them on every read would move the
+    /// whole buffer for each few KiB the upload takes.
+    var head = 0
     var done = false
+    /// The reader gave up (the upload failed): the producer stops instead of waiting forever.
+    var abandoned = false
     var error: (any Error)?
     let limit = 8 << 20
 
-    init(restore: DiskRestore, disk: DiskVersion) {
+    /// A disk version as a dynamic VHD (what `/import_raw_vdi?format=vhd` takes).
+    convenience init(vhdOf disk: DiskVersion, restore: DiskRestore) {
+        self.init { emit in try restore.toVHDStream(disk, emit: emit) }
+    }
+
+    /// A stored stream byte for byte (an XVA archive for `/import`).
+    convenience init(rawOf disk: DiskVersion, restore: DiskRestore) {
+        self.init { emit in try restore.toRawStream(disk, emit: emit) }
+    }
+
+    init(produce: @escaping @Sendable (_ emit: (UnsafeRawBufferPointer) throws -> Void) throws -> Void) {
         let t = Thread { [self] in
             do {
-                try restore.toVHDStream(disk) { bytes in
+                try produce { bytes in
                     condition.lock()
-                    while buffer.count > limit && error == nil { condition.wait() }
+                    while buffer.count - head > limit && error == nil && !abandoned { condition.wait() }
+                    if abandoned {
+                        condition.unlock()
+                        throw CancellationError()
+                    }
                     buffer.append(contentsOf: bytes)
                     condition.broadcast()
                     condition.unlock()
@@ -113,11 +203,18 @@ final class VHDPipe: @unchecked Sendable {
     func read(into out: UnsafeMutableRawBufferPointer) throws -> Int {
         condition.lock()
         defer { condition.unlock() }
-        while buffer.isEmpty && !done { condition.wait() }
+        while buffer.count == head && !done { condition.wait() }
         if let error { throw error }
-        let n = min(out.count, buffer.count)
-        buffer.withUnsafeBytes { out.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: n) }
-        buffer.removeFirst(n)
+        let n = min(out.count, buffer.count - head)
+        buffer.withUnsafeBytes { out.baseAddress!.copyMemory(from: $0.baseAddress! + head, byteCount: n) }
+        head += n
+        if head == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head >= limit {
+            buffer.removeFirst(head)
+            head = 0
+        }
         condition.broadcast()
         return n
     }
@@ -126,5 +223,13 @@ final class VHDPipe: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         if let error { throw error }
+    }
+
+    /// Lets the producer thread end when the upload stopped reading early.
+    func abandon() {
+        condition.lock()
+        abandoned = true
+        condition.broadcast()
+        condition.unlock()
     }
 }

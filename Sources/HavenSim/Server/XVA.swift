@@ -99,6 +99,22 @@ extension SimPool {
         var list: [XenValue] = []
         for (cls, ref) in objects {
             var snap = wireRecord(ref)
+            if cls == "VM" {
+                // xapi's plain export (no snapshot metadata) writes the VM as a VM even when it
+                // is a snapshot: is_a_snapshot false and the snapshot links cleared; is_a_template
+                // is kept, which is why an exported snapshot imports as a template. Power state
+                // Halted (no preserve_power_state here), no operations in progress.
+                snap["is_a_snapshot"] = false
+                snap["snapshot_of"] = Templates.null
+                snap["snapshots"] = []
+                snap["snapshot_time"] = Templates.epoch
+                snap["transportable_snapshot_id"] = ""
+                snap["parent"] = Templates.null
+                snap["children"] = []
+                snap["power_state"] = "Halted"
+                snap["current_operations"] = [:]
+                snap["allowed_operations"] = []
+            }
             for (k, v) in snap where k != "other_config" { snap[k] = rewrite(v) }
             list.append(["class": .string(cls), "id": .string(ids[ref]!), "snapshot": .structure(snap)])
         }
@@ -219,9 +235,16 @@ extension SimPool {
                 var snap = o["snapshot"]?.structValue ?? [:]
                 let oldUUID = snap["uuid"]?.stringValue ?? ""
                 snap["uuid"] = restore && db.byUUID("VM", oldUUID) == nil ? .string(oldUUID) : .string(Database.newUUID())
-                snap["is_a_snapshot"] = false
-                snap["snapshot_of"] = Templates.null
+                // Like xapi: is_a_snapshot (and is_a_template) as the archive says — false in a
+                // plain export — and snapshot_of resolved below among the imported VMs only.
+                snap["is_a_snapshot"] = .bool(snap["is_a_snapshot"]?.boolValue ?? false)
                 snap["snapshots"] = []
+                // Without restore=true xapi gives the VM a fresh MAC seed.
+                if !restore {
+                    var other = snap["other_config"]?.structValue ?? [:]
+                    other["mac_seed"] = .string(Database.newUUID())
+                    snap["other_config"] = .structure(other)
+                }
                 snap["power_state"] = "Halted"
                 snap["resident_on"] = Templates.null
                 snap["VBDs"] = []
@@ -231,6 +254,15 @@ extension SimPool {
                 let vm = db.insert("VM", snap)
                 newRefs[o["id"]?.stringValue ?? ""] = vm
                 created.append(vm)
+            }
+            for vm in created {
+                let of = db.field(vm, "snapshot_of")?.stringValue ?? ""
+                if let target = newRefs[of] {
+                    db.set(vm, "snapshot_of", .string(target))
+                    db.addToSet(target, "snapshots", vm)
+                } else {
+                    db.set(vm, "snapshot_of", Templates.null)
+                }
             }
             var rng = SplitMix64(state: UInt64.random(in: 1...UInt64.max))
             for o in objects {

@@ -103,6 +103,7 @@ extension XenAPIClient {
     public func createVIF(_ record: [String: XenValue]) async throws -> XenRef<VIFRecord> {
         XenRef(try await call(.vifCreate, [.structure(record)]).stringValue ?? "")
     }
+    public func destroy(_ vif: XenRef<VIFRecord>) async throws { _ = try await call(.vifDestroy, [vif.value]) }
 
     // MARK: network
 

@@ -89,6 +89,7 @@ extension XenMethod {
     public static let vbdDestroy = XenMethod("VBD.destroy", 2)
 
     public static let vifCreate = XenMethod("VIF.create", 2)
+    public static let vifDestroy = XenMethod("VIF.destroy", 2)
 
     public static let networkAddPurpose = XenMethod("network.add_purpose", 3)
     public static let networkRemovePurpose = XenMethod("network.remove_purpose", 3)
@@ -110,7 +111,7 @@ extension XenMethod {
         vmAddToBlockedOperations, vmRemoveFromBlockedOperations, vmAddTags, vmRemoveTags, vdiGetRecord, vdiGetByUUID, srGetByUUID,
         vdiEnableCBT, vdiDisableCBT, vdiListChangedBlocks, vdiDataDestroy, vdiGetNBDInfo, vdiCreate, vdiDestroy,
         vdiSnapshot, vdiAddToOtherConfig, vdiRemoveFromOtherConfig, vdiSetNameLabel, vbdGetRecord, vbdCreate, vbdPlug,
-        vbdUnplug, vbdDestroy, vifCreate, networkAddPurpose, networkRemovePurpose, taskCreate, taskGetRecord,
+        vbdUnplug, vbdDestroy, vifCreate, vifDestroy, networkAddPurpose, networkRemovePurpose, taskCreate, taskGetRecord,
         taskCancel, taskDestroy, eventFrom, eventInject,
     ] + recordClasses.flatMap { [getAllRecords($0), getRecord($0)] }
 }
