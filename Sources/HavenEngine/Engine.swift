@@ -82,15 +82,17 @@ public final class Engine: Sendable {
                 case .failure(let e):
                     let url = desired.pool(named: name)?.spec.url ?? ""
                     out.unreachable[name] = "\(url): \(e)"
-                    logger.warning("cannot read pool", metadata: ["pool": "\(name)", "error": "\(e)"])
+                    logger.info("cannot read pool", metadata: ["pool": "\(name)", "error": "\(e)"])
                 }
             }
         }
         return out
     }
 
+    /// `now` is taken to the whole second, as a saved plan records it: the same plan can be made again from it.
     public func plan(_ observation: Observation, now: Date, scope: Set<String>? = nil) throws -> Plan {
-        Planner(instance: instance).plan(desired: desired, observed: observation.pools, unreachable: observation.unreachable,
+        let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
+        return Planner(instance: instance).plan(desired: desired, observed: observation.pools, unreachable: observation.unreachable,
                                          catalog: try catalog.view(), now: now, scope: scope)
     }
 

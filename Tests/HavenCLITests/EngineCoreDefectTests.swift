@@ -44,8 +44,19 @@ import XenAPI
         #expect(run.stderr.contains("stale"))
         let manifests = (try? FileManager.default.contentsOfDirectory(atPath: s.repository + "/manifests")) ?? []
         #expect(manifests.isEmpty, "nothing was applied from the stale plan")
-        // An unchanged configuration applies its saved plan.
+        // A plan edited by hand (another repository path) is refused too: the file is not trusted.
         #expect(try s.haven(["diff", "-f", s.config, "--out", planFile]).status == 1)
+        let edited = s.dir.appendingPathComponent("edited.json").path
+        let original = try String(contentsOfFile: planFile, encoding: .utf8)
+        let escaped = s.repository.replacingOccurrences(of: "/", with: "\\/")
+        let changed = original.replacingOccurrences(of: escaped, with: escaped + "-elsewhere").replacingOccurrences(of: s.repository, with: s.repository + "-elsewhere")
+        #expect(changed != original)
+        try changed.write(toFile: edited, atomically: true, encoding: .utf8)
+        let tampered = try s.haven(["apply", "-f", s.config, "--auto-approve", edited])
+        #expect(tampered.status == 2, "\(tampered.stdout)\(tampered.stderr)")
+        #expect(tampered.stderr.contains("does not match"))
+        #expect(!FileManager.default.fileExists(atPath: s.repository + "-elsewhere"))
+        // An unchanged configuration applies its saved plan.
         let ok = try s.haven(["apply", "-f", s.config, "--auto-approve", planFile])
         #expect(ok.status == 0, "\(ok.stdout)\(ok.stderr)")
         #expect(try s.backups().map { ($0["vm"] as? [String: Any])?["name"] as? String } == ["web"])

@@ -52,7 +52,14 @@ extension Engine {
                           Set(observation.unreachable.keys) == Set(saved.warnings.filter { $0.code == .poolUnreachable }.map(\.pool)) else {
                         throw EngineError(.stale, "plan", "the saved plan is stale: the configuration, the pools or the catalog changed since it was made; run `haven diff --out` again")
                     }
-                    plan = saved
+                    // The file is not trusted: the plan is made again from the same inputs at the
+                    // moment it was made, and must come out the same, action for action. A plan edited
+                    // by hand (another version to prune, another repository path) is refused.
+                    let again = try self.plan(observation, now: saved.generatedAt, scope: request.scope.policies)
+                    guard again.actions == saved.actions, again.pools == saved.pools else {
+                        throw EngineError(.stale, "plan", "the saved plan does not match what the configuration, the pools and the catalog give (it was edited, or made by another version of haven); run `haven diff --out` again")
+                    }
+                    plan = again
                 } else {
                     plan = try self.plan(observation, now: request.now(), scope: request.scope.policies)
                 }
