@@ -140,6 +140,8 @@ final class ChunkIndex: @unchecked Sendable {
     private let lock = NSLock()
     private var sealed: [ChunkID: ChunkLocation] = [:]
     private var pending: [ChunkID: ChunkLocation] = [:]
+    /// The packs `sealed` points into: tells cheaply whether another process's GC removed one.
+    private var packs: Set<String> = []
 
     func load(from repo: BackupRepository) throws {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: repo.indexDir.path)) ?? []
@@ -163,7 +165,39 @@ final class ChunkIndex: @unchecked Sendable {
                 }
             }
         }
-        lock.withLock { sealed = map }
+        lock.withLock {
+            sealed = map
+            packs = Set(files.map(\.pack))
+        }
+    }
+
+    /// Reads every index again when a pack this table points into has lost its index (a GC by
+    /// another process deleted or rewrote it): otherwise deduplication would rely on chunks gone.
+    func reloadIfPacksVanished(from repo: BackupRepository) throws {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: repo.indexDir.path)) ?? []
+        let present = Set(names.filter { $0.hasSuffix(".idx") }.map { repo.packPath(String($0.dropLast(4))) })
+        if lock.withLock({ !packs.isSubset(of: present) }) { try load(from: repo) }
+    }
+
+    /// The first non-zero id (with the reason) that is not in a sealed pack whose file exists;
+    /// nil when all are. One lock for the whole list; `packs` caches which pack files exist.
+    func firstUnsealed(_ ids: [ChunkID], packs cache: inout [String: Bool]) -> (ChunkID, String)? {
+        lock.withLock {
+            var lastPack = ""
+            for id in ids where !id.isZero {
+                guard let loc = sealed[id] else {
+                    if let p = pending[id] { return (id, "is still in a pack being written (\(p.pack))") }
+                    return (id, "is in no pack index")
+                }
+                // Chunks of a disk come in runs from the same pack: one comparison mostly.
+                if loc.pack == lastPack { continue }
+                let exists = cache[loc.pack] ?? (access(loc.pack, F_OK) == 0)
+                cache[loc.pack] = exists
+                guard exists else { return (id, "is in pack \(loc.pack), which is gone") }
+                lastPack = loc.pack
+            }
+            return nil
+        }
     }
 
     func find(_ id: ChunkID) -> ChunkLocation? { lock.withLock { sealed[id] ?? pending[id] } }
@@ -174,10 +208,16 @@ final class ChunkIndex: @unchecked Sendable {
         lock.withLock {
             pending[id] = nil
             sealed[id] = l
+            packs.insert(l.pack)
         }
     }
 
-    func remove(packPath: String) { lock.withLock { sealed = sealed.filter { $0.value.pack != packPath } } }
+    func remove(packPath: String) {
+        lock.withLock {
+            sealed = sealed.filter { $0.value.pack != packPath }
+            packs.remove(packPath)
+        }
+    }
     var sealedEntries: [ChunkID: ChunkLocation] { lock.withLock { sealed } }
     var count: Int { lock.withLock { sealed.count + pending.count } }
 }
