@@ -137,3 +137,43 @@ func sha256(_ path: String) throws -> String {
     precondition(rc == 0)
     return String(out.prefix(64))
 }
+
+/// A small tmpfs mounted for one test (a repository on a file system that fills up). Needs root;
+/// `available` says whether this process may mount one.
+final class TmpFS: @unchecked Sendable {
+    // @unchecked: immutable after init.
+    let path: String
+    /// Kept so the scratch directory holding the mount point outlives the mount.
+    let scratch: Scratch
+
+    static let available: Bool = {
+        guard getuid() == 0 else { return false }
+        let probe = FileManager.default.temporaryDirectory.appendingPathComponent("haven-tmpfs-probe-\(getpid())").path
+        try? FileManager.default.createDirectory(atPath: probe, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: probe) }
+        guard (try? run("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", probe]))?.0 == 0 else { return false }
+        _ = try? run("umount", [probe])
+        return true
+    }()
+
+    init(in scratch: Scratch, name: String, bytes: Int) throws {
+        self.scratch = scratch
+        path = scratch.path(name)
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let (rc, out) = try run("mount", ["-t", "tmpfs", "-o", "size=\(bytes)", "tmpfs", path])
+        guard rc == 0 else { throw DataError(.io, path, "cannot mount a tmpfs: \(out)") }
+    }
+
+    deinit { _ = try? run("umount", ["-l", path]) }
+}
+
+/// An image of incompressible bytes (no zero blocks, no repeats): every chunk is stored.
+func randomImage(at path: String, bytes: Int, seed: UInt64) throws {
+    var rng = SplitMix64(state: seed)
+    var data = [UInt8](repeating: 0, count: bytes)
+    data.withUnsafeMutableBytes { raw in
+        let words = raw.bindMemory(to: UInt64.self)
+        for i in words.indices { words[i] = rng.next() }
+    }
+    try Data(data).write(to: URL(fileURLWithPath: path))
+}

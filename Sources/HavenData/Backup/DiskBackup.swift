@@ -80,6 +80,13 @@ public struct DiskBackup: Sendable {
         let repo = repository
         let isIncremental = request.previous != nil
 
+        // After a failure: drop what waits in the queue (its buffers go back to the pool), and
+        // close the pool so that a reader waiting for a buffer stops instead of waiting forever.
+        @Sendable func stop() {
+            for (_, buffer) in queue.close(discard: true) { pool.release(buffer) }
+            pool.close()
+        }
+
         // Workers: patch (incremental), detect zeros, hash, compress, store.
         let workerGroup = DispatchGroup()
         for w in 0..<workers {
@@ -124,7 +131,7 @@ public struct DiskBackup: Sendable {
                         progress?(TransferProgress(bytesDone: done, bytesTotal: total))
                     } catch {
                         failure.set(error)
-                        queue.close(discard: true)
+                        stop()
                     }
                 }
             }
@@ -142,6 +149,7 @@ public struct DiskBackup: Sendable {
             }
         } catch {
             failure.set(error)
+            stop()
         }
         queue.close()
         workerGroup.wait()

@@ -89,10 +89,17 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
             var cookies: [Int64]
         }
         var connection = try connectWithRetry()
+        // Buffers given to libnbd and not yet delivered. However this loop ends (a write failing
+        // behind `deliver`, a dropped connection, anything), the connection is finished first, so
+        // that no reply can land in a buffer any more, and only then are the buffers handed back.
+        var inFlight: [InFlight] = []
+        defer {
+            connection.finish()
+            for item in inFlight { buffers.release(item.buffer) }
+        }
         guard connection.size >= size else {
             throw DataError(.nbd, endpoint.description, "the export has \(connection.size) bytes, \(size) were expected")
         }
-        var inFlight: [InFlight] = []
         var retries = 0
         func issue(_ item: inout InFlight) throws {
             item.cookies = []
@@ -104,10 +111,22 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
         }
         while true {
             do {
-                while inFlight.count < depth, let job = cursor.next() {
-                    var item = InFlight(job: job, buffer: buffers.acquire(), cookies: [])
-                    try issue(&item)
-                    inFlight.append(item)
+                while inFlight.count < depth {
+                    // Wait for a buffer only when holding none: the buffers waited for may all be
+                    // held, undelivered, by readers waiting the same way (issue 14).
+                    let next = inFlight.isEmpty ? buffers.acquireUnlessClosed() : buffers.tryAcquire()
+                    guard let buffer = next else {
+                        if buffers.isClosed { throw DataError(.cancelled, endpoint.description, "the transfer was stopped") }
+                        break
+                    }
+                    guard let job = cursor.next() else {
+                        buffers.release(buffer)
+                        break
+                    }
+                    // In the list before the reads are issued, so that a failure in between still
+                    // finishes the connection before the buffer goes back.
+                    inFlight.append(InFlight(job: job, buffer: buffer, cookies: []))
+                    try issue(&inFlight[inFlight.count - 1])
                 }
                 if inFlight.isEmpty { return }
                 try connection.poll(timeoutMs: 30_000)
@@ -122,15 +141,27 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
                     }
                     inFlight[i].cookies = remaining
                     if done {
+                        // Its reads are complete: libnbd no longer refers to the buffer, which
+                        // belongs to `deliver` from here on (even when it throws).
                         let item = inFlight.remove(at: i)
-                        try deliver(item.job, item.buffer)
+                        do {
+                            try deliver(item.job, item.buffer)
+                        } catch {
+                            // Not this connection's failure (it may even be another reader's
+                            // NBD error): no reconnecting for it.
+                            throw DeliveryFailed(error: error)
+                        }
                         retries = 0
                     } else {
                         i += 1
                     }
                 }
+            } catch let f as DeliveryFailed {
+                throw f.error
             } catch let e as DataError where e.code == .nbd {
-                // The connection (or a read) failed: reconnect and read the unfinished jobs again.
+                // The connection (or a read) failed: close it at once (no reply may land in a
+                // buffer about to be read into again), reconnect, and read the unfinished jobs again.
+                connection.finish(drain: false)
                 retries += 1
                 if retries > maxRetries { throw e }
                 Thread.sleep(forTimeInterval: min(2, 0.1 * Double(1 << retries)))
@@ -139,6 +170,11 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
             }
         }
     }
+}
+
+/// An error thrown by `deliver`, carried past the reconnecting catch of the read loop.
+private struct DeliveryFailed: Error {
+    var error: any Error
 }
 
 /// Hands out jobs in order to several threads.
@@ -185,15 +221,23 @@ public final class FileDiskSource: DiskSource, @unchecked Sendable {
         try runThreads(min(threads, max(1, jobs.count)), name: "file-read") { [self] _ in
             let chunkSize = buffers.size
             while let job = cursor.next() {
-                let buffer = buffers.acquire()
+                guard let buffer = buffers.acquireUnlessClosed() else {
+                    throw DataError(.cancelled, path, "the transfer was stopped")
+                }
                 let chunkStart = Int64(job.chunk) * Int64(chunkSize)
-                for r in job.ranges {
-                    var done = 0
-                    while done < r.length {
-                        let n = pread(fd, buffer.memory.baseAddress! + Int(r.offset - chunkStart) + done, r.length - done, off_t(r.offset) + off_t(done))
-                        guard n > 0 else { throw DataError(.io, path, "short read at \(r.offset + Int64(done))") }
-                        done += n
+                do {
+                    for r in job.ranges {
+                        var done = 0
+                        while done < r.length {
+                            let n = pread(fd, buffer.memory.baseAddress! + Int(r.offset - chunkStart) + done, r.length - done, off_t(r.offset) + off_t(done))
+                            guard n > 0 else { throw DataError(.io, path, "short read at \(r.offset + Int64(done))") }
+                            done += n
+                        }
                     }
+                } catch {
+                    // Back to the pool, or the other readers may wait for it forever.
+                    buffers.release(buffer)
+                    throw error
                 }
                 try deliver(job, buffer)
             }

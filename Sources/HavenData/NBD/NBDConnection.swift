@@ -3,8 +3,14 @@ import Foundation
 
 /// One libnbd connection: many reads in flight (libnbd's asynchronous API), reused for the
 /// lifetime of a transfer. Not shared between threads.
+///
+/// libnbd writes a read's data into the caller's buffer whenever its reply arrives, up to the
+/// moment the command completes or the handle is closed (`nbd_shutdown` still reads replies). The
+/// owner of the buffers must therefore call `finish()` before letting any of them go; `deinit`
+/// closes without waiting when commands are still in flight, never reading another reply.
 final class NBDConnection {
-    let handle: OpaquePointer
+    /// nil once closed.
+    private var handle: OpaquePointer?
     let endpoint: NBDEndpoint
     let size: Int64
     private var certDirectory: String?
@@ -37,10 +43,11 @@ final class NBDConnection {
             try check(nbd_connect_tcp(h, endpoint.address, String(endpoint.port)))
             let s = nbd_get_size(h)
             if s < 0 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
-            size = s
             if writable, nbd_is_read_only(h) == 1 {
                 throw DataError(.nbd, endpoint.description, "the export is read-only")
             }
+            // Last: once every property is set, a throw would also run deinit, closing `h` twice.
+            size = s
         } catch {
             nbd_close(h)
             if let d = certDirectory { try? FileManager.default.removeItem(atPath: d) }
@@ -49,9 +56,33 @@ final class NBDConnection {
     }
 
     deinit {
-        _ = nbd_shutdown(handle, 0)
-        nbd_close(handle)
+        finish(drain: false)
         if let d = certDirectory { try? FileManager.default.removeItem(atPath: d) }
+    }
+
+    /// Ends the connection so that libnbd never touches a buffer it was given again. With
+    /// `drain`, waits (up to `drainSeconds`) for the commands still in flight to complete and
+    /// says goodbye to the server; otherwise, or when the connection is broken or slow, closes it
+    /// at once (`nbd_close` abandons what is in flight without reading another reply). Idempotent.
+    func finish(drain: Bool = true, drainSeconds: Double = 10) {
+        guard let h = handle else { return }
+        var idle = nbd_aio_in_flight(h) == 0
+        if drain && !idle {
+            let deadline = Date().addingTimeInterval(drainSeconds)
+            // nbd_poll: 1 progress, 0 timed out, -1 the connection failed.
+            while nbd_aio_in_flight(h) > 0, Date() < deadline, nbd_poll(h, 1_000) >= 0 {}
+            idle = nbd_aio_in_flight(h) == 0
+        }
+        // A disconnect reads replies to whatever is still in flight: only when nothing is.
+        if idle { _ = nbd_shutdown(h, 0) }
+        nbd_close(h)
+        handle = nil
+    }
+
+    /// The open handle; a closed connection fails like a dropped one.
+    private func open() throws -> OpaquePointer {
+        guard let handle else { throw DataError(.nbd, endpoint.description, "the connection is closed") }
+        return handle
     }
 
     static func lastError() -> String {
@@ -63,31 +94,32 @@ final class NBDConnection {
 
     /// Starts a read into `buffer`; returns its cookie.
     func startRead(into buffer: UnsafeMutableRawPointer, count: Int, offset: Int64) throws -> Int64 {
-        let cookie = nbd_aio_pread(handle, buffer, count, UInt64(offset), noCompletion, 0)
+        let cookie = nbd_aio_pread(try open(), buffer, count, UInt64(offset), noCompletion, 0)
         if cookie < 0 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
         return cookie
     }
 
     func startWrite(from buffer: UnsafeRawPointer, count: Int, offset: Int64) throws -> Int64 {
-        let cookie = nbd_aio_pwrite(handle, buffer, count, UInt64(offset), noCompletion, 0)
+        let cookie = nbd_aio_pwrite(try open(), buffer, count, UInt64(offset), noCompletion, 0)
         if cookie < 0 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
         return cookie
     }
 
     /// Waits for any progress on the socket (up to `timeoutMs`).
     func poll(timeoutMs: Int32) throws {
-        if nbd_poll(handle, timeoutMs) == -1 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
+        if nbd_poll(try open(), timeoutMs) == -1 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
     }
 
     /// 1 done, 0 not yet; throws when the command failed (the cookie is retired either way).
     func completed(_ cookie: Int64) throws -> Bool {
-        let rc = nbd_aio_command_completed(handle, UInt64(cookie))
+        let rc = nbd_aio_command_completed(try open(), UInt64(cookie))
         if rc == -1 { throw DataError(.nbd, endpoint.description, Self.lastError()) }
         return rc == 1
     }
 
     func flush() throws {
-        if nbd_can_flush(handle) == 1, nbd_flush(handle, 0) == -1 {
+        let h = try open()
+        if nbd_can_flush(h) == 1, nbd_flush(h, 0) == -1 {
             throw DataError(.nbd, endpoint.description, Self.lastError())
         }
     }

@@ -67,6 +67,10 @@ extension BackupRepository {
     /// backup may still be writing them). Holds the lock exclusively.
     public func collectGarbage(safetyWindow: TimeInterval = 3_600, lockTimeout: Double? = nil) throws -> GCReport {
         try withLock(exclusive: true, timeout: lockTimeout) {
+            // The table was read when this object opened the repository; writers in other
+            // processes (or other repository objects) have added packs since. Read it again now
+            // that nobody writes, or the walk below misses their chunks.
+            try index.load(from: self)
             var live = Set<ChunkID>()
             for m in try manifests() {
                 for d in m.disks {

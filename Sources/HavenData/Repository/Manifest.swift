@@ -113,11 +113,21 @@ extension BackupRepository {
 
     func manifestURL(_ id: String) -> URL { manifestsDir.appendingPathComponent("\(id).json") }
 
-    /// Commits a version: makes everything written so far durable, then writes its manifest.
-    public func commit(_ manifest: BackupManifest) throws {
-        try sealPacks()
-        try syncAll()
-        try writeAtomically(try Self.encoder.encode(manifest), to: manifestURL(manifest.id), tmp: tmpDir)
+    /// Commits a version: seals the packs being written, checks that every index page and chunk
+    /// the version names is in a pack that is there (`missingChunk`, naming the chunk, otherwise:
+    /// nothing is written), makes everything durable, then writes the manifest.
+    ///
+    /// Holds the lock shared meanwhile (waiting up to `lockTimeout` for a running GC), so GC cannot
+    /// remove a chunk between the check and the manifest. That alone does not protect a backup's
+    /// deduplication, which happened earlier: a backup holds a `WriteSession` from its first disk to
+    /// its commit. Calling this inside one is fine (shared locks do not block each other).
+    public func commit(_ manifest: BackupManifest, lockTimeout: Double? = nil) throws {
+        try withLock(exclusive: false, timeout: lockTimeout) {
+            try sealPacks()
+            try checkReferences(of: manifest)
+            try syncAll()
+            try writeAtomically(try Self.encoder.encode(manifest), to: manifestURL(manifest.id), tmp: tmpDir)
+        }
     }
 
     /// Every version, oldest first. A manifest that cannot be read is reported, not skipped.

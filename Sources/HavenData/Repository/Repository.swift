@@ -321,21 +321,33 @@ public final class BackupRepository: @unchecked Sendable {
 
     // MARK: locks
 
-    /// Writers hold the lock shared, GC holds it exclusive; `timeout` nil waits forever.
+    /// Writers hold the lock shared, GC holds it exclusive; `timeout` nil waits forever. A backup
+    /// holds it from its first chunk lookup to its commit: see `WriteSession`. Shared holders never
+    /// block each other, in one process or several, so a shared `withLock` inside a session is fine.
     public func withLock<T>(exclusive: Bool, timeout: Double? = nil, _ body: () throws -> T) throws -> T {
+        let fd = try lockDescriptor(exclusive: exclusive, timeout: timeout)
+        defer {
+            flock(fd, LOCK_UN)
+            Glibc.close(fd)
+        }
+        return try body()
+    }
+
+    /// A descriptor of the lock file of its own, locked: flock(2) locks belong to the open file
+    /// description, so each holder (thread, session, process) opens the file itself.
+    func lockDescriptor(exclusive: Bool, timeout: Double?) throws -> Int32 {
         let fd = Glibc.open(lockFile.path, O_RDWR | O_CREAT, 0o644)
         guard fd >= 0 else { throw DataError(.io, lockFile.path, String(cString: strerror(errno))) }
-        defer { Glibc.close(fd) }
         let op = exclusive ? LOCK_EX : LOCK_SH
         let deadline = timeout.map { Date().addingTimeInterval($0) }
         while flock(fd, op | LOCK_NB) != 0 {
             if let deadline, Date() >= deadline {
+                Glibc.close(fd)
                 throw DataError(.locked, root.path, exclusive ? "a backup is writing to the repository" : "garbage collection is running")
             }
             usleep(50_000)
         }
-        defer { flock(fd, LOCK_UN) }
-        return try body()
+        return fd
     }
 }
 

@@ -129,8 +129,13 @@ public struct DiskRestore: Sendable {
         try runThreads(min(connections, max(1, work.count)), name: "nbd-write") { _ in
             let conn = try NBDConnection(endpoint, writable: true)
             var buffers: [(Int64, UnsafeMutableRawBufferPointer)] = []
-            defer { for (_, b) in buffers { b.deallocate() } }
             var inFlight: [(Int64, UnsafeMutableRawBufferPointer)] = []
+            // libnbd reads a write's buffer until the command completes: finish the connection
+            // (drain or close) before freeing any of them, whichever way this thread ends.
+            defer {
+                conn.finish()
+                for (_, b) in buffers + inFlight { b.deallocate() }
+            }
             while true {
                 while inFlight.count < 8, let i = cursor.next() {
                     let start = Int64(i) * Int64(disk.chunkSize)

@@ -40,16 +40,21 @@ final class BoundedQueue<Element>: @unchecked Sendable {
         return item
     }
 
-    /// No more pushes; consumers drain what is left. With `discard`, what is left is dropped.
-    func close(discard: Bool = false) {
+    /// No more pushes; consumers drain what is left. With `discard`, what is left is dropped and
+    /// returned (so that the caller can give back what the elements hold).
+    @discardableResult
+    func close(discard: Bool = false) -> [Element] {
         condition.lock()
+        defer { condition.unlock() }
         closed = true
+        var dropped: [Element] = []
         if discard {
+            dropped = Array(items[head...])
             items.removeAll()
             head = 0
         }
         condition.broadcast()
-        condition.unlock()
+        return dropped
     }
 }
 

@@ -18,6 +18,8 @@ public struct DataError: Error, Sendable, CustomStringConvertible, Equatable {
         public static let locked = Code(rawValue: "locked")
         public static let badManifest = Code(rawValue: "bad-manifest")
         public static let compression = Code(rawValue: "compression")
+        /// The transfer stopped because another part of it failed (that error is the one reported).
+        public static let cancelled = Code(rawValue: "cancelled")
     }
 
     public var code: Code
