@@ -122,8 +122,8 @@ struct BackupRun {
 
         // From the first chunk looked up to the manifest's commit the repository is held shared:
         // garbage collection cannot delete a chunk this version deduplicates against.
-        let lease = try await RepositoryLease.shared(repo)
-        defer { lease.release() }
+        let session = try await blocking { try repo.beginWriteSession(lockTimeout: 600) }
+        defer { session.close() }
         var versions: [DiskVersion] = []
         var fallbacks: [String] = []
         let limits = ctx.limiters(pool)
@@ -157,9 +157,9 @@ struct BackupRun {
         manifest.vifs = vifs
         try Task.checkCancellation()
         let toCommit = manifest
-        try await blocking { try repo.commit(toCommit) }
+        try await blocking { try session.commit(toCommit) }
         committed = true
-        lease.release()
+        session.close()
         try ctx.catalog.record(BackupRecord(
             id: manifest.id, repository: job.repository.name, pool: pool, policy: policy, vmUUID: vmRecord.uuid, vmName: vmRecord.nameLabel,
             createdAt: started, kind: manifest.kind.rawValue, size: manifest.totalSize, storedBytes: manifest.storedBytes,
@@ -360,54 +360,4 @@ final class ProgressThrottle: @unchecked Sendable {
         let (d, t) = lock.withLock { (done, total) }
         emit(.progress(action, disk: disk, bytesDone: max(d, t), bytesTotal: t))
     }
-}
-
-/// Holds a repository's lock shared from the first chunk a backup looks up until its manifest is
-/// committed. flock locks are per open file: a thread of its own opens the lock file, takes it
-/// shared and keeps it until `release`; the shared locks the disk writers take inside are
-/// compatible with it, an exclusive one (garbage collection) waits.
-final class RepositoryLease: @unchecked Sendable {
-    // @unchecked: `released` and the semaphores are the only shared state; the flag is guarded by `lock`.
-    private let done = DispatchSemaphore(value: 0)
-    private let lock = NSLock()
-    private var released = false
-
-    static func shared(_ repo: BackupRepository) async throws -> RepositoryLease {
-        let lease = RepositoryLease()
-        let acquired = DispatchSemaphore(value: 0)
-        let failure = ErrorBox()
-        let t = Thread {
-            do {
-                try repo.withLock(exclusive: false) {
-                    acquired.signal()
-                    lease.done.wait()
-                }
-            } catch {
-                failure.set(error)
-                acquired.signal()
-            }
-        }
-        t.start()
-        try await blocking { acquired.wait() }
-        if let e = failure.get() { throw e }
-        return lease
-    }
-
-    func release() {
-        let first = lock.withLock {
-            defer { released = true }
-            return !released
-        }
-        if first { done.signal() }
-    }
-
-    deinit { release() }
-}
-
-final class ErrorBox: @unchecked Sendable {
-    // @unchecked: guarded by `lock`.
-    private let lock = NSLock()
-    private var error: (any Error)?
-    func set(_ e: any Error) { lock.withLock { error = e } }
-    func get() -> (any Error)? { lock.withLock { error } }
 }
