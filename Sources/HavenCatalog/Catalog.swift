@@ -62,6 +62,20 @@ public final class Catalog: Sendable {
         m.registerMigration("v2-backup-note") { db in
             try db.alter(table: "backup") { t in t.add(column: "note", .text).notNull().defaults(to: "") }
         }
+        m.registerMigration("v3-replicas") { db in
+            try db.create(table: "replica") { t in
+                t.column("policy", .text).notNull()
+                t.column("sourcePool", .text).notNull()
+                t.column("sourceVM", .text).notNull()
+                t.column("sourceName", .text).notNull()
+                t.column("targetPool", .text).notNull()
+                t.column("replicaUUID", .text).notNull()
+                t.column("disks", .text).notNull()
+                t.column("lastSync", .datetime)
+                t.column("failedOverAt", .datetime)
+                t.primaryKey(["policy", "sourcePool", "sourceVM"])
+            }
+        }
         return m
     }
 
@@ -69,7 +83,7 @@ public final class Catalog: Sendable {
         try db.read { db in
             CatalogView(
                 backups: try BackupRecord.fetchAll(db), anchors: try Anchor.fetchAll(db), inventory: try OwnedObject.fetchAll(db),
-                cbtMarks: try CBTMark.fetchAll(db))
+                cbtMarks: try CBTMark.fetchAll(db), replicas: try ReplicaRecord.fetchAll(db))
         }
     }
 
@@ -88,6 +102,11 @@ public final class Catalog: Sendable {
         _ = try db.write { try CBTMark.filter(Column("pool") == pool && Column("vdiUUID") == vdiUUID).deleteAll($0) }
     }
 
+    public func setReplica(_ r: ReplicaRecord) throws { try db.write { try r.save($0) } }
+    public func removeReplica(policy: String, sourcePool: String, sourceVM: String) throws {
+        _ = try db.write { try ReplicaRecord.filter(Column("policy") == policy && Column("sourcePool") == sourcePool && Column("sourceVM") == sourceVM).deleteAll($0) }
+    }
+
     /// Replaces everything (used by rebuild).
     public func replaceAll(with view: CatalogView) throws {
         try db.write { db in
@@ -99,6 +118,11 @@ public final class Catalog: Sendable {
             for a in view.anchors { try a.insert(db) }
             for o in view.inventory { try o.insert(db) }
             for c in view.cbtMarks { try c.insert(db) }
+            // Replicas are not in any repository: a rebuild keeps what the catalog knew of them.
+            if !view.replicas.isEmpty {
+                try ReplicaRecord.deleteAll(db)
+                for r in view.replicas { try r.insert(db) }
+            }
         }
     }
 }
@@ -114,4 +138,7 @@ extension OwnedObject: FetchableRecord, PersistableRecord, TableRecord {
 }
 extension CBTMark: FetchableRecord, PersistableRecord, TableRecord {
     public static var databaseTableName: String { "cbtMark" }
+}
+extension ReplicaRecord: FetchableRecord, PersistableRecord, TableRecord {
+    public static var databaseTableName: String { "replica" }
 }

@@ -18,7 +18,8 @@ final class Scenario: @unchecked Sendable {
     var repository: String { dir.appendingPathComponent("repo").path }
 
     /// `vms` and `policy` are YAML fragments; `poolExtra` goes into the world's pool.
-    init(vms: String, policy: String, poolExtra: String = "", networks: String = "[{name: net0, purpose: [nbd]}]") throws {
+    init(vms: String, policy: String, poolExtra: String = "", networks: String = "[{name: net0, purpose: [nbd]}]",
+         srs: String = "[{name: Local storage, type: ext, size: 64Gi}]") throws {
         let n = Self.counter.add(1, ordering: .relaxed).newValue
         prefix = "127.\(150 + Int(getpid()) % 90).\(n)"
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("haven-e2e-\(UUID().uuidString)")
@@ -33,7 +34,7 @@ final class Scenario: @unchecked Sendable {
                 hosts:
                   - {name: h1, address: "\(prefix).1"}
                   - {name: h2, address: "\(prefix).2"}
-                srs: [{name: Local storage, type: ext, size: 64Gi}]
+                srs: \(srs)
                 networks: \(networks)
                 vms:
             \(vms)

@@ -38,7 +38,7 @@ struct DiffCommand: AsyncParsableCommand {
         case .json: print(try PlanRenderer.json(plan))
         case .text: print(PlanRenderer.text(plan, color: useColor))
         }
-        if !unreachable.isEmpty { throw HavenExit.failure }
+        if !unreachable.isEmpty || !plan.errors.isEmpty { throw HavenExit.failure }
         if !plan.isEmpty { throw HavenExit.changesPending }
     }
 }

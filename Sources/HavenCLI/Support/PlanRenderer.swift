@@ -24,7 +24,7 @@ enum PlanRenderer {
         for pool in pools {
             out.append(paint("Pool \(pool)", "1"))
             for w in plan.warnings where w.pool == pool {
-                out.append("  \(paint("!", "35")) \(w.message)")
+                out.append(w.isError ? "  \(paint("✘", "31")) error: \(w.message)" : "  \(paint("!", "35")) \(w.message)")
                 out.append("      \(w.reason)")
             }
             let actions = plan.actions.filter { $0.pool == pool }.sorted { ($0.kind, order[$0.key] ?? 0) < ($1.kind, order[$1.key] ?? 0) }

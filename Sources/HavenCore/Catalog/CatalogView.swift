@@ -7,8 +7,11 @@ public struct CatalogView: Sendable, Codable {
     public var anchors: [Anchor]
     public var inventory: [OwnedObject]
     public var cbtMarks: [CBTMark]
+    public var replicas: [ReplicaRecord] = []
 
-    public init(backups: [BackupRecord] = [], anchors: [Anchor] = [], inventory: [OwnedObject] = [], cbtMarks: [CBTMark] = []) {
+    public init(backups: [BackupRecord] = [], anchors: [Anchor] = [], inventory: [OwnedObject] = [], cbtMarks: [CBTMark] = [],
+                replicas: [ReplicaRecord] = []) {
+        self.replicas = replicas
         self.backups = backups
         self.anchors = anchors
         self.inventory = inventory
@@ -110,3 +113,44 @@ public struct CBTMark: Sendable, Codable, Hashable {
         self.policy = policy
     }
 }
+
+/// A replica haven keeps of a source VM: where it is, when it was last synchronised, and whether
+/// it was failed over (then it is never written again until failed back).
+public struct ReplicaRecord: Sendable, Codable, Hashable {
+    /// The ReplicationPolicy.
+    public var policy: String
+    public var sourcePool: String
+    public var sourceVM: String
+    public var sourceName: String
+    public var targetPool: String
+    public var replicaUUID: String
+    /// Source disk userdevice -> replica VDI uuid, as "key=uuid" pairs joined by ",".
+    public var disks: String
+    public var lastSync: Date?
+    public var failedOverAt: Date?
+
+    public init(policy: String, sourcePool: String, sourceVM: String, sourceName: String, targetPool: String, replicaUUID: String, disks: [String: String],
+                lastSync: Date?, failedOverAt: Date? = nil) {
+        self.policy = policy
+        self.sourcePool = sourcePool
+        self.sourceVM = sourceVM
+        self.sourceName = sourceName
+        self.targetPool = targetPool
+        self.replicaUUID = replicaUUID
+        self.disks = disks.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        self.lastSync = lastSync
+        self.failedOverAt = failedOverAt
+    }
+
+    public var diskMap: [String: String] {
+        var out: [String: String] = [:]
+        for pair in disks.split(separator: ",") {
+            let kv = pair.split(separator: "=", maxSplits: 1).map(String.init)
+            if kv.count == 2 { out[kv[0]] = kv[1] }
+        }
+        return out
+    }
+}
+
+/// The catalog key replication uses for anchors and owned objects, apart from BackupPolicies of the same name.
+public func replicationOwnerKey(_ policy: String) -> String { "replication:\(policy)" }

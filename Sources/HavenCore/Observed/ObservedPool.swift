@@ -17,6 +17,10 @@ public struct ObservedPool: Sendable, Codable {
     public var nbdNetworks: [String]
     /// Whether NBD is served with TLS (purpose `nbd`) rather than in the clear (`insecure_nbd`).
     public var nbdTLS: Bool = true
+    /// name_labels of every network of the pool.
+    public var networks: [String] = []
+    /// uuid of the pool's default SR, when it has one.
+    public var defaultSR: String?
 
     public init(name: String, apiMajor: Int64, apiMinor: Int64, cbtLicensed: Bool, vms: [ObservedVM], snapshots: [ObservedSnapshot],
                 vdis: [String: ObservedVDI], srs: [String: ObservedSR], nbdNetworks: [String]) {
@@ -43,6 +47,12 @@ public struct ObservedVM: Sendable, Codable, Hashable {
     public var powerState: String
     public var tags: [String]
     public var disks: [ObservedDisk]
+    /// Networks (name_labels) of its VIFs.
+    public var networks: [String] = []
+    public var otherConfig: [String: String] = [:]
+
+    /// A replica haven made (never selected by `all` or tags: explicit names only).
+    public var isHavenReplica: Bool { otherConfig[OwnershipMarks.role] == "replica" }
 
     public init(uuid: String, name: String, powerState: String, tags: [String], disks: [ObservedDisk]) {
         self.uuid = uuid

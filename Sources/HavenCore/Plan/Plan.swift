@@ -43,6 +43,9 @@ public struct Plan: Sendable, Codable {
         return s
     }
 
+    /// Warnings that are errors: the run exits 2.
+    public var errors: [PlanWarning] { warnings.filter(\.isError) }
+
     /// Nothing to do (warnings are not changes).
     public var isEmpty: Bool { actions.isEmpty }
 
@@ -106,6 +109,20 @@ public struct PlanWarning: Sendable, Codable, Hashable {
         case srAlmostFull = "sr-almost-full"
         case notActedOn = "not-acted-on"
         case methodNotBuilt = "method-not-built"
+        case missingNetworkMapping = "missing-network-mapping"
+        case noTargetSR = "no-target-sr"
+        case replicaRunning = "replica-running"
+        case replicaFailedOver = "replica-failed-over"
+        case replicaKept = "replica-kept"
+        case notBuilt = "not-built"
+    }
+
+    /// A plan error: the run exits 2 (what else is planned still runs).
+    public var isError: Bool {
+        switch code {
+        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt: true
+        default: false
+        }
     }
 
     public var code: Code
@@ -128,6 +145,7 @@ public struct PlanWarning: Sendable, Codable, Hashable {
 public enum ActionKind: String, Sendable, Codable, Hashable, CaseIterable, Comparable {
     case enableCBT = "enable-cbt"
     case backup
+    case replicate
     case deleteSnapshot = "delete-snapshot"
     case retireAnchor = "retire-anchor"
     case prune
@@ -137,6 +155,7 @@ public enum ActionKind: String, Sendable, Codable, Hashable, CaseIterable, Compa
     public var symbol: String {
         switch self {
         case .backup: "+"
+        case .replicate: "+"
         case .enableCBT, .disableCBT: "~"
         case .deleteSnapshot, .retireAnchor, .prune, .gc: "-"
         }
@@ -270,6 +289,64 @@ public struct BackupJob: Sendable, Codable, Hashable {
     }
 }
 
+/// One disk of a replica: the source disk, and (after the initial sync) its replica VDI.
+public struct ReplicaDiskJob: Sendable, Codable, Hashable {
+    public var key: String
+    public var sourceVDI: String
+    public var name: String
+    public var size: Int64
+    /// The source snapshot VDI (CBT metadata) the last sync read, for changed blocks.
+    public var anchorVDI: String?
+    public var replicaVDI: String?
+
+    public init(key: String, sourceVDI: String, name: String, size: Int64, anchorVDI: String? = nil, replicaVDI: String? = nil) {
+        self.key = key
+        self.sourceVDI = sourceVDI
+        self.name = name
+        self.size = size
+        self.anchorVDI = anchorVDI
+        self.replicaVDI = replicaVDI
+    }
+}
+
+/// One synchronisation of a replica on the target pool (or another SR of the same pool).
+public struct ReplicationJob: Sendable, Codable, Hashable {
+    public enum Mode: String, Sendable, Codable, Hashable {
+        /// Create the replica and copy every disk.
+        case initial
+        /// Only the blocks CBT reports changed since the last sync.
+        case incremental
+        /// Every block of every disk rewritten onto the existing replica.
+        case full
+    }
+
+    public var mode: Mode
+    public var targetPool: String
+    public var targetSR: String
+    public var targetSRName: String
+    public var replicaName: String
+    /// Source network name_label -> target network name_label.
+    public var networks: [String: String]
+    public var keep: Int
+    public var trustDestination: Bool
+    public var disks: [ReplicaDiskJob]
+    public var replicaUUID: String?
+
+    public init(mode: Mode, targetPool: String, targetSR: String, targetSRName: String, replicaName: String, networks: [String: String], keep: Int,
+                trustDestination: Bool, disks: [ReplicaDiskJob], replicaUUID: String?) {
+        self.mode = mode
+        self.targetPool = targetPool
+        self.targetSR = targetSR
+        self.targetSRName = targetSRName
+        self.replicaName = replicaName
+        self.networks = networks
+        self.keep = keep
+        self.trustDestination = trustDestination
+        self.disks = disks
+        self.replicaUUID = replicaUUID
+    }
+}
+
 /// CBT switched on or off on one disk.
 public struct CBTChange: Sendable, Codable, Hashable {
     public var disk: DiskJob
@@ -315,6 +392,7 @@ public enum Action: Sendable, Hashable {
     case enableCBT(CBTChange)
     case disableCBT(CBTChange)
     case backup(BackupJob)
+    case replicate(ReplicationJob)
     case deleteSnapshot(OwnedRemoval)
     case retireAnchor(OwnedRemoval)
     case prune(PruneJob)
@@ -325,6 +403,7 @@ public enum Action: Sendable, Hashable {
         case .enableCBT: .enableCBT
         case .disableCBT: .disableCBT
         case .backup: .backup
+        case .replicate: .replicate
         case .deleteSnapshot: .deleteSnapshot
         case .retireAnchor: .retireAnchor
         case .prune: .prune
@@ -373,6 +452,14 @@ public struct PlannedAction: Sendable, Hashable {
             var s = "\(what) of \(b.disks.count) disk\(b.disks.count == 1 ? "" : "s") (\(b.disks.map(\.name).joined(separator: ", "))) to \(b.repository.name)"
             if !b.skippedDisks.isEmpty { s += ", skipping \(b.skippedDisks.joined(separator: ", "))" }
             return s
+        case .replicate(let r):
+            let what: String
+            switch r.mode {
+            case .initial: what = "create replica \(r.replicaName) on \(r.targetPool) and copy"
+            case .incremental: what = "sync replica \(r.replicaName) on \(r.targetPool): changed blocks of"
+            case .full: what = "resynchronise replica \(r.replicaName) on \(r.targetPool): every block of"
+            }
+            return "\(what) \(r.disks.count) disk\(r.disks.count == 1 ? "" : "s") (\(r.disks.map(\.name).joined(separator: ", "))) to SR \(r.targetSRName), keeping \(r.keep) restore point\(r.keep == 1 ? "" : "s")"
         case .deleteSnapshot(let r): return "delete snapshot \(r.label)"
         case .retireAnchor(let r): return "retire CBT anchor \(r.label)"
         case .prune(let p): return "prune backup \(p.version) from \(p.repository.name)"
@@ -384,7 +471,7 @@ public struct PlannedAction: Sendable, Hashable {
 extension PlannedAction: Codable {
     enum CodingKeys: String, CodingKey {
         case key, kind, pool, policy, vm, vmUUID, reason, requires, after, headline, symbol
-        case enableCBT, disableCBT, backup, deleteSnapshot, retireAnchor, prune, gc
+        case enableCBT, disableCBT, backup, replicate, deleteSnapshot, retireAnchor, prune, gc
         // Flattened for readers of `diff --output json` (ignored when decoding).
         case method, disks, skippedDisks, repository, target
     }
@@ -416,6 +503,9 @@ extension PlannedAction: Codable {
             try c.encode(p.skippedDisks, forKey: .skippedDisks)
             try c.encode(p.repository.name, forKey: .repository)
             try c.encodeIfPresent(vm?.name, forKey: .target)
+        case .replicate(let p):
+            try c.encode(p, forKey: .replicate)
+            try c.encodeIfPresent(vm?.name, forKey: .target)
         case .deleteSnapshot(let p):
             try c.encode(p, forKey: .deleteSnapshot)
             try c.encode(p.uuid, forKey: .target)
@@ -446,6 +536,7 @@ extension PlannedAction: Codable {
         case .enableCBT: action = .enableCBT(try c.decode(CBTChange.self, forKey: .enableCBT))
         case .disableCBT: action = .disableCBT(try c.decode(CBTChange.self, forKey: .disableCBT))
         case .backup: action = .backup(try c.decode(BackupJob.self, forKey: .backup))
+        case .replicate: action = .replicate(try c.decode(ReplicationJob.self, forKey: .replicate))
         case .deleteSnapshot: action = .deleteSnapshot(try c.decode(OwnedRemoval.self, forKey: .deleteSnapshot))
         case .retireAnchor: action = .retireAnchor(try c.decode(OwnedRemoval.self, forKey: .retireAnchor))
         case .prune: action = .prune(try c.decode(PruneJob.self, forKey: .prune))

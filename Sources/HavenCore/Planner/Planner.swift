@@ -127,7 +127,7 @@ extension Planner {
             for policy in desired.backupPolicies {
                 guard let pool = observed[policy.spec.pool.value] else { continue }
                 let wants = policy.spec.cbt && policy.spec.method != .xva
-                for vm in pool.vms where policy.spec.vms.matches(name: vm.name, uuid: vm.uuid, tags: vm.tags) {
+                for vm in pool.vms where Self.selects(policy.spec.vms, vm) {
                     covered[policy.spec.pool.value, default: []].insert(vm.uuid)
                     if wants && (policy.spec.suspend || !(scope?.contains(policy.name) ?? true)) {
                         for d in vm.disks { wantedCBT[policy.spec.pool.value, default: []].insert(d.vdiUUID) }
@@ -135,9 +135,20 @@ extension Planner {
                 }
                 selectorWarnings(policy, pool)
             }
+            for r in desired.replicationPolicies {
+                guard let pool = observed[r.spec.source.value] else { continue }
+                for vm in pool.vms where Self.selects(r.spec.vms, vm) {
+                    covered[pool.name, default: []].insert(vm.uuid)
+                    if r.spec.method == .cbt { for d in vm.disks { wantedCBT[pool.name, default: []].insert(d.vdiUUID) } }
+                }
+            }
             for policy in desired.backupPolicies where !policy.spec.suspend && (scope?.contains(policy.name) ?? true) {
                 backup(policy)
             }
+            for r in desired.replicationPolicies where !r.spec.suspend && (scope?.contains(r.name) ?? true) {
+                replication(r)
+            }
+            if scope == nil { orphanedReplicas() }
             for (repo, list) in prunes.sorted(by: { $0.key < $1.key }) {
                 guard let target = repositoriesByName[repo] ?? catalogRepository(repo) else { continue }
                 let pool = list.first?.pool ?? ""
@@ -148,6 +159,16 @@ extension Planner {
                 cleanup()
                 notActedOn()
             }
+        }
+
+        /// A haven replica is selected by its name or uuid only, never by `all` or a tag: backing up or
+        /// replicating the replicas of a pool is never implied.
+        static func selects(_ sel: VMSelector, _ vm: ObservedVM) -> Bool {
+            guard sel.matches(name: vm.name, uuid: vm.uuid, tags: vm.tags) else { return false }
+            if vm.isHavenReplica {
+                return sel.names.contains { $0.value == vm.name } || sel.uuids.contains { $0.value.lowercased() == vm.uuid.lowercased() }
+            }
+            return true
         }
 
         /// A repository no longer declared is not written to; its versions are only forgotten by hand.
@@ -180,11 +201,6 @@ extension Planner {
 
         /// Kinds the engine does not act on yet are said, not silently ignored.
         mutating func notActedOn() {
-            for r in desired.replicationPolicies {
-                warn(.notActedOn, r.spec.source.value, "repl-\(r.name)", resource: "ReplicationPolicy/\(r.name)",
-                     "ReplicationPolicy \(r.name) is not acted on yet: replication is not built in this version of haven",
-                     reason: "no replica is created or synchronised; back its VMs up with a BackupPolicy meanwhile")
-            }
             for a in desired.appliancePools {
                 warn(.notActedOn, a.spec.pool.value, "appl-\(a.name)", resource: "AppliancePool/\(a.name)",
                      "AppliancePool \(a.name) is not acted on yet: data-mover appliances are not built in this version of haven",
@@ -264,7 +280,7 @@ extension Planner {
                      "BackupPolicy \(policy.name): method delta (rolling-snapshot VHD deltas) is not built yet: disks are read whole",
                      reason: "the repository deduplicates whole reads; only changed chunks are stored")
             }
-            let selected = pool.vms.filter { spec.vms.matches(name: $0.name, uuid: $0.uuid, tags: $0.tags) }
+            let selected = pool.vms.filter { Self.selects(spec.vms, $0) }
                 .sorted { ($0.name, $0.uuid) < ($1.name, $1.uuid) }
             if selected.isEmpty {
                 warn(.emptySelection, poolName, "empty-\(policy.name)", resource: "BackupPolicy/\(policy.name)",
@@ -462,7 +478,8 @@ extension Planner {
         mutating func cleanup() {
             for (poolName, pool) in observed.sorted(by: { $0.key < $1.key }) {
                 let covers = covered[poolName] ?? []
-                for o in (inventoryByPool[poolName] ?? []) where !covers.contains(o.vmUUID) {
+                // Replicas, their restore points and replication's anchors are the replication's own business.
+                for o in (inventoryByPool[poolName] ?? []) where !covers.contains(o.vmUUID) && !o.policy.hasPrefix("replication:") {
                     guard owned(poolName, o.cls, o.uuid, in: pool) else { continue }
                     let vm = VMIdentity(uuid: o.vmUUID, name: pool.vms.first { $0.uuid == o.vmUUID }?.name ?? o.vmUUID)
                     let why = "the VM is no longer covered by any backup policy (its backups stay until retention or `haven backups forget`)"

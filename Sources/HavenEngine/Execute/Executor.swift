@@ -3,6 +3,7 @@ import HavenCatalog
 import HavenCore
 import HavenData
 import Logging
+import Synchronization
 import XenAPI
 
 /// What every runner is given: sessions, the catalog, repositories, the clock, a logger,
@@ -95,6 +96,8 @@ public struct Executor: Sendable {
         case .enableCBT(let change): return try await CBTRunner.enable(a, change, ctx)
         case .disableCBT(let change): return try await CBTRunner.disable(a, change, ctx)
         case .backup(let job): return try await BackupRun(ctx: ctx, action: a, job: job, client: try ctx.client(a.pool)).run()
+        case .replicate(let job):
+            return try await ReplicateRun(ctx: ctx, action: a, job: job, source: try ctx.client(a.pool), target: try ctx.client(job.targetPool)).run()
         case .deleteSnapshot(let r): return try await RemovalRunner.snapshot(a, r, ctx)
         case .retireAnchor(let r): return try await RemovalRunner.anchor(a, r, ctx)
         case .prune(let p): return try await RepositoryRunner.prune(a, p, ctx)

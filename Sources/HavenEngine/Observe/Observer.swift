@@ -6,7 +6,7 @@ import XenAPI
 /// does not grow with the number of VMs.
 public enum Observer {
     /// The classes read, in order: 8 calls per pool.
-    public static let callsPerPool = 8
+    public static let callsPerPool = 10
 
     public static func observe(_ client: XenAPIClient, name: String) async throws -> ObservedPool {
         // The session transfers use is reused: observing never logs out a session that is in use.
@@ -17,6 +17,8 @@ public enum Observer {
         let srs = try await client.records(SRRecord.self)
         let sms = try await client.records(SMRecord.self)
         let networks = try await client.records(NetworkRecord.self)
+        let vifs = try await client.records(VIFRecord.self)
+        let poolRecord = try await client.records(PoolRecord.self).values.first
         let vdiUUID = Dictionary(uniqueKeysWithValues: vdis.map { ($0.key, $0.value.uuid) })
         let srUUID = Dictionary(uniqueKeysWithValues: srs.map { ($0.key, $0.value.uuid) })
         let vmUUID = Dictionary(uniqueKeysWithValues: vmRecords.map { ($0.key, $0.value.uuid) })
@@ -31,7 +33,10 @@ public enum Observer {
         var snapshots: [ObservedSnapshot] = []
         for (_, vm) in vmRecords {
             if vm.isRealVM {
-                vms.append(ObservedVM(uuid: vm.uuid, name: vm.nameLabel, powerState: vm.powerState.rawValue, tags: vm.tags, disks: disks(vm)))
+                var o = ObservedVM(uuid: vm.uuid, name: vm.nameLabel, powerState: vm.powerState.rawValue, tags: vm.tags, disks: disks(vm))
+                o.networks = vm.vifs.compactMap { vifs[$0] }.sorted { $0.device < $1.device }.compactMap { networks[$0.network]?.nameLabel }
+                o.otherConfig = vm.otherConfig.filter { $0.key.hasPrefix("haven.") }
+                vms.append(o)
             } else if vm.isASnapshot {
                 snapshots.append(ObservedSnapshot(uuid: vm.uuid, name: vm.nameLabel, snapshotOf: vmUUID[vm.snapshotOf] ?? "",
                                                   otherConfig: vm.otherConfig, disks: disks(vm)))
@@ -54,6 +59,8 @@ public enum Observer {
             vms: vms.sorted { $0.name < $1.name }, snapshots: snapshots, vdis: observedVDIs, srs: observedSRs,
             nbdNetworks: nbd.map(\.nameLabel).sorted())
         pool.nbdTLS = nbd.contains { $0.purpose.contains("nbd") }
+        pool.networks = networks.values.map(\.nameLabel).sorted()
+        pool.defaultSR = poolRecord.flatMap { srUUID[$0.defaultSR] }
         return pool
     }
 }

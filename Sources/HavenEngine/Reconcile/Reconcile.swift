@@ -28,7 +28,7 @@ public struct ReconcileReport: Sendable {
     public var unreachable: [String: String]
 
     /// Everything planned succeeded and every pool in scope could be read.
-    public var ok: Bool { result.ok && unreachable.isEmpty }
+    public var ok: Bool { result.ok && unreachable.isEmpty && plan.errors.isEmpty }
 }
 
 extension Engine {

@@ -1,0 +1,131 @@
+import Foundation
+import Testing
+import XenAPI
+
+/// ReplicationPolicy (method cbt, push) end to end through the binary: a replica on another SR
+/// of the same pool, kept equal to the source snapshot it was taken from.
+@Suite struct ReplicationEndToEndTests {
+    static let vms = """
+              - name: web
+                power: Running
+                networks: [net0]
+                disks: [{name: web-root, size: 6Mi, fill: {seed: 21}}, {name: web-data, size: 4Mi, fill: {seed: 22, unallocated: 0.5}}]
+              - name: db
+                disks: [{name: db-root, size: 4Mi, fill: {seed: 23}}]
+        """
+    static let srs = "[{name: Local storage, type: ext, size: 64Gi, default: true}, {name: Replica storage, type: ext, size: 64Gi}]"
+
+    static func policy(keep: Int = 2, extra: String = "") -> String {
+        """
+        apiVersion: haven/v1
+        kind: ReplicationPolicy
+        metadata: {name: dr}
+        spec:
+          source: lab
+          vms: {names: [web]}
+          target: {pool: lab, sr: Replica storage}
+          schedule: {every: 1h}
+          keep: \(keep)
+        \(extra)
+        """
+    }
+
+    func replica(_ c: XenAPIClient) async throws -> (VMRef, VMRecord)? {
+        try await c.records(VMRecord.self).first { $0.value.isRealVM && $0.value.nameLabel == "replica-web" }.map { ($0.key, $0.value) }
+    }
+
+    /// Each replica disk equals the corresponding source disk, byte for byte (the simulator's disk files).
+    func expectEqualDisks(_ s: Scenario, _ c: XenAPIClient, _ note: String) async throws {
+        let (web, _) = try await c.vmNamed("web")
+        let sourceDisks = try await c.diskVDIs(web)
+        let (rep, _) = try #require(try await replica(c))
+        let replicaDisks = try await c.diskVDIs(rep)
+        #expect(sourceDisks.count == replicaDisks.count)
+        for (a, b) in zip(sourceDisks, replicaDisks) {
+            let ua = try await c.record(a).uuid
+            let ub = try await c.record(b).uuid
+            #expect(try s.sha(s.diskFile(ua)) == s.sha(s.diskFile(ub)), "\(note): replica disk \(ub) equals source \(ua)")
+        }
+    }
+
+    @Test func initialSyncIncrementalsRestorePointsAndTheGuard() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy(), srs: Self.srs)
+        let c = s.client()
+        var run = try s.diff()
+        #expect(run.status == 1, "\(run.stdout)\(run.stderr)")
+        #expect(run.stdout.contains("create replica replica-web on lab"), "\(run.stdout)")
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let (repRef, rep) = try #require(try await replica(c))
+        #expect(rep.otherConfig["haven.role"] == "replica")
+        #expect(rep.blockedOperations["start"]?.contains("haven failover") == true)
+        #expect(rep.powerState == .halted)
+        #expect(!rep.isATemplate)
+        try await expectEqualDisks(s, c, "initial sync")
+        // The replica's disks live on the target SR.
+        let srs = try await c.records(SRRecord.self)
+        for vdi in try await c.diskVDIs(repRef) { #expect(srs[try await c.record(vdi).sr]?.nameLabel == "Replica storage") }
+        // Starting the replica is blocked with xapi's code.
+        do {
+            try await c.start(repRef)
+            Issue.record("a replica must not start while blocked")
+        } catch let e as XenAPIError {
+            #expect(e.code == "OPERATION_BLOCKED")
+        }
+        #expect(try s.diff().status == 0, "in sync right after")
+
+        // Three incrementals after guest writes.
+        for i in 1...3 {
+            #expect(try s.simControl(["write", "--vm", "web", "--percent", "3", "--seed", String(40 + i)]).status == 0)
+            s.now = s.now.addingTimeInterval(3_700)
+            let actions = try s.planActions().filter { $0["kind"] as? String == "replicate" }
+            #expect(actions.count == 1)
+            #expect((actions.first?["headline"] as? String)?.contains("sync replica replica-web on lab: changed blocks") == true)
+            run = try s.apply()
+            #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+            try await expectEqualDisks(s, c, "incremental \(i)")
+        }
+        let points = try await c.records(VMRecord.self).values.filter { $0.isASnapshot && $0.snapshotOf == repRef }
+        #expect(points.count == 2, "keep: 2 restore points")
+
+        // Started and written by hand (an admin unblocks it): the next sync rewrites what was written.
+        try await c.unblock(repRef, operation: "start")
+        try await c.start(repRef)
+        #expect(try s.simControl(["write", "--vm", "replica-web", "--percent", "5", "--seed", "77"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        run = try s.diff()
+        #expect(run.stdout.contains("replica replica-web of web is running"), "\(run.stdout)")
+        #expect(!run.stdout.contains("sync replica"), "a running replica is never written")
+        try await c.hardShutdown(repRef)
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect(run.stdout.contains("resync: the replica's disk 0 was written since the last sync"), "\(run.stdout)")
+        try await expectEqualDisks(s, c, "after the resync")
+    }
+
+    @Test func aMissingNetworkMappingIsAPlanError() throws {
+        let vms = """
+                  - name: web
+                    networks: [storage-net]
+                    disks: [{name: web-root, size: 4Mi, fill: {seed: 1}}]
+            """
+        let s = try Scenario(vms: vms, policy: Self.policy(), networks: "[{name: net0, purpose: [nbd]}, {name: storage-net}]", srs: Self.srs)
+        // Same pool: the network exists, so it maps to itself; a map naming a missing network is an error.
+        var run = try s.diff()
+        #expect(run.status == 1, "same-named network on the target: no error: \(run.stdout)")
+        let file = s.config + "/haven.yaml"
+        let text = try String(contentsOfFile: file, encoding: .utf8)
+            .replacingOccurrences(of: "target: {pool: lab, sr: Replica storage}", with: "target: {pool: lab, sr: Replica storage, networkMap: {storage-net: dr-storage}}")
+        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        run = try s.diff()
+        #expect(run.status == 2, "\(run.stdout)\(run.stderr)")
+        #expect(run.stdout.contains("storage-net → dr-storage (no such network on lab)"), "\(run.stdout)")
+    }
+
+    @Test func methodsThatNeedAppliancesSaySo() throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy(extra: "  direction: pull"), srs: Self.srs)
+        let run = try s.diff()
+        #expect(run.status == 2)
+        #expect(run.stdout.contains("data-mover appliances"), "\(run.stdout)")
+    }
+}
