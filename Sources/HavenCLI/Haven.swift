@@ -36,7 +36,7 @@ struct Haven: AsyncParsableCommand {
             configuration; argument errors keep the parser's own code (64).
             """,
         version: HavenVersion.current,
-        subcommands: [ValidateCommand.self, DiffCommand.self, ApplyCommand.self, StatusCommand.self, BackupsCommand.self, RestoreCommand.self, RepoCommand.self, CatalogCommand.self, SchemaCommand.self, SimCommand.self]
+        subcommands: [ValidateCommand.self, DiffCommand.self, ApplyCommand.self, FailoverCommand.self, StatusCommand.self, BackupsCommand.self, RestoreCommand.self, RepoCommand.self, CatalogCommand.self, SchemaCommand.self, SimCommand.self]
     )
 }
 

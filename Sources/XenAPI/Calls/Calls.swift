@@ -63,6 +63,8 @@ extension XenAPIClient {
     public func unblock(_ vm: VMRef, operation: String) async throws {
         _ = try await call(.vmRemoveFromBlockedOperations, [vm.value, .string(operation)])
     }
+    /// Reverts the VM a snapshot was taken of to that snapshot (xapi replaces the VM's disks by clones of the snapshot's).
+    public func revert(to snapshot: VMRef) async throws { _ = try await call(.vmRevert, [snapshot.value]) }
     public func addTag(_ vm: VMRef, _ tag: String) async throws { _ = try await call(.vmAddTags, [vm.value, .string(tag)]) }
     public func removeTag(_ vm: VMRef, _ tag: String) async throws { _ = try await call(.vmRemoveTags, [vm.value, .string(tag)]) }
 

@@ -64,6 +64,7 @@ extension XenMethod {
     public static let vmRemoveFromOtherConfig = XenMethod("VM.remove_from_other_config", 3)
     public static let vmAddToBlockedOperations = XenMethod("VM.add_to_blocked_operations", 4)
     public static let vmRemoveFromBlockedOperations = XenMethod("VM.remove_from_blocked_operations", 3)
+    public static let vmRevert = XenMethod("VM.revert", 2)
     public static let vmAddTags = XenMethod("VM.add_tags", 3)
     public static let vmRemoveTags = XenMethod("VM.remove_tags", 3)
 
@@ -108,7 +109,7 @@ extension XenMethod {
         pifGetAllRecords, vifGetAllRecords, taskGetAllRecords, messageGetAllRecords, vmGetRecord, vmGetByUUID,
         vmSnapshot, vmSnapshotLegacy, vmDestroy, vmCreate, vmClone, vmCopy, vmProvision, vmStart, vmCleanShutdown,
         vmHardShutdown, vmSetNameLabel, vmSetIsATemplate, vmAddToOtherConfig, vmRemoveFromOtherConfig,
-        vmAddToBlockedOperations, vmRemoveFromBlockedOperations, vmAddTags, vmRemoveTags, vdiGetRecord, vdiGetByUUID, srGetByUUID,
+        vmAddToBlockedOperations, vmRemoveFromBlockedOperations, vmRevert, vmAddTags, vmRemoveTags, vdiGetRecord, vdiGetByUUID, srGetByUUID,
         vdiEnableCBT, vdiDisableCBT, vdiListChangedBlocks, vdiDataDestroy, vdiGetNBDInfo, vdiCreate, vdiDestroy,
         vdiSnapshot, vdiAddToOtherConfig, vdiRemoveFromOtherConfig, vdiSetNameLabel, vbdGetRecord, vbdCreate, vbdPlug,
         vbdUnplug, vbdDestroy, vifCreate, vifDestroy, networkAddPurpose, networkRemovePurpose, taskCreate, taskGetRecord,

@@ -1,0 +1,69 @@
+import Foundation
+import HavenCatalog
+import HavenCore
+import XenAPI
+
+/// What `haven failover` did.
+public struct FailoverOutcome: Sendable {
+    public var replicaName: String
+    public var targetPool: String
+    public var restorePoint: String
+    public var restorePointTime: String
+    public var started: Bool
+}
+
+extension Engine {
+    /// Makes a replica the VM of record: reverts it to a restore point (the newest, the one named,
+    /// or the newest at or before `at`), lifts the start block, starts it unless told not to, and
+    /// records the failover — from then on no plan writes that replica.
+    public func failover(policy: String, vm: String, restorePoint: String? = nil, at: Date? = nil, start: Bool = true,
+                         lockTimeout: Double? = 0, now: Date = Date()) async throws -> FailoverOutcome {
+        let records = try catalog.view().replicas.filter { $0.policy == policy && ($0.sourceName == vm || $0.sourceVM == vm) }
+        guard let record = records.first else {
+            let known = try catalog.view().replicas.filter { $0.policy == policy }.map(\.sourceName).sorted()
+            throw EngineError(.notFound, "\(policy)/\(vm)", "ReplicationPolicy \(policy) keeps no replica of \(vm)" + (known.isEmpty ? "" : " (it keeps: \(known.joined(separator: ", ")))"))
+        }
+        guard record.failedOverAt == nil else {
+            throw EngineError(.action, record.replicaUUID, "the replica of \(record.sourceName) was already failed over at \(ISO8601DateFormatter().string(from: record.failedOverAt!))")
+        }
+        guard let client = sessions.client(record.targetPool) else { throw EngineError(.connect, record.targetPool, "no session to pool \(record.targetPool)") }
+        return try await withSessions {
+            try await withPoolLocks([record.sourcePool, record.targetPool].sorted().reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } },
+                                    timeout: lockTimeout) {
+                guard let replica = try await lookup({ try await client.vm(uuid: record.replicaUUID) }) else {
+                    throw EngineError(.notFound, record.replicaUUID, "the replica \(record.replicaUUID) of \(record.sourceName) is gone from \(record.targetPool)")
+                }
+                let rec = try await client.record(replica)
+                guard rec.otherConfig[OwnershipMarks.owner] == instance, rec.otherConfig[OwnershipMarks.role] == "replica" else {
+                    throw EngineError(.action, record.replicaUUID, "VM \(rec.nameLabel) does not carry haven's replica mark; left alone")
+                }
+                let vms = try await client.records(VMRecord.self)
+                let points = vms.filter { $0.value.isASnapshot && $0.value.snapshotOf == replica && $0.value.otherConfig[OwnershipMarks.role] == "restore-point" }
+                    .map { (ref: $0.key, record: $0.value, time: ISO8601DateFormatter().date(from: $0.value.otherConfig["haven.created"] ?? "") ?? .distantPast) }
+                    .sorted { $0.time > $1.time }
+                let chosen: (ref: VMRef, record: VMRecord, time: Date)?
+                if let restorePoint {
+                    chosen = points.first { $0.record.uuid == restorePoint || $0.record.nameLabel == restorePoint }
+                } else if let at {
+                    chosen = points.first { $0.time <= at }
+                } else {
+                    chosen = points.first
+                }
+                guard let point = chosen else {
+                    let list = points.map { "\($0.record.uuid) (\(ISO8601DateFormatter().string(from: $0.time)))" }.joined(separator: ", ")
+                    throw EngineError(.notFound, record.replicaUUID, "no restore point of \(rec.nameLabel) matches" + (list.isEmpty ? "; it has none" : "; it has: \(list)"))
+                }
+                if rec.powerState != .halted { try await client.hardShutdown(replica) }
+                try await withRetry { try await client.revert(to: point.ref) }
+                for op in ReplicateRun.blockedOperations { try await client.unblock(replica, operation: op) }
+                try await client.setOtherConfig(replica, key: "haven.failed-over", value: ISO8601DateFormatter().string(from: now))
+                var failed = record
+                failed.failedOverAt = now
+                try catalog.setReplica(failed)
+                if start { try await client.start(replica) }
+                return FailoverOutcome(replicaName: rec.nameLabel, targetPool: record.targetPool, restorePoint: point.record.uuid,
+                                       restorePointTime: ISO8601DateFormatter().string(from: point.time), started: start)
+            }
+        }
+    }
+}
