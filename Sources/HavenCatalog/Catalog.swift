@@ -62,6 +62,7 @@ public final class Catalog: Sendable {
         m.registerMigration("v2-backup-note") { db in
             try db.alter(table: "backup") { t in t.add(column: "note", .text).notNull().defaults(to: "") }
         }
+        m.registerMigration("v3-run-history") { db in try RunHistory.migrate(db) }
         return m
     }
 
