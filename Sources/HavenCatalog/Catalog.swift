@@ -62,7 +62,8 @@ public final class Catalog: Sendable {
         m.registerMigration("v2-backup-note") { db in
             try db.alter(table: "backup") { t in t.add(column: "note", .text).notNull().defaults(to: "") }
         }
-        m.registerMigration("v3-replicas") { db in
+        m.registerMigration("v3-run-history") { db in try RunHistory.migrate(db) }
+        m.registerMigration("v4-replicas") { db in
             try db.create(table: "replica") { t in
                 t.column("policy", .text).notNull()
                 t.column("sourcePool", .text).notNull()

@@ -39,8 +39,9 @@ struct ApplyCommand: AsyncParsableCommand {
         let progress = ProgressRenderer(tty: isatty(2) == 1)
         let request = ReconcileRequest(scope: scope, savedPlan: saved, lockTimeout: lockTimeout, now: { currentTime() })
         let approve = autoApprove
+        let recorder = RunRecorder(catalog: engine.catalog, command: RunRecorder.commandLine)
         let work = Task {
-            try await engine.reconcile(request, events: { progress.handle($0) }) { plan in
+            try await engine.reconcile(request, events: { progress.handle($0); recorder.handle($0) }) { plan in
                 print(PlanRenderer.text(plan, color: useColor))
                 if approve { return true }
                 guard stdinIsTTY else {
@@ -57,22 +58,33 @@ struct ApplyCommand: AsyncParsableCommand {
         }
         let signals = SignalCancellation { work.cancel() }
         defer { signals.stop() }
-        let report = try await work.value
+        let report: ReconcileReport
+        do { report = try await work.value } catch {
+            recorder.finish(error: error)
+            throw error
+        }
         progress.finish()
+        recorder.finish(report, interrupted: work.isCancelled)
         if report.plan.isEmpty {
             print(PlanRenderer.text(report.plan, color: useColor))
             if !report.ok { throw HavenExit.failure }
             return
         }
         guard report.approved else { throw HavenExit.changesPending }
+        try Self.printOutcome(report, title: "Apply", interrupted: work.isCancelled, runID: recorder.id)
+    }
+
+    /// What `apply` and `backup now` print once the plan ran; throws the exit status (2 when anything failed).
+    static func printOutcome(_ report: ReconcileReport, title: String, interrupted: Bool, runID: Int64?) throws {
         let r = report.result
         print("")
-        print("Apply complete: \(r.succeeded.count) done, \(r.failed.count) failed, \(r.skipped.count) skipped.")
+        print("\(title) complete: \(r.succeeded.count) done, \(r.failed.count) failed, \(r.skipped.count) skipped."
+              + (runID.map { " (run \($0): `haven history show \($0)`)" } ?? ""))
         for (a, o) in r.succeeded { for n in o.notes { print("  note: \(a.vm?.name ?? a.pool): \(n)") } }
         for (a, why) in r.failed { print("  failed: \(a.headline) (\(a.vm?.name ?? a.pool)): \(why)") }
         for (a, why) in r.skipped { print("  skipped: \(a.headline) (\(a.vm?.name ?? a.pool)): \(why)") }
         for (pool, why) in report.unreachable.sorted(by: { $0.key < $1.key }) { print("  not applied: pool \(pool) cannot be read: \(why)") }
-        if work.isCancelled { throw CLIError("interrupted: running work was stopped at its next durable step and cleaned up") }
+        if interrupted { throw CLIError("interrupted: running work was stopped at its next durable step and cleaned up") }
         if !report.ok { throw HavenExit.failure }
     }
 }

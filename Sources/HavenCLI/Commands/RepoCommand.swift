@@ -25,7 +25,7 @@ struct RepositoryOptions: ParsableArguments {
             let (p, k) = try fromConfig()
             return try BackupRepository.open(at: p, keyFile: k)
         } catch let e as DataError {
-            throw CLIError("\(e)")
+            throw CLIError(data: e)
         }
     }
 
@@ -95,7 +95,7 @@ struct RepoInitCommand: ParsableCommand {
             let repo = try BackupRepository.initialize(at: path, chunkSize: Int(size.bytes), compression: comp.description, keyFile: keyFile)
             print("created repository \(path) (id \(repo.config.id), chunks \(size), \(comp)\(encrypt ? ", encrypted with \(keyFile!)" : ""))")
         } catch let e as DataError {
-            throw CLIError("\(e)")
+            throw CLIError(data: e)
         }
     }
 }
@@ -119,7 +119,7 @@ struct RepoVerifyCommand: ParsableCommand {
         do {
             report = try repo.verify(versions: versions)
         } catch let e as DataError {
-            throw CLIError("\(e)")
+            throw CLIError(data: e)
         }
         if output == .json {
             let problems: [[String: Any]] = report.problems.map { ["chunk": $0.chunk, "code": $0.error.code.rawValue, "message": $0.error.message, "versions": $0.versions] }
@@ -152,7 +152,7 @@ struct RepoGCCommand: ParsableCommand {
             let r = try repo.collectGarbage(safetyWindow: TimeInterval(window.seconds), lockTimeout: lockTimeout)
             print("gc: \(r.liveChunks) chunks in use, \(r.deletedChunks) deleted (\(humanBytes(r.deletedBytes))), \(r.keptYoungChunks) unreferenced but younger than \(window) kept, \(r.removedTemporaryFiles) temporary files removed")
         } catch let e as DataError {
-            throw CLIError("\(e)")
+            throw CLIError(data: e)
         }
     }
 }
@@ -218,28 +218,50 @@ struct RepoImportImageCommand: ParsableCommand {
             try repo.commit(manifest)
             print(manifest.id)
         } catch let e as DataError {
-            throw CLIError("\(e)")
+            throw CLIError(data: e)
         }
     }
 }
 
 struct BackupsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "backups", abstract: "List or forget backup versions.", subcommands: [BackupsListCommand.self, BackupsForgetCommand.self])
+        commandName: "backups", abstract: "List, show or forget backup versions.",
+        subcommands: [BackupsListCommand.self, BackupsShowCommand.self, BackupsForgetCommand.self])
+}
+
+extension BackupManifest {
+    func matches(vm: String?) -> Bool { vm == nil || vmName == vm || vmUUID.lowercased() == vm?.lowercased() }
+    var kindLabel: String { kind == .xva ? "xva archive" : kind.rawValue }
 }
 
 struct BackupsListCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the versions in a repository.")
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the versions in a repository, oldest first.")
 
     @OptionGroup var target: RepositoryOptions
+
+    @Option(help: "Only this VM's versions (name or uuid).")
+    var vm: String?
+
+    @Option(help: "Only versions made for this BackupPolicy.")
+    var policy: String?
+
+    @Option(help: "Only versions of this pool.")
+    var pool: String?
+
+    @Option(help: "Only versions made since: a time (2026-05-01T12:00:00Z, 2026-05-01) or an age (24h, 7d).")
+    var since: String?
 
     @Option(help: "text or json.")
     var output: OutputFormat = .text
 
     func run() throws {
+        let from = try since.map { try parseTimeArgument($0, option: "--since") }
         let repo = try target.open()
-        let list: [BackupManifest]
-        do { list = try repo.manifests() } catch let e as DataError { throw CLIError("\(e)") }
+        var list: [BackupManifest]
+        do { list = try repo.manifests() } catch let e as DataError { throw CLIError(data: e) }
+        list = list.filter { m in
+            m.matches(vm: vm) && (policy == nil || m.policy == policy) && (pool == nil || m.pool == pool) && (from.map { m.createdAt >= $0 } ?? true)
+        }
         if output == .json {
             let f = ISO8601DateFormatter()
             let rows: [[String: Any]] = list.map { m in
@@ -249,22 +271,87 @@ struct BackupsListCommand: ParsableCommand {
                  "disks": m.disks.map { ["key": $0.key, "name": $0.name, "size": $0.size, "vdi": $0.vdiUUID,
                                          "content": $0.key == XVAArchive.key ? "xva-archive" : "disk"] }]
             }
-            print(String(decoding: try JSONSerialization.data(withJSONObject: ["formatVersion": 1, "backups": rows], options: [.sortedKeys, .prettyPrinted]), as: UTF8.self))
+            print(try jsonText(["formatVersion": 1, "backups": rows] as [String: Any]))
             return
         }
         if list.isEmpty {
             print("no backups")
             return
         }
-        let f = DateFormatter()
-        f.dateFormat = "yyyy-MM-dd HH:mm:ss"
-        f.timeZone = TimeZone(identifier: "UTC")
-        print("ID".padding(toLength: 34, withPad: " ", startingAt: 0) + "VM".padding(toLength: 18, withPad: " ", startingAt: 0)
-              + "TIME (UTC)           KIND         SIZE       STORED")
+        print(pad("ID", 34) + pad("VM", 16) + pad("POLICY", 16) + pad("TIME (UTC)", 21) + pad("KIND", 13) + pad("SIZE", 11) + "STORED")
         for m in list {
-            print(m.id.padding(toLength: 34, withPad: " ", startingAt: 0) + m.vmName.padding(toLength: 18, withPad: " ", startingAt: 0)
-                  + f.string(from: m.createdAt) + "  " + (m.kind == .xva ? "xva archive" : m.kind.rawValue).padding(toLength: 12, withPad: " ", startingAt: 0)
-                  + humanBytes(m.totalSize).padding(toLength: 11, withPad: " ", startingAt: 0) + humanBytes(m.storedBytes))
+            print(pad(m.id, 34) + pad(m.vmName, 16) + pad(m.policy.isEmpty ? "-" : m.policy, 16) + pad(utcMinuteFormatter.string(from: m.createdAt), 21)
+                  + pad(m.kindLabel, 13) + pad(humanBytes(m.totalSize), 11) + humanBytes(m.storedBytes))
+        }
+    }
+}
+
+struct BackupsShowCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show", abstract: "Show one version: its VM, kind, base, disks, sizes and notes.")
+
+    @OptionGroup var target: RepositoryOptions
+
+    @Argument(help: "Version id (see `haven backups list`).")
+    var id: String
+
+    @Option(help: "text or json.")
+    var output: OutputFormat = .text
+
+    func run() throws {
+        let repo = try target.open()
+        let m: BackupManifest
+        let all: [BackupManifest]
+        do {
+            m = try repo.manifest(id)
+            all = try repo.manifests()
+        } catch let e as DataError { throw CLIError(data: e) }
+        // The version an incremental was patched into: recorded per disk when the engine notes it,
+        // else the newest earlier version of the same VM and policy (what the CBT anchor pointed to).
+        let recorded = Set(m.notes.filter { $0.key.hasPrefix("base.") }.map(\.value))
+        let previous = all.filter { $0.vmUUID == m.vmUUID && $0.policy == m.policy && $0.createdAt < m.createdAt }.max { $0.createdAt < $1.createdAt }
+        var base: String?
+        var baseSource = ""
+        if m.kind == .incremental {
+            if let r = recorded.sorted().first {
+                base = r
+                baseSource = "recorded"
+            } else if let previous {
+                base = previous.id
+                baseSource = "the previous version of this VM and policy"
+            }
+        }
+        let baseExists = base.map { b in all.contains { $0.id == b } } ?? false
+        if output == .json {
+            let f = ISO8601DateFormatter()
+            var obj: [String: Any] = [
+                "formatVersion": 1, "id": m.id, "vm": ["name": m.vmName, "uuid": m.vmUUID], "pool": m.pool, "policy": m.policy,
+                "time": f.string(from: m.createdAt), "kind": m.kind.rawValue, "size": m.totalSize, "storedBytes": m.storedBytes, "notes": m.notes,
+                "disks": m.disks.map { ["key": $0.key, "name": $0.name, "size": $0.size, "vdi": $0.vdiUUID, "readBytes": $0.readBytes,
+                                        "storedBytes": $0.storedBytes, "zeroChunks": $0.zeroChunks, "chunkSize": $0.chunkSize,
+                                        "content": $0.key == XVAArchive.key ? "xva-archive" : "disk"] },
+            ]
+            if let base { obj["base"] = ["id": base, "source": baseSource, "present": baseExists] as [String: Any] }
+            print(try jsonText(obj))
+            return
+        }
+        print("Backup \(m.id)")
+        print("  VM        \(m.vmName) (\(m.vmUUID))")
+        print("  pool      \(m.pool.isEmpty ? "-" : m.pool), policy \(m.policy.isEmpty ? "-" : m.policy)")
+        print("  made      \(utcMinuteFormatter.string(from: m.createdAt)) UTC")
+        print("  kind      \(m.kindLabel)" + (m.kind == .incremental ? " (complete on its own: restoring it needs no other version)" : ""))
+        if let base {
+            print("  base      \(base) (\(baseSource)\(baseExists ? "" : "; since forgotten"))")
+        }
+        print("  size      \(humanBytes(m.totalSize)), \(humanBytes(m.storedBytes)) newly stored")
+        print("  disks")
+        for d in m.disks {
+            print("    \(pad(d.key, 4))\(pad(d.name, 18))\(pad(humanBytes(d.size), 11))read \(pad(humanBytes(d.readBytes), 11))stored \(pad(humanBytes(d.storedBytes), 11))"
+                  + (d.key == XVAArchive.key ? "the whole-VM XVA archive" : "vdi \(d.vdiUUID)"))
+        }
+        if !m.notes.isEmpty {
+            print("  notes")
+            for (k, v) in m.notes.sorted(by: { $0.key < $1.key }) { print("    \(k): \(v)") }
         }
     }
 }
@@ -282,8 +369,20 @@ struct RestoreCommand: AsyncParsableCommand {
 
     @OptionGroup var target: RepositoryOptions
 
-    @Option(help: "Version id (see `haven backups list`).")
-    var backup: String
+    @Option(help: "Version id (see `haven backups list`), or `latest` (with --vm).")
+    var backup: String?
+
+    @Option(help: "The VM whose version to restore (name or uuid), with --backup latest or --at.")
+    var vm: String?
+
+    @Option(help: "Only versions of this BackupPolicy (with --vm).")
+    var policy: String?
+
+    @Option(help: "The newest version at or before this time (2026-05-01T12:00:00Z, 2026-05-01, or an age such as 2d), with --vm.")
+    var at: String?
+
+    @Flag(help: "Overwrite the file --to-file names when it exists.")
+    var force = false
 
     @Option(help: "Disk: its key (userdevice) or its position in the version; `xva` for the archive of an XVA version.")
     var disk: String = "0"
@@ -311,14 +410,38 @@ struct RestoreCommand: AsyncParsableCommand {
     func validate() throws {
         if (toFile == nil) == (toPool == nil) { throw ValidationError("give either --to-file or --to-pool") }
         if toPool != nil && sr == nil { throw ValidationError("--to-pool needs --sr") }
+        if backup == nil && at == nil { throw ValidationError("give --backup ID, --backup latest --vm NAME, or --at TIME --vm NAME") }
+        if at != nil && backup != nil && backup != "latest" { throw ValidationError("--at chooses the version; do not give --backup ID with it") }
+        if (backup == "latest" || at != nil) && vm == nil { throw ValidationError("--backup latest and --at need --vm NAME") }
+        if policy != nil && vm == nil { throw ValidationError("--policy goes with --vm") }
+    }
+
+    /// The version asked for: by id, the newest of the VM, or the newest at or before --at.
+    func resolve(_ repo: BackupRepository) throws -> BackupManifest {
+        do {
+            if let backup, backup != "latest" { return try repo.manifest(backup) }
+            let limit = try at.map { try parseTimeArgument($0, option: "--at") }
+            let mine = try repo.manifests().filter { $0.matches(vm: vm) && (policy == nil || $0.policy == policy) }
+            guard let m = mine.filter({ m in limit.map { m.createdAt <= $0 } ?? true }).max(by: { $0.createdAt < $1.createdAt }) else {
+                let whose = "VM \(vm ?? "")" + (policy.map { " in BackupPolicy \($0)" } ?? "")
+                if mine.isEmpty { throw CLIError("no backup of \(whose) in the repository (see `haven backups list`)", code: .notFound) }
+                let oldest = mine.map(\.createdAt).min()!
+                throw CLIError("no backup of \(whose) at or before \(ISO8601DateFormatter().string(from: limit!)); the oldest is from \(ISO8601DateFormatter().string(from: oldest))", code: .notFound)
+            }
+            print("using \(m.id), made \(utcMinuteFormatter.string(from: m.createdAt)) UTC (\(at == nil ? "the newest" : "the newest at or before \(at!)") of \(m.vmName))")
+            return m
+        } catch let e as DataError { throw CLIError(data: e) }
     }
 
     func run() async throws {
         let repo = try target.open()
-        let m: BackupManifest
-        do { m = try repo.manifest(backup) } catch let e as DataError { throw CLIError("\(e)") }
+        let m = try resolve(repo)
+        let backup = m.id
+        if let toFile, FileManager.default.fileExists(atPath: toFile) {
+            guard force else { throw CLIError("\(toFile) exists; nothing was written (give --force to overwrite it)", code: .exists) }
+        }
         if let toFile, let archive = XVAArchive.stream(of: m) {
-            try restoreFromXVA(m, archive: archive, repo: repo, to: toFile)
+            try restoreFromXVA(m, archive: archive, repo: repo, to: toFile, backup: backup)
             return
         }
         if let toFile {
@@ -332,7 +455,7 @@ struct RestoreCommand: AsyncParsableCommand {
                 case .vhd: try restore.toVHDFile(d, path: toFile)
                 }
             } catch let e as DataError {
-                throw CLIError("\(e)")
+                throw CLIError(data: e)
             }
             print("restored disk \(d.key) of \(m.vmName) (\(humanBytes(d.size))) from \(backup) to \(toFile) (\(format.rawValue))")
             return
@@ -356,7 +479,7 @@ struct RestoreCommand: AsyncParsableCommand {
 extension RestoreCommand {
     /// A version made with `method: xva` holds the whole-VM archive, not disk images: a disk is
     /// taken out of the archive; `--disk xva` writes the archive as it is.
-    func restoreFromXVA(_ m: BackupManifest, archive: DiskVersion, repo: BackupRepository, to path: String) throws {
+    func restoreFromXVA(_ m: BackupManifest, archive: DiskVersion, repo: BackupRepository, to path: String, backup: String) throws {
         if disk == XVAArchive.key {
             guard format == .raw else {
                 throw CLIError("--disk xva is the XVA archive itself (a tar stream for `xe vm-import`), not a disk image, so it has no VHD form; give --disk N (a userdevice) for one of the VM's disks")
@@ -382,12 +505,41 @@ extension RestoreCommand {
 
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "status", abstract: "Per VM: its policy, last good backup, next due, and whether the RPO is met.")
+        commandName: "status", abstract: "Per VM: its policy, last attempt, last good backup, next due, and whether the RPO is met.",
+        discussion: """
+            The last attempt comes from the run history (`haven history`): the last backup an apply or backup now \
+            ran for the VM, with its result. A suspended policy is shown as such; its VMs have no next due time.
+
+            Exit status: 0; with --check, 3 when the RPO of any VM of a policy that is not suspended is missed \
+            (for monitoring); 2 on error.
+            """)
 
     @OptionGroup var options: EngineOptions
 
     @Option(help: "text or json.")
     var output: OutputFormat = .text
+
+    @Flag(help: "Exit 3 when any RPO is missed (suspended policies are not counted).")
+    var check = false
+
+    struct Attempt: Encodable {
+        var at: Date
+        var result: String
+        var message: String
+        var run: Int64
+        var backupID: String?
+    }
+
+    struct Row: Encodable {
+        var pool, vm, vmUUID, policy: String
+        var suspended: Bool
+        var lastAttempt: Attempt?
+        var lastBackup: Date?
+        var lastBackupID: String?
+        var nextDue: Date?
+        var rpoMet: Bool
+        var versions: Int
+    }
 
     func run() async throws {
         let desired = try options.loadDesired()
@@ -396,30 +548,27 @@ struct StatusCommand: AsyncParsableCommand {
         let scope = try options.scope(desired)
         let observation = try await engine.withSessions { await engine.observe(pools: scope.pools) }
         let view = try engine.catalog.view()
+        let attempts = (try? engine.catalog.lastBackupAttempts()) ?? [:]
         // A pool that cannot be read (a disaster is when status matters most) is answered from the catalog.
         var observed = observation.pools
         for (name, why) in observation.unreachable.sorted(by: { $0.key < $1.key }) {
-            FileHandle.standardError.write(Data("haven: pool \(name) cannot be read (\(why)); its VMs are shown from the catalog\n".utf8))
+            if output == .text {
+                FileHandle.standardError.write(Data("haven: pool \(name) cannot be read (\(why)); its VMs are shown from the catalog\n".utf8))
+            }
             var seen: [String: ObservedVM] = [:]
             for b in view.backups where b.pool == name { seen[b.vmUUID] = ObservedVM(uuid: b.vmUUID, name: b.vmName, powerState: "unknown", tags: [], disks: []) }
             observed[name] = ObservedPool(name: name, apiMajor: 0, apiMinor: 0, cbtLicensed: false, vms: seen.values.sorted { $0.name < $1.name },
                                           snapshots: [], vdis: [:], srs: [:], nbdNetworks: [])
         }
         let fromCatalog = Set(observation.unreachable.keys)
-        struct Row: Encodable {
-            var pool, vm, policy: String
-            var lastBackup: Date?
-            var nextDue: Date?
-            var rpoMet: Bool
-            var versions: Int
-        }
         var rows: [Row] = []
-        for p in desired.backupPolicies {
+        for p in desired.backupPolicies where scope.policies?.contains(p.name) ?? true {
             guard let pool = observed[p.spec.pool.value] else { continue }
             for vm in pool.vms where p.spec.vms.matches(name: vm.name, uuid: vm.uuid, tags: vm.tags)
                 || (fromCatalog.contains(pool.name) && view.backups.contains { $0.policy == p.name && $0.vmUUID == vm.uuid }) {
                 let mine = view.backups.filter { $0.pool == pool.name && $0.policy == p.name && $0.vmUUID == vm.uuid }
-                let last = mine.map(\.createdAt).max()
+                let newest = mine.max { $0.createdAt < $1.createdAt }
+                let last = newest?.createdAt
                 var next: Date?
                 var met = false
                 if let every = p.spec.schedule.every {
@@ -432,38 +581,41 @@ struct StatusCommand: AsyncParsableCommand {
                     met = last.map { l in slot.map { l >= $0 } ?? true } ?? false
                 }
                 if p.spec.suspend { next = nil }
-                rows.append(Row(pool: pool.name, vm: vm.name, policy: p.name + (p.spec.suspend ? " (suspended)" : ""), lastBackup: last,
-                                nextDue: next, rpoMet: met, versions: mine.count))
+                let attempt = attempts["\(pool.name)\u{0}\(p.name)\u{0}\(vm.uuid)"].map {
+                    Attempt(at: $0.at, result: $0.result, message: $0.message, run: $0.runID, backupID: $0.backupID)
+                }
+                rows.append(Row(pool: pool.name, vm: vm.name, vmUUID: vm.uuid, policy: p.name, suspended: p.spec.suspend, lastAttempt: attempt,
+                                lastBackup: last, lastBackupID: newest?.id, nextDue: next, rpoMet: met, versions: mine.count))
             }
         }
+        let missed = rows.contains { !$0.rpoMet && !$0.suspended }
         if output == .json {
-            let e = JSONEncoder()
-            e.outputFormatting = [.prettyPrinted, .sortedKeys]
-            e.dateEncodingStrategy = .iso8601
             struct Out: Encodable {
-                var formatVersion = 1
+                var formatVersion = 2
+                var time: Date
+                var rpoMissed: Bool
+                var unreachablePools: [String]
                 var vms: [Row]
             }
-            print(String(decoding: try e.encode(Out(vms: rows)), as: UTF8.self))
-            return
+            print(try jsonText(encodable: Out(time: now, rpoMissed: missed, unreachablePools: fromCatalog.sorted(), vms: rows)))
+        } else {
+            let f = DateFormatter()
+            f.dateFormat = "yyyy-MM-dd HH:mm"
+            f.timeZone = TimeZone(identifier: "UTC")
+            func age(_ d: Date) -> String {
+                let s = Int(now.timeIntervalSince(d))
+                return s < 7_200 ? "\(s / 60)m ago" : s < 172_800 ? "\(s / 3_600)h ago" : "\(s / 86_400)d ago"
+            }
+            print(pad("POOL", 10) + pad("VM", 16) + pad("POLICY", 16) + pad("SUSPENDED", 10) + pad("LAST ATTEMPT", 12)
+                  + pad("LAST GOOD BACKUP (UTC)", 28) + pad("NEXT DUE (UTC)", 18) + pad("VERSIONS", 9) + "RPO")
+            for r in rows {
+                let last = r.lastBackup.map { "\(f.string(from: $0)) (\(age($0)))" } ?? "never"
+                let next = r.suspended ? "-" : r.nextDue.map { $0 <= now ? "now" : f.string(from: $0) } ?? "-"
+                print(pad(r.pool, 10) + pad(r.vm, 16) + pad(r.policy, 16) + pad(r.suspended ? "yes" : "no", 10) + pad(r.lastAttempt?.result ?? "-", 12)
+                      + pad(last, 28) + pad(next, 18) + pad(String(r.versions), 9) + (r.rpoMet ? "met" : "MISSED"))
+            }
         }
-        let f = DateFormatter()
-        f.dateFormat = "yyyy-MM-dd HH:mm"
-        f.timeZone = TimeZone(identifier: "UTC")
-        func age(_ d: Date) -> String {
-            let s = Int(now.timeIntervalSince(d))
-            return s < 7_200 ? "\(s / 60)m ago" : s < 172_800 ? "\(s / 3_600)h ago" : "\(s / 86_400)d ago"
-        }
-        print("POOL".padding(toLength: 10, withPad: " ", startingAt: 0) + "VM".padding(toLength: 16, withPad: " ", startingAt: 0)
-              + "POLICY".padding(toLength: 16, withPad: " ", startingAt: 0) + "LAST GOOD BACKUP (UTC)      NEXT DUE (UTC)      VERSIONS  RPO")
-        for r in rows {
-            let last = r.lastBackup.map { "\(f.string(from: $0)) (\(age($0)))" } ?? "never"
-            let next = r.nextDue.map { $0 <= now ? "now" : f.string(from: $0) } ?? "-"
-            print(r.pool.padding(toLength: 10, withPad: " ", startingAt: 0) + r.vm.padding(toLength: 16, withPad: " ", startingAt: 0)
-                  + r.policy.padding(toLength: 16, withPad: " ", startingAt: 0) + last.padding(toLength: 28, withPad: " ", startingAt: 0)
-                  + next.padding(toLength: 20, withPad: " ", startingAt: 0) + String(r.versions).padding(toLength: 10, withPad: " ", startingAt: 0)
-                  + (r.rpoMet ? "met" : "MISSED"))
-        }
+        if check && missed { throw HavenExit.rpoMissed }
     }
 }
 
@@ -493,24 +645,73 @@ struct CatalogRebuildCommand: AsyncParsableCommand {
 
 struct BackupsForgetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "forget", abstract: "Remove backup versions now (their chunks go at the next `haven repo gc`).")
+        commandName: "forget", abstract: "Remove backup versions now (their chunks go at the next `haven repo gc`).",
+        discussion: """
+            Shows the versions and what `haven repo gc` will then free (the chunks only they reference), and asks. \
+            --yes does not ask; without a terminal, --yes is required. --dry-run only shows.
+            """)
 
     @OptionGroup var target: RepositoryOptions
 
     @Option(name: .customLong("state"), help: "haven's state directory (to drop the versions from the catalog too).")
     var state: String?
 
+    @Flag(help: "Do not ask for confirmation.")
+    var yes = false
+
+    @Flag(help: "Show what would be forgotten and freed; change nothing.")
+    var dryRun = false
+
     @Argument(help: "Version ids.")
     var ids: [String]
 
+    func validate() throws {
+        if ids.isEmpty { throw ValidationError("give the ids of the versions to forget (see `haven backups list`)") }
+    }
+
     func run() async throws {
         let repo = try target.open()
+        var versions: [BackupManifest] = []
+        for id in ids {
+            do { versions.append(try repo.manifest(id)) } catch let e as DataError {
+                throw CLIError(e.code == .noSuchVersion ? "no version \(id) in the repository; nothing was forgotten" : "\(e)",
+                               code: e.code == .noSuchVersion ? .notFound : CLIError.Code(rawValue: e.code.rawValue))
+            }
+        }
+        print("\(dryRun ? "Would forget" : "Forgetting") \(versions.count) version\(versions.count == 1 ? "" : "s"):")
+        for m in versions {
+            print("  - \(m.id)  \(m.vmName)  \(utcMinuteFormatter.string(from: m.createdAt)) UTC  \(m.kindLabel)  \(humanBytes(m.totalSize))")
+        }
+        do {
+            let u = try repo.exclusiveUsage(of: Set(ids))
+            print("`haven repo gc` will then free up to \(humanBytes(u.bytes)) (\(u.chunks) chunk\(u.chunks == 1 ? "" : "s") no other version references; "
+                  + "chunks younger than gc's safety window, and packs less than a third dead, are kept until later).")
+        } catch {
+            print("Cannot tell what `haven repo gc` will free: \(ExitMapping.describe(error)).")
+        }
+        if dryRun {
+            print("Dry run: nothing was forgotten.")
+            return
+        }
+        if !yes {
+            guard stdinIsTTY else {
+                throw CLIError("not forgetting: standard input is not a terminal; pass --yes to forget without asking", code: .refused)
+            }
+            print("\nForget these versions? They cannot be restored afterwards. Only 'yes' is accepted: ", terminator: "")
+            fflush(nil)
+            guard readLine()?.trimmingCharacters(in: .whitespaces) == "yes" else {
+                print("Nothing was forgotten.")
+                return
+            }
+        }
         let catalog = try? StateDirectory(path: state ?? StateDirectory.defaultPath).catalog()
         for id in ids {
             do {
                 try repo.prune(id)
                 try catalog?.forget(backup: id)
                 print("forgot \(id)")
+            } catch let e as DataError {
+                throw CLIError(data: e)
             } catch {
                 throw CLIError("\(error)")
             }

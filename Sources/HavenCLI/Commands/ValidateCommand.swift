@@ -17,8 +17,19 @@ struct ValidateCommand: ParsableCommand {
             """
     )
 
-    @Argument(help: "Configuration directory or single YAML file.")
-    var directory: String = "."
+    @Argument(help: "Configuration directory or single YAML file (or give it with -f, like every other command).")
+    var positional: String?
+
+    @Option(name: [.customShort("f"), .customLong("config")], help: "Configuration directory or single YAML file.")
+    var config: String?
+
+    var directory: String { config ?? positional ?? "." }
+
+    func validate() throws {
+        if let config, let positional, config != positional {
+            throw ValidationError("give the configuration once: -f \(config) or \(positional)")
+        }
+    }
 
     @Option(name: .long, help: "text (a summary) or json (machine-readable).")
     var output: OutputFormat = .text

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import HavenData
+import HavenEngine
 
 /// haven's exit-code contract, shared by every command (kubectl/Flux/Argo convention).
 enum HavenExit {
@@ -9,17 +11,36 @@ enum HavenExit {
     static let changesPending = ExitCode(1)
     /// Invalid configuration, a pool error, or anything that failed.
     static let failure = ExitCode(2)
+    /// `status --check` only: some VM's RPO is missed.
+    static let rpoMissed = ExitCode(3)
 }
 
 /// An error the CLI reports itself: the message goes to standard error, the exit status is 2.
 struct CLIError: Error, CustomStringConvertible {
-    enum Code: String { case usage, config, io, failed }
+    /// A stable code, as `--output json` reports it (`error.code`).
+    struct Code: RawRepresentable, Hashable {
+        var rawValue: String
+        static let usage = Code(rawValue: "usage")
+        static let config = Code(rawValue: "config")
+        static let io = Code(rawValue: "io")
+        static let failed = Code(rawValue: "failed")
+        static let notFound = Code(rawValue: "not-found")
+        static let exists = Code(rawValue: "exists")
+        static let refused = Code(rawValue: "refused")
+    }
+
     var code: Code
     var message: String
 
     init(_ message: String, code: Code = .failed) {
         self.code = code
         self.message = message
+    }
+
+    /// The data plane's error, with its code.
+    init(data e: DataError) {
+        code = Code(rawValue: e.code.rawValue)
+        message = e.description
     }
 
     var description: String { message }
@@ -40,9 +61,37 @@ enum ExitMapping {
         return 2
     }
 
-    static func report(_ error: any Error) {
+    /// With `--output json`, a failure is a JSON object on standard output (and nothing on
+    /// standard error, which may be carrying JSON lines): `{formatVersion, error: {code, message}}`.
+    static func report(_ error: any Error, arguments: [String] = CommandLine.arguments) {
         if error is ExitCode { return }
+        if wantsJSON(arguments) {
+            let obj: [String: Any] = ["formatVersion": 1, "error": ["code": code(for: error), "message": describe(error)]]
+            if let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]) {
+                FileHandle.standardOutput.write(data + Data("\n".utf8))
+                return
+            }
+        }
         FileHandle.standardError.write(Data("haven: \(describe(error))\n".utf8))
+    }
+
+    static func wantsJSON(_ arguments: [String]) -> Bool {
+        for (i, a) in arguments.enumerated() {
+            if a == "--output=json" { return true }
+            if a == "--output", i + 1 < arguments.count, arguments[i + 1] == "json" { return true }
+        }
+        return false
+    }
+
+    /// The stable code of an error: ours, the engine's, the data plane's; `failed` otherwise.
+    static func code(for error: any Error) -> String {
+        switch error {
+        case let e as CLIError: return e.code.rawValue
+        case let e as EngineError: return e.code.rawValue
+        case let e as DataError: return e.code.rawValue
+        case is DecodingError: return "damaged-file"
+        default: return "failed"
+        }
     }
 
     static func describe(_ error: any Error) -> String {

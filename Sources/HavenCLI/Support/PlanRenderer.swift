@@ -77,6 +77,7 @@ enum PlanRenderer {
     }
 
     static func load(_ path: String) throws -> Plan {
+        guard FileManager.default.fileExists(atPath: path) else { throw CLIError("no such file", code: .io) }
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         return try decoder.decode(Plan.self, from: try Data(contentsOf: URL(fileURLWithPath: path)))

@@ -12,9 +12,10 @@ public struct Planner: Sendable {
     /// `unreachable`: pools that could not be read, with why; they are reported and left alone.
     /// Pools in neither are outside the plan's scope.
     public func plan(desired: DesiredState, observed: [String: ObservedPool], unreachable: [String: String] = [:], catalog: CatalogView,
-                     now: Date, scope: Set<String>? = nil) -> Plan {
+                     now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil) -> Plan {
         var ctx = Context(planner: self, desired: desired, observed: observed, catalog: catalog, now: now)
         ctx.scope = scope
+        ctx.force = force
         for (pool, why) in unreachable.sorted(by: { $0.key < $1.key }) {
             ctx.warn(.poolUnreachable, pool, "pool-unreachable", resource: "Pool/\(pool)",
                      "pool \(pool) cannot be read: \(why); nothing is planned for it", reason: "the other pools are planned and applied on their own")
@@ -72,6 +73,8 @@ extension Planner {
         /// Per pool, VDIs whose CBT some policy still wants.
         var wantedCBT: [String: Set<String>] = [:]
         var scope: Set<String>?
+        /// `haven backup now`: backups planned whatever the schedule.
+        var force: ForceBackup?
         /// Backup keys planned so far, by "vm uuid \0 policy" (retention and clean-up look them up).
         var plannedBackups: [String: ActionKey] = [:]
         /// Prunes planned, by repository name.
@@ -287,7 +290,7 @@ extension Planner {
                      "BackupPolicy \(policy.name) selects no VM of pool \(poolName)", reason: "check spec.vms")
             }
             var fullSRs = Set<String>()
-            for vm in selected {
+            for vm in selected where force?.selects(vm) ?? true {
                 var disks: [(ObservedDisk, ObservedVDI)] = []
                 var skipped: [String] = []
                 for d in vm.disks {
@@ -328,7 +331,7 @@ extension Planner {
                 let key = "\(poolName)\u{0}\(policy.name)\u{0}\(vm.uuid)"
                 let history = (backupsByKey[key] ?? []).filter { $0.repository == repo.name }
                 let last = history.map(\.createdAt).max()
-                if let reason = dueReason(spec.schedule, last: last), !disks.isEmpty {
+                if let reason = (force?.forces(policy.name) == true ? force?.reason : nil) ?? dueReason(spec.schedule, last: last), !disks.isEmpty {
                     plannedBackup(policy, repo, pool, identity, disks, skipped, cbtPossible: cbtPossible, reason: reason, key: key,
                                   history: history, enables: enables)
                 } else if !cbtPossible {
@@ -399,6 +402,7 @@ extension Planner {
                     }
                     planned.append(disk)
                 }
+                if let force, force.full, force.forces(policy.name) { fullBecause = "--full was asked" }
                 if let fullBecause {
                     for i in planned.indices {
                         planned[i].anchorVDI = nil

@@ -66,6 +66,9 @@ public struct ExecutionContext: Sendable {
     func repository(_ t: RepositoryTarget) throws -> BackupRepository {
         try repositories.get(t.path) {
             if !FileManager.default.fileExists(atPath: URL(fileURLWithPath: t.path).appendingPathComponent("config.json").path) {
+                if let k = t.keyFile, !FileManager.default.fileExists(atPath: k) {
+                    throw EngineError(.notFound, t.name, "the key file \(k) of Repository \(t.name) does not exist; haven never creates one on its own: run `haven repo init --encrypt --key-file \(k) \(t.path)`")
+                }
                 try FileManager.default.createDirectory(atPath: t.path, withIntermediateDirectories: true)
                 return try BackupRepository.initialize(at: t.path, chunkSize: t.chunkSize, compression: t.compression, keyFile: t.keyFile)
             }

@@ -10,9 +10,13 @@ public struct ReconcileRequest: Sendable {
     /// Seconds to wait for another haven holding a pool's lock; nil waits forever.
     public var lockTimeout: Double?
     public var now: @Sendable () -> Date
+    /// `haven backup now`: plan backups whatever the schedule (never with a saved plan).
+    public var forceBackup: ForceBackup?
 
-    public init(scope: TargetScope, savedPlan: Plan? = nil, lockTimeout: Double? = 0, now: @escaping @Sendable () -> Date = { Date() }) {
+    public init(scope: TargetScope, savedPlan: Plan? = nil, lockTimeout: Double? = 0, now: @escaping @Sendable () -> Date = { Date() },
+                forceBackup: ForceBackup? = nil) {
         self.scope = scope
+        self.forceBackup = forceBackup
         self.savedPlan = savedPlan
         self.lockTimeout = lockTimeout
         self.now = now
@@ -61,7 +65,7 @@ extension Engine {
                     }
                     plan = again
                 } else {
-                    plan = try self.plan(observation, now: request.now(), scope: request.scope.policies)
+                    plan = try self.plan(observation, now: request.now(), scope: request.scope.policies, force: request.forceBackup)
                 }
                 if plan.isEmpty {
                     return ReconcileReport(plan: plan, approved: true, result: ExecutionResult(), unreachable: observation.unreachable)

@@ -14,6 +14,8 @@ public struct StateDirectory: Sendable {
         url = URL(fileURLWithPath: path)
         try FileManager.default.createDirectory(at: url.appendingPathComponent("locks"), withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: url.appendingPathComponent("tmp"), withIntermediateDirectories: true)
+        // Only haven's user reads its state: the catalog names every VM, the locks who holds them.
+        for dir in [url, url.appendingPathComponent("locks"), url.appendingPathComponent("tmp")] { chmod(dir.path, 0o700) }
     }
 
     /// `$HAVEN_STATE`, else `/var/lib/haven` for root, else `$XDG_STATE_HOME/haven` (~/.local/state/haven).
@@ -34,10 +36,16 @@ public struct StateDirectory: Sendable {
         }
         let id = "haven-" + UUID().uuidString.lowercased().prefix(13)
         try (id + "\n").write(to: file, atomically: true, encoding: .utf8)
+        chmod(file.path, 0o600)
         return String(id)
     }
 
-    public func catalog() throws -> Catalog { try Catalog(path: url.appendingPathComponent("catalog.sqlite").path) }
+    public func catalog() throws -> Catalog {
+        let path = url.appendingPathComponent("catalog.sqlite").path
+        let catalog = try Catalog(path: path)
+        for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) { chmod(path + suffix, 0o600) }
+        return catalog
+    }
 
     public var scratch: URL { url.appendingPathComponent("tmp") }
 
@@ -45,8 +53,9 @@ public struct StateDirectory: Sendable {
     /// forever), then fails naming the holder.
     public func withPoolLock<T>(_ pool: String, timeout: Double?, _ body: () async throws -> T) async throws -> T {
         let path = url.appendingPathComponent("locks/\(pool).lock").path
-        let fd = open(path, O_RDWR | O_CREAT, 0o644)
+        let fd = open(path, O_RDWR | O_CREAT, 0o600)
         guard fd >= 0 else { throw EngineError(.lock, pool, "cannot open \(path)") }
+        fchmod(fd, 0o600)
         defer { close(fd) }
         let deadline = timeout.map { Date().addingTimeInterval($0) }
         while flock(fd, LOCK_EX | LOCK_NB) != 0 {
