@@ -114,12 +114,14 @@ import Testing
             metadata: {name: lab}
             spec:
               url: http://xcp.example.com
+              insecure: true
               credentials: {username: root, passwordEnv: PW}
               tls: {insecureSkipVerify: true}
             """
         let result = SpecLoader.load(sources: [.init(path: "w.yaml", text: text)])
         #expect(result.isValid)
-        #expect(result.warnings.map(\.location.line) == [5, 7])
+        #expect(result.warnings.map(\.location.line) == [5, 8])
+        #expect(result.state?.pools[0].spec.insecure == true)
         #expect(result.warnings.allSatisfy { $0.code == .insecure })
     }
 

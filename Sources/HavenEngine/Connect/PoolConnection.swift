@@ -27,6 +27,14 @@ public enum PoolConnection {
             }
             password = text.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
         }
+        // An empty password is a configuration mistake (an unset secret, an empty file), never a
+        // login to attempt: say which variable or file, and send nothing.
+        if password.isEmpty {
+            let source = creds.passwordEnv.map { "environment variable \($0) (spec.credentials.passwordEnv)" }
+                ?? creds.passwordFile.map { "the first line of the password file \($0) (spec.credentials.passwordFile)" }
+                ?? "spec.credentials"
+            throw EngineError(.credentials, pool.name, "Pool '\(pool.name)': the password from \(source) is empty; haven does not log in with an empty password")
+        }
         let tls: TLSPolicy
         if spec.tls.insecureSkipVerify {
             tls = .insecure

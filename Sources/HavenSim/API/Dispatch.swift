@@ -112,6 +112,9 @@ extension SimPool {
         if isAsync {
             return .success(.string(startTask(name: wireName, call: call, handler: m.handler)))
         }
+        // xapi runs a synchronous call inside a server-side task too: when that task fails, the
+        // call fails with the task's error, and nothing of it is done.
+        if let code = taskFailure(for: name) { return .failure(XenAPIError(code: code, parameters: [])) }
         do {
             let v = try db.withLock { try m.handler(&call) }
             return .success(v)
@@ -156,13 +159,30 @@ extension SimPool {
         return fired
     }
 
+    /// The code of the first `task-fail` rule that fires for this method, counting down
+    /// `@count` rules and honouring `@p`, as error rules do.
+    func taskFailure(for method: String) -> String? {
+        let fired: String? = db.withLock {
+            for (i, rule) in faults.enumerated() where rule.kind == .taskFail && rule.matches(method) {
+                if let p = rule.probability, Double.random(in: 0..<1) >= p { continue }
+                if let n = rule.remaining {
+                    if n <= 1 { faults.remove(at: i) } else { faults[i].remaining = n - 1 }
+                }
+                return rule.code
+            }
+            return nil
+        }
+        if fired != nil { saveFaults() }
+        return fired
+    }
+
     // MARK: tasks
 
     /// Creates a task, runs the call on a thread of its own, and records its outcome in the task
     /// the way xapi does (result as XML-RPC text, error_info as [code, params…]).
     func startTask(name: String, call: SimCall, handler: @escaping @Sendable (inout SimCall) throws -> XenValue) -> String {
         let taskRef: String = db.withLock { newTask(label: name, description: "", session: call.session) }
-        let failMidway: FaultRule? = db.withLock { faults.first { $0.kind == .taskFail && $0.matches(call.method) } }
+        let failMidway = taskFailure(for: call.method)
         var prepared = call
         prepared.task = taskRef
         let taskCall = prepared
@@ -172,7 +192,7 @@ extension SimPool {
             if let failMidway {
                 Thread.sleep(forTimeInterval: 0.05)
                 db.withLock { db.set(taskRef, "progress", .double(0.5)) }
-                finishTask(taskRef, .failure(XenAPIError(code: failMidway.code, parameters: [])))
+                finishTask(taskRef, .failure(XenAPIError(code: failMidway, parameters: [])))
                 return
             }
             let outcome: Result<XenValue, XenAPIError>

@@ -218,8 +218,9 @@ extension SimPool {
         } else {
             db.removeFromSet(net, "purpose", purpose)
         }
-        // The NBD daemons pick their TLS mode from the purposes; restart them outside the lock.
+        // The NBD daemons pick their TLS mode from the purposes; restart them outside the lock,
+        // on the supervisor's long-lived thread (see NBDSupervisor for why it matters).
         let pool = self
-        Thread { try? pool.reconfigureNBD() }.start()
+        nbdSupervisor.submit { try? pool.reconfigureNBD() }
     }
 }

@@ -9,7 +9,8 @@ import XenAPI
 /// - `session-expiry:DURATION` — sessions become invalid that long after login.
 /// - `nbd-drop:BYTES` — an NBD connection is cut after that many bytes were served.
 /// - `failover:ADDRESS` — the master role moves to the host with that address.
-/// - `task-fail:METHOD:CODE` — an `Async.` call of METHOD fails halfway with CODE.
+/// - `task-fail:METHOD:CODE` — the task of a call of METHOD fails with CODE: an `Async.` call's
+///   task fails halfway; a synchronous call (which xapi also runs in a task) fails with CODE.
 /// - `sr-full:SR` — calls that allocate on the SR named SR fail with SR_FULL.
 struct FaultRule: Codable, Hashable, Sendable {
     enum Kind: String, Codable, Sendable { case error, latency, sessionExpiry, nbdDrop, failover, taskFail, srFull }

@@ -50,6 +50,8 @@ public final class SimPool: @unchecked Sendable {
     /// Guarded by `db.lock`.
     var faults: [FaultRule] = []
     var nbdPluginPath = ""
+    /// Every nbdkit start and restart runs on this thread.
+    let nbdSupervisor = NBDSupervisor()
     var controlToken = ""
     private var flusher: Thread?
     private var stopping = false
@@ -114,7 +116,7 @@ public final class SimPool: @unchecked Sendable {
             try server.start()
             host.server = server
         }
-        try reconfigureNBD()
+        try nbdSupervisor.run { [self] in try reconfigureNBD() }
         flusher = Thread { [weak self] in self?.flushLoop() }
         flusher?.start()
     }
@@ -125,6 +127,7 @@ public final class SimPool: @unchecked Sendable {
             h.server?.stop()
             h.nbd?.stop()
         }
+        nbdSupervisor.stop()
         flush()
     }
 

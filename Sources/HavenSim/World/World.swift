@@ -83,10 +83,34 @@ public struct World: Codable, Sendable {
 
     public static func load(path: String) throws -> World {
         let text = try String(contentsOfFile: path, encoding: .utf8)
+        var world: World
         do {
-            return try YAMLDecoder().decode(World.self, from: text)
+            world = try YAMLDecoder().decode(World.self, from: text)
         } catch {
             throw SimError("\(path): \(error)")
+        }
+        try world.normalisePowerStates(path: path, text: text)
+        return world
+    }
+
+    /// xapi's spellings of `VM.power_state`.
+    static let powerStates = ["Halted", "Paused", "Running", "Suspended"]
+
+    /// Accepts power states in any case (`xe vm-list` prints `running`) and stores xapi's
+    /// spelling, which every call compares against; refuses anything else with file:line:column.
+    mutating func normalisePowerStates(path: String, text: String) throws {
+        for p in pools.indices {
+            for v in (pools[p].vms ?? []).indices {
+                guard let given = pools[p].vms?[v].power else { continue }
+                if let canonical = Self.powerStates.first(where: { $0.caseInsensitiveCompare(given) == .orderedSame }) {
+                    pools[p].vms?[v].power = canonical
+                    continue
+                }
+                let node = (try? Yams.compose(yaml: text))?["pools"]?[p]?["vms"]?[v]?["power"]
+                let place = node?.mark.map { "\(path):\($0.line):\($0.column)" } ?? path
+                throw SimError(
+                    "\(place): VM '\(pools[p].vms?[v].name ?? "")': power '\(given)' is not a power state (\(Self.powerStates.joined(separator: ", ")))")
+            }
         }
     }
 

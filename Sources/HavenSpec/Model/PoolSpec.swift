@@ -10,6 +10,9 @@ public struct PoolSpec: ResourceSpec, Hashable {
     public var tls: TLSSettings
     public var nbd: NBDSettings
     public var limits: Limits
+    /// Allows an `http://` url: the password and every session reference then cross the network
+    /// in clear, so it must be asked for in so many words.
+    public var insecure: Bool
 
     /// Who haven logs in as. Secrets are never inline: only environment variable names or files.
     public struct Credentials: Sendable, Hashable, Encodable {
@@ -91,6 +94,8 @@ public struct PoolSpec: ResourceSpec, Hashable {
             FieldInfo("tls", .object(TLSSettings.shape), "How to verify the pool's certificate."),
             FieldInfo("nbd", .object(NBDSettings.shape), "Network block device settings for reading disks."),
             FieldInfo("limits", .object(Limits.shape), "Concurrency limits on this pool."),
+            FieldInfo("insecure", .boolean, default: "false",
+                      "Allow an http:// url. The password and session travel unencrypted: for a lab behind a trusted network only."),
         ])
 }
 
@@ -98,8 +103,9 @@ extension PoolSpec {
     init(_ r: MappingReader) {
         let ctx = r.context
         url = r.string("url")?.value ?? ""
+        insecure = r.bool("insecure") ?? false
         if let loc = r.string("url") {
-            checkURL(loc, r)
+            checkURL(loc, insecure: insecure, r)
         }
         var creds = Credentials(username: nil, usernameEnv: nil, passwordEnv: nil, passwordFile: nil)
         if let c = r.mapping("credentials") {
@@ -161,7 +167,7 @@ private func checkEnvName(_ name: Located<String>, key: String, _ r: MappingRead
     return name.value
 }
 
-private func checkURL(_ text: Located<String>, _ r: MappingReader) {
+private func checkURL(_ text: Located<String>, insecure: Bool, _ r: MappingReader) {
     let ctx = r.context
     guard let url = URL(string: text.value), let scheme = url.scheme?.lowercased(), let host = url.host, !host.isEmpty
     else {
@@ -176,12 +182,20 @@ private func checkURL(_ text: Located<String>, _ r: MappingReader) {
             "'spec.url' must not carry a user or password; use 'spec.credentials' with 'usernameEnv' and 'passwordEnv' or 'passwordFile'")
         return
     }
+    if let port = url.port, !(1...65535).contains(port) {
+        ctx.sink.error(.invalidValue, at: text.location, "'spec.url' has port \(port); a TCP port is from 1 to 65535")
+        return
+    }
     switch scheme {
     case "https": break
-    case "http":
+    case "http" where insecure:
         ctx.sink.warning(
             .insecure, at: text.location,
             "\(ctx.resource): 'spec.url' uses plain http; the password and session travel unencrypted")
+    case "http":
+        ctx.sink.error(
+            .insecure, at: text.location,
+            "\(ctx.resource): 'spec.url' uses plain http, which would send the password in clear; use https:// or set 'spec.insecure: true'")
     default:
         ctx.sink.error(.invalidValue, at: text.location, "'spec.url' must start with https:// (or http://), found '\(text.value)'")
     }

@@ -72,6 +72,9 @@ public struct Schedule: Sendable, Hashable, Encodable {
             exclusive: [["every", "cron"]])
     }
 
+    /// The longest interval a schedule may have: 366 days.
+    static let maxEvery = SpecDuration(seconds: 366 * 86_400)
+
     init(_ r: MappingReader?, defaultEvery: SpecDuration) {
         timezone = "UTC"
         every = nil
@@ -84,6 +87,13 @@ public struct Schedule: Sendable, Hashable, Encodable {
         if let e = every, e.seconds < 60 {
             r.context.sink.error(
                 .invalidDuration, at: r.valueLocation("every"), "'\(r.path("every"))' must be at least 1m, found \(e)")
+        } else if let e = every, e.seconds > Self.maxEvery.seconds {
+            // Beyond a year the interval is a typo, and near Int64.max seconds date arithmetic
+            // overflows: the RPO would read "met" forever.
+            r.context.sink.error(
+                .invalidDuration, at: r.valueLocation("every"),
+                "'\(r.path("every"))' must be at most \(Self.maxEvery) (a year), found \(e)")
+            every = nil
         }
         cron = r.parsed("cron", as: "cron expression", code: .invalidCron, CronSchedule.parse)
         if let tz = r.string("timezone") {

@@ -64,6 +64,18 @@ public struct CronSchedule: Hashable, Sendable, TextValue {
         }
         var dow = sets[4]
         if dow & (1 << 7) != 0 { dow = (dow | 1) & ~(1 << 7) }
+        // With the day of week unrestricted, only the days of month choose the day: when none of
+        // them exists in any chosen month (`31 2`, `30 2`, `31 4,6,9,11`) the schedule never fires.
+        // (February counts 29 days: a leap day fires, every four years.)
+        if parts[2] != "*" && parts[4] == "*" {
+            let lengths = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+            let fires = (1...12).contains { m in
+                sets[3] & (1 << UInt64(m)) != 0 && (1...lengths[m - 1]).contains { sets[2] & (1 << UInt64($0)) != 0 }
+            }
+            if !fires {
+                return .failure(ValueError("'\(trimmed)' never fires: none of its days of month occurs in its months"))
+            }
+        }
         return .success(
             CronSchedule(
                 expression: trimmed, minutes: sets[0], hours: sets[1], daysOfMonth: sets[2], months: sets[3],

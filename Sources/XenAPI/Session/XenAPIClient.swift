@@ -14,6 +14,45 @@ public struct XenCredentials: Sendable, CustomStringConvertible {
     public var description: String { "\(username) (password redacted)" }
 }
 
+/// What a client waits for and holds. A pool answers RPCs in seconds with replies of at most tens
+/// of MiB (get_all_records of a large pool); these bounds stop a broken or hostile one from
+/// hanging haven or exhausting its memory.
+public struct XenAPILimits: Sendable, Hashable {
+    /// TCP connection and TLS handshake.
+    public var connectTimeout: Double
+    /// A whole RPC exchange (xapi answers synchronous calls when they are done).
+    public var replyTimeout: Double
+    /// Near silence (under 1 byte/s) tolerated on any transfer, data-path streams included.
+    public var stallTimeout: Double
+    /// Largest RPC reply held; refused while it arrives.
+    public var maxReplyBytes: Int
+    /// Waits before resending a call refused with `TOO_BUSY`; one resend per entry.
+    public var busyRetryDelays: [Double]
+
+    public init(
+        connectTimeout: Double = 10, replyTimeout: Double = 120, stallTimeout: Double = 120, maxReplyBytes: Int = 512 << 20,
+        busyRetryDelays: [Double] = [0.5, 1, 2, 4]
+    ) {
+        self.connectTimeout = connectTimeout
+        self.replyTimeout = replyTimeout
+        self.stallTimeout = stallTimeout
+        self.maxReplyBytes = maxReplyBytes
+        self.busyRetryDelays = busyRetryDelays
+    }
+}
+
+/// A login refused by the client itself, before anything is sent.
+public struct XenCredentialsError: Error, Sendable, Hashable, CustomStringConvertible {
+    public enum Code: String, Sendable { case emptyPassword = "EMPTY_PASSWORD" }
+    public var code: Code
+    /// The pool's address.
+    public var context: String
+
+    public var description: String {
+        "\(code.rawValue): the password for \(context) is empty; haven does not send an empty password as a login attempt"
+    }
+}
+
 /// Which wire protocol a client speaks.
 public enum WireProtocol: String, Sendable { case jsonrpc, xmlrpc }
 
@@ -39,6 +78,7 @@ public struct PoolCapabilities: Sendable, Hashable {
 public actor XenAPIClient {
     public nonisolated let credentials: XenCredentials
     public nonisolated let http: HTTPClient
+    public nonisolated let limits: XenAPILimits
     public let originator: String
     public private(set) var baseURL: String
     public private(set) var wire: WireProtocol
@@ -48,10 +88,14 @@ public actor XenAPIClient {
     private let preferred: WireProtocol
 
     /// `url` is any host of the pool (`https://host[:port]`); the path is ignored.
-    public init(url: String, credentials: XenCredentials, tls: TLSPolicy, wire: WireProtocol = .jsonrpc, originator: String = "haven") {
+    public init(
+        url: String, credentials: XenCredentials, tls: TLSPolicy, wire: WireProtocol = .jsonrpc, originator: String = "haven",
+        limits: XenAPILimits = XenAPILimits()
+    ) {
         self.baseURL = Self.origin(of: url)
         self.credentials = credentials
-        self.http = HTTPClient(tls: tls)
+        self.limits = limits
+        self.http = HTTPClient(tls: tls, connectTimeout: limits.connectTimeout, stallTimeout: limits.stallTimeout)
         self.preferred = wire
         self.wire = wire
         self.originator = originator
@@ -96,6 +140,9 @@ public actor XenAPIClient {
     }
 
     private func rawLogin() async throws -> String {
+        // xapi would answer SESSION_AUTHENTICATION_FAILED after its deliberate 5 s delay, and a
+        // login attempt with an empty password is noise in the pool's audit log: refuse here.
+        guard !credentials.password.isEmpty else { throw XenCredentialsError(code: .emptyPassword, context: baseURL) }
         let params: [XenValue] = [.string(credentials.username), .string(credentials.password), "1.1", .string(originator)]
         do {
             return try await send(.sessionLogin, params).stringValue ?? ""
@@ -142,7 +189,23 @@ public actor XenAPIClient {
 
     struct WireFallback: Error { var underlying: any Error }
 
-    private func send(_ method: XenMethod, _ params: [XenValue], async: Bool = false, timeout: Double = 120) async throws -> XenValue {
+    /// Sends one call. `TOO_BUSY` means xapi refused the call before running any of it, so every
+    /// method may be sent again: it is, after each of `limits.busyRetryDelays`. Only the login
+    /// may fall back to XML-RPC (`WireFallback`); other calls throw the underlying error.
+    private func send(_ method: XenMethod, _ params: [XenValue], async: Bool = false, timeout: Double? = nil) async throws -> XenValue {
+        var delays = limits.busyRetryDelays[...]
+        while true {
+            do {
+                return try await sendOnce(method, params, async: async, timeout: timeout ?? limits.replyTimeout)
+            } catch let e as XenAPIError where e.code == "TOO_BUSY" && !delays.isEmpty {
+                try await Task.sleep(for: .seconds(delays.removeFirst()))
+            } catch let e as WireFallback where method.name != XenMethod.sessionLogin.name {
+                throw e.underlying
+            }
+        }
+    }
+
+    private func sendOnce(_ method: XenMethod, _ params: [XenValue], async: Bool, timeout: Double) async throws -> XenValue {
         let name = async ? method.asyncName : method.name
         requestID += 1
         let id = requestID
@@ -151,9 +214,13 @@ public actor XenAPIClient {
         let body = wire == .jsonrpc ? JSONRPC.request(method: name, params: params, id: id) : XMLRPC.request(method: name, params: params)
         let contentType = wire == .jsonrpc ? "application/json" : "text/xml"
         let http = self.http
+        let maxBytes = limits.maxReplyBytes
+        // A long-poll (event.from) may stay silent as long as its own timeout.
+        let stall = max(limits.stallTimeout, timeout)
         let (head, data) = try await runBlocking {
             try http.fetch(
-                HTTPRequest(method: .post, url: url, headers: [("Content-Type", contentType)], timeout: timeout), body: .bytes(body))
+                HTTPRequest(method: .post, url: url, headers: [("Content-Type", contentType)], timeout: timeout, stallTimeout: stall),
+                body: .bytes(body), maxBytes: maxBytes)
         }
         if head.status != 200 {
             let err = XenAPIError(code: "HTTP_\(head.status)", parameters: [name, url])
@@ -163,6 +230,9 @@ public actor XenAPIClient {
         let outcome: Result<XenValue, XenAPIError>
         do {
             outcome = wire == .jsonrpc ? try JSONRPC.parseResponse(data) : try XMLRPC.parseResponse(data)
+        } catch let e as ReplyLimitError {
+            // A hostile reply is no sign of an old host: never a reason to switch protocols.
+            throw e
         } catch {
             if wire == .jsonrpc { throw WireFallback(underlying: error) }
             throw error

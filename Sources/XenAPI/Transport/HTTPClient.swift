@@ -9,15 +9,19 @@ public struct HTTPRequest: Sendable {
     public var method: Method
     public var url: String
     public var headers: [(String, String)]
-    /// Whole-request timeout in seconds; nil for streams that last as long as they need
-    /// (those are guarded by a low-speed limit instead).
+    /// Whole-request timeout in seconds; nil for streams that last as long as they need.
     public var timeout: Double?
+    /// Seconds a transfer may move less than 1 byte per second before it fails; nil for the
+    /// client's `stallTimeout`. Every request has one: a peer that accepts and then falls silent
+    /// is given up on, long streams included (they are long, never silent for minutes).
+    public var stallTimeout: Double?
 
-    public init(method: Method, url: String, headers: [(String, String)] = [], timeout: Double? = 60) {
+    public init(method: Method, url: String, headers: [(String, String)] = [], timeout: Double? = 60, stallTimeout: Double? = nil) {
         self.method = method
         self.url = url
         self.headers = headers
         self.timeout = timeout
+        self.stallTimeout = stallTimeout
     }
 }
 
@@ -63,15 +67,19 @@ public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
 /// Calls block their thread while data moves; the async wrappers run them on a thread of their own.
 public final class HTTPClient: Sendable {
     public let tls: TLSPolicy
+    /// Seconds for the TCP connection and the TLS handshake.
     public let connectTimeout: Double
+    /// Default seconds of near silence (under 1 byte/s) before a transfer fails.
+    public let stallTimeout: Double
     private let idle = Mutex<[String: [CurlHandle]]>([:])
 
     private static let globalInit: Void = { curl_global_init(Int(CURL_GLOBAL_ALL)) }()
 
-    public init(tls: TLSPolicy, connectTimeout: Double = 10) {
+    public init(tls: TLSPolicy, connectTimeout: Double = 10, stallTimeout: Double = 120) {
         _ = Self.globalInit
         self.tls = tls
         self.connectTimeout = connectTimeout
+        self.stallTimeout = stallTimeout
     }
 
     /// Performs a request; the reply body goes to `sink` piece by piece as it arrives (never held
@@ -83,7 +91,8 @@ public final class HTTPClient: Sendable {
         let key = Self.hostKey(request.url)
         let handle = idle.withLock { $0[key]?.popLast() } ?? CurlHandle()
         do {
-            let head = try handle.perform(request, body: body, tls: tls, connectTimeout: connectTimeout, sink: sink)
+            let head = try handle.perform(
+                request, body: body, tls: tls, connectTimeout: connectTimeout, stallTimeout: request.stallTimeout ?? stallTimeout, sink: sink)
             idle.withLock { pool in
                 var list = pool[key] ?? []
                 if list.count < 8 { list.append(handle) }
@@ -96,10 +105,17 @@ public final class HTTPClient: Sendable {
         }
     }
 
-    /// Performs a request and returns the whole body (RPC replies).
-    public func fetch(_ request: HTTPRequest, body: HTTPBody = .none) throws -> (HTTPResponseHead, [UInt8]) {
+    /// Performs a request and returns the whole body (RPC replies). A body larger than
+    /// `maxBytes` fails the transfer as it arrives (from libcurl's write callback), so no more
+    /// than `maxBytes` is ever held, whatever the peer sends or announces.
+    public func fetch(_ request: HTTPRequest, body: HTTPBody = .none, maxBytes: Int = .max) throws -> (HTTPResponseHead, [UInt8]) {
         var data: [UInt8] = []
-        let head = try perform(request, body: body) { data.append(contentsOf: $0) }
+        let head = try perform(request, body: body) { piece in
+            guard piece.count <= maxBytes - data.count else {
+                throw ReplyLimitError(.replyTooLarge, limit: maxBytes, context: HTTPTransportError.redacted(request.url))
+            }
+            data.append(contentsOf: piece)
+        }
         return (head, data)
     }
 
@@ -148,7 +164,7 @@ final class CurlHandle: @unchecked Sendable {
     }
 
     func perform(
-        _ request: HTTPRequest, body: HTTPBody, tls: TLSPolicy, connectTimeout: Double,
+        _ request: HTTPRequest, body: HTTPBody, tls: TLSPolicy, connectTimeout: Double, stallTimeout: Double,
         sink: (UnsafeRawBufferPointer) throws -> Void
     ) throws -> HTTPResponseHead {
         try withoutActuallyEscaping(sink) { sink in
@@ -168,10 +184,10 @@ final class CurlHandle: @unchecked Sendable {
             set(haven_curl_setopt_string(curl, CURLOPT_NOPROXY, "*"))
             if let t = request.timeout {
                 set(haven_curl_setopt_long(curl, CURLOPT_TIMEOUT_MS, Int(t * 1000)))
-            } else {
-                set(haven_curl_setopt_long(curl, CURLOPT_LOW_SPEED_LIMIT, 1))
-                set(haven_curl_setopt_long(curl, CURLOPT_LOW_SPEED_TIME, 120))
             }
+            // libcurl counts the low-speed window in whole seconds; at least 1.
+            set(haven_curl_setopt_long(curl, CURLOPT_LOW_SPEED_LIMIT, 1))
+            set(haven_curl_setopt_long(curl, CURLOPT_LOW_SPEED_TIME, max(1, Int(stallTimeout.rounded(.up)))))
             switch tls {
             case .system:
                 break

@@ -7,8 +7,10 @@ public enum JSON {
         public var description: String { "JSON parse error at byte \(offset): \(message)" }
     }
 
-    public static func parse(_ bytes: [UInt8]) throws -> XenValue {
-        var p = Parser(bytes: bytes)
+    /// Parses one JSON value; arrays and objects may nest at most `maxDepth` levels (the parser
+    /// recurses once per level: an unbounded depth is a stack overflow on hostile input).
+    public static func parse(_ bytes: [UInt8], maxDepth: Int = wireMaxNesting) throws -> XenValue {
+        var p = Parser(bytes: bytes, maxDepth: maxDepth)
         let v = try p.value()
         p.skipSpace()
         guard p.i == bytes.count else { throw ParseError(message: "trailing characters", offset: p.i) }
@@ -67,7 +69,22 @@ public enum JSON {
 
     struct Parser {
         let bytes: [UInt8]
+        var maxDepth = wireMaxNesting
         var i = 0
+        var depth = 0
+
+        init(bytes: [UInt8], maxDepth: Int = wireMaxNesting) {
+            self.bytes = bytes
+            self.maxDepth = maxDepth
+        }
+
+        /// Enters an array or object; refuses before recursing past the limit.
+        mutating func enter() throws {
+            depth += 1
+            guard depth <= maxDepth else {
+                throw ReplyLimitError(.nestingTooDeep, limit: maxDepth, context: "JSON, byte \(i)")
+            }
+        }
 
         func fail(_ m: String) -> ParseError { ParseError(message: m, offset: i) }
 
@@ -80,6 +97,8 @@ public enum JSON {
             guard i < bytes.count else { throw fail("unexpected end") }
             switch bytes[i] {
             case UInt8(ascii: "{"):
+                try enter()
+                defer { depth -= 1 }
                 i += 1
                 var o: [String: XenValue] = [:]
                 skipSpace()
@@ -102,6 +121,8 @@ public enum JSON {
                     throw fail("expected ',' or '}'")
                 }
             case UInt8(ascii: "["):
+                try enter()
+                defer { depth -= 1 }
                 i += 1
                 var a: [XenValue] = []
                 skipSpace()

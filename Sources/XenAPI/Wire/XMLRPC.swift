@@ -161,8 +161,22 @@ public enum XMLRPC {
     struct Scanner {
         let bytes: [UInt8]
         var i = 0
+        /// Arrays and structs open around the cursor; `value()` recurses once per level, so the
+        /// depth is bounded before recursing (5,000 levels of `<array>` overflowed the stack).
+        var depth = 0
+        let maxDepth: Int
 
-        init(_ bytes: [UInt8]) { self.bytes = bytes }
+        init(_ bytes: [UInt8], maxDepth: Int = wireMaxNesting) {
+            self.bytes = bytes
+            self.maxDepth = maxDepth
+        }
+
+        mutating func enter() throws {
+            depth += 1
+            guard depth <= maxDepth else {
+                throw ReplyLimitError(.nestingTooDeep, limit: maxDepth, context: "XML-RPC, byte \(i)")
+            }
+        }
 
         func fail(_ message: String) -> ParseError { ParseError(message: message, offset: i) }
 
@@ -312,6 +326,8 @@ public enum XMLRPC {
             case "base64": result = typeEmpty ? .string("") : .string(try text(until: "base64"))
             case "nil": result = .null
             case "array":
+                try enter()
+                defer { depth -= 1 }
                 try expectOpen("data")
                 var items: [XenValue] = []
                 while try peekOpen("value") { items.append(try value()) }
@@ -319,6 +335,8 @@ public enum XMLRPC {
                 try expectClose("array")
                 result = .array(items)
             case "struct":
+                try enter()
+                defer { depth -= 1 }
                 var members: [String: XenValue] = [:]
                 while try peekOpen("member") {
                     try expectOpen("member")
