@@ -150,22 +150,25 @@ import XenAPI
 
     /// Defects 6 and 7: selectors that match nothing and kinds not acted on are warnings.
     @Test func silentConfigurationsSpeakUp() throws {
-        let replication = """
+        let appliances = """
 
             ---
             apiVersion: haven/v1
-            kind: ReplicationPolicy
-            metadata: {name: to-self}
+            kind: AppliancePool
+            metadata: {name: abd}
             spec:
-              source: lab
-              vms: {names: [db]}
-              target: {pool: lab, sr: Local storage}
+              pool: lab
+              template: haven-abd
+              sr: Local storage
+              network: net0
+              addresses: [127.0.77.10-127.0.77.12]
+              netmask: 255.255.255.0
             """
-        let s = try Scenario(vms: Self.twoVMs, policy: Self.policy(names: "[web, db, buld]") + replication)
+        let s = try Scenario(vms: Self.twoVMs, policy: Self.policy(names: "[web, db, buld]") + appliances)
         let run = try s.diff()
         #expect(run.stdout.contains("! BackupPolicy daily: no VM named 'buld' in pool lab"), "\(run.stdout)")
         #expect(run.stdout.contains("haven.yaml:"), "the warning says where the name was written")
-        #expect(run.stdout.contains("! ReplicationPolicy to-self is not acted on yet"))
+        #expect(run.stdout.contains("! AppliancePool abd is not acted on yet"), "\(run.stdout)")
         let json = try JSONSerialization.jsonObject(with: Data(try s.diff(json: true).stdout.utf8)) as? [String: Any]
         let warnings = json?["warnings"] as? [[String: Any]] ?? []
         #expect(warnings.contains { $0["code"] as? String == "selector-matches-nothing" })

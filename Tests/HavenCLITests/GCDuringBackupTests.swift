@@ -20,7 +20,7 @@ import XenAPI
         #expect(try s.apply().status == 0)
         let v1 = try #require(try s.backups().first?["id"] as? String)
         // The only version is forgotten: its chunks are garbage, but the next full read deduplicates against them.
-        #expect(try s.haven(["backups", "forget", "--repo", s.repository, "--state", s.dir.path + "/state", v1]).status == 0)
+        #expect(try s.haven(["backups", "forget", "--repo", s.repository, "--state", s.dir.path + "/state", "--yes", v1]).status == 0)
         s.now = s.now.addingTimeInterval(25 * 3_600)
         // Widen the gap between the disk transfer and the manifest's commit.
         #expect(try s.simControl(["fault", "--rule", "latency:network.get_all_records:6s@count=1"]).status == 0)

@@ -105,20 +105,18 @@ import Testing
         let extra = """
             ---
             apiVersion: haven/v1
-            kind: Pool
-            metadata: {name: dr}
-            spec: {url: "https://dr.example.com", credentials: {username: root, passwordEnv: PW}}
-            ---
-            apiVersion: haven/v1
-            kind: ReplicationPolicy
-            metadata: {name: to-dr}
+            kind: AppliancePool
+            metadata: {name: abd}
             spec:
-              source: lab
-              vms: {names: [web]}
-              target: {pool: dr}
+              pool: lab
+              template: haven-abd
+              sr: Local storage
+              network: net0
+              addresses: [127.0.77.10-127.0.77.12]
+              netmask: 255.255.255.0
             """
         let p = w.plan(w.desired("", extra: extra))
-        #expect(p.warnings.contains { $0.code == .notActedOn && $0.resource == "ReplicationPolicy/to-dr" })
+        #expect(p.warnings.contains { $0.code == .notActedOn && $0.resource == "AppliancePool/abd" })
     }
 
     @Test func anUnreachablePoolIsReportedAndTheOthersArePlanned() {
