@@ -82,15 +82,35 @@ public final class Simulator: @unchecked Sendable {
         return try JSONDecoder().decode([PoolEndpoint].self, from: data)
     }
 
-    /// Sends a control command to the running simulator that owns `pool`.
+    /// Sends a control command to the running simulator that owns `pool`. Without a pool, a
+    /// command naming a VM goes to the one pool that has a VM of that name (a replica lives on
+    /// another pool than its source); a name found on several pools needs the pool. Other
+    /// commands go to the first pool.
     public static func control(stateDirectory: URL, pool: String?, _ command: [String: XenValue]) throws -> XenValue {
         let all = try endpoints(stateDirectory: stateDirectory)
+        let token = try String(contentsOf: stateDirectory.appendingPathComponent("control-token"), encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        if pool == nil, let vm = command["vm"]?.stringValue, all.count > 1 {
+            var holders: [PoolEndpoint] = []
+            for ep in all where try send(ep, token: token, ["command": "has-vm", "vm": .string(vm)])["found"]?.boolValue == true {
+                holders.append(ep)
+            }
+            if holders.count > 1 {
+                throw SimError("VM '\(vm)' exists on pools \(holders.map(\.name).joined(separator: ", ")): name one with --pool")
+            }
+            guard let target = holders.first else {
+                throw SimError("no VM named '\(vm)' on any pool (\(all.map(\.name).joined(separator: ", ")))")
+            }
+            return try send(target, token: token, command)
+        }
         let chosen = pool == nil ? all.first : all.first { $0.name == pool }
         guard let target = chosen else {
             throw SimError("no pool \(pool ?? "") in \(stateDirectory.path)/endpoints.json")
         }
-        let token = try String(contentsOf: stateDirectory.appendingPathComponent("control-token"), encoding: .utf8)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
+        return try send(target, token: token, command)
+    }
+
+    private static func send(_ target: PoolEndpoint, token: String, _ command: [String: XenValue]) throws -> XenValue {
         let tls: TLSPolicy = target.fingerprint.isEmpty ? .system : (TLSPolicy.fingerprint(target.fingerprint) ?? .insecure)
         let http = HTTPClient(tls: tls)
         var lastError: (any Error)?

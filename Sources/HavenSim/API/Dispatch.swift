@@ -47,18 +47,20 @@ struct SimMethod: Sendable {
 
 extension SimPool {
     /// Classes whose generic getters, setters and map operations are served.
-    static let classes = ["session", "pool", "host", "VM", "VBD", "VDI", "SR", "PBD", "SM", "network", "PIF", "VIF", "task", "message"]
+    static let classes = ["session", "pool", "host", "VM", "VM_metrics", "VBD", "VDI", "SR", "PBD", "SM", "network", "PIF", "VIF", "task",
+                          "message"]
 
     static let writableFields: [String: Set<String>] = [
         "VM": ["name_label", "name_description", "other_config", "tags", "blocked_operations", "is_a_template", "xenstore_data",
-               "memory_static_max", "memory_dynamic_max", "VCPUs_max", "VCPUs_at_startup", "platform", "HVM_boot_params"],
+               "memory_static_max", "memory_dynamic_max", "VCPUs_max", "VCPUs_at_startup", "platform", "HVM_boot_params",
+               "actions_after_shutdown", "actions_after_reboot", "affinity", "user_version", "PV_args", "recommendations"],
         "VDI": ["name_label", "name_description", "other_config", "sm_config", "tags", "xenstore_data"],
         "VBD": ["other_config", "userdevice", "mode", "bootable"],
         "SR": ["name_label", "name_description", "other_config", "tags"],
         "network": ["name_label", "name_description", "other_config", "tags", "MTU"],
         "pool": ["name_label", "name_description", "other_config", "tags", "default_SR"],
         "host": ["name_label", "name_description", "other_config", "tags"],
-        "task": ["other_config"], "VIF": ["other_config"], "PIF": ["other_config"], "PBD": ["other_config"],
+        "task": ["other_config"], "VIF": ["other_config"], "VM_metrics": ["other_config"], "PIF": ["other_config"], "PBD": ["other_config"],
         "SM": ["other_config"], "message": [], "session": ["other_config"],
     ]
 

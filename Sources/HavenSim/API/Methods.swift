@@ -35,7 +35,7 @@ extension SimPool {
             if (c.pool.apiMajor, c.pool.apiMinor) >= (2, 14) { throw c.fail(XenAPIError.Code.messageRemoved) }
             throw c.fail(XenAPIError.Code.vmSnapshotWithQuiesceNotSupported, try c.ref(0, "VM"))
         }
-        t["VM.create"] = SimMethod(arity: 1) { c in .string(try c.pool.createVM(c, c.params[0].structValue ?? [:])) }
+        t["VM.create"] = SimMethod(arity: 1) { c in .string(try c.pool.createVM(c, try c.pool.constructorRecord(c, "VM"))) }
         t["VM.destroy"] = SimMethod(arity: 1) { c in try c.pool.destroyVM(c, try c.ref(0, "VM")); return "" }
         t["VM.clone"] = SimMethod(arity: 2) { c in .string(try c.pool.cloneVM(c, try c.ref(0, "VM"), name: try c.string(1), sr: nil)) }
         t["VM.copy"] = SimMethod(arity: 3) { c in
@@ -49,6 +49,15 @@ extension SimPool {
             return ""
         }
         t["VM.start"] = SimMethod(arity: 3) { c in try c.pool.changePower(c, try c.ref(0, "VM"), op: "start"); return "" }
+        t["VM.start_on"] = SimMethod(arity: 4) { c in
+            _ = try c.ref(1, "host")
+            try c.pool.changePower(c, try c.ref(0, "VM"), op: "start_on")
+            return ""
+        }
+        t["VM.revert"] = SimMethod(arity: 1) { c in try c.pool.revertVM(c, snapshot: try c.ref(0, "VM")); return "" }
+        t["VM.set_ha_restart_priority"] = SimMethod(arity: 2) { c in
+            try c.pool.setHARestartPriority(c, try c.ref(0, "VM"), try c.string(1)); return ""
+        }
         t["VM.clean_shutdown"] = SimMethod(arity: 1) { c in try c.pool.changePower(c, try c.ref(0, "VM"), op: "clean_shutdown"); return "" }
         t["VM.hard_shutdown"] = SimMethod(arity: 1) { c in try c.pool.changePower(c, try c.ref(0, "VM"), op: "hard_shutdown"); return "" }
         // VDI
@@ -59,19 +68,19 @@ extension SimPool {
         }
         t["VDI.data_destroy"] = SimMethod(arity: 1, needsCBTAPI: true) { c in try c.pool.dataDestroy(c, try c.ref(0, "VDI")); return "" }
         t["VDI.get_nbd_info"] = SimMethod(arity: 1, needsCBTAPI: true, async: false) { c in try c.pool.nbdInfo(c, try c.ref(0, "VDI")) }
-        t["VDI.create"] = SimMethod(arity: 1) { c in .string(try c.pool.createVDI(c, c.params[0].structValue ?? [:])) }
+        t["VDI.create"] = SimMethod(arity: 1) { c in .string(try c.pool.createVDI(c, try c.pool.constructorRecord(c, "VDI"))) }
         t["VDI.destroy"] = SimMethod(arity: 1) { c in try c.pool.destroyVDI(c, try c.ref(0, "VDI")); return "" }
         t["VDI.snapshot"] = SimMethod(arity: 2, optional: 1) { c in .string(try c.pool.snapshotVDI(c, try c.ref(0, "VDI"))) }
         t["VDI.clone"] = SimMethod(arity: 2, optional: 1) { c in .string(try c.pool.cloneVDI(c, try c.ref(0, "VDI"), sr: nil)) }
         t["VDI.copy"] = SimMethod(arity: 4, optional: 2) { c in .string(try c.pool.cloneVDI(c, try c.ref(0, "VDI"), sr: try c.ref(1, "SR"))) }
         // VBD
-        t["VBD.create"] = SimMethod(arity: 1) { c in .string(try c.pool.createVBD(c, c.params[0].structValue ?? [:])) }
+        t["VBD.create"] = SimMethod(arity: 1) { c in .string(try c.pool.createVBD(c, try c.pool.constructorRecord(c, "VBD"))) }
         t["VBD.destroy"] = SimMethod(arity: 1) { c in try c.pool.destroyVBD(c, try c.ref(0, "VBD")); return "" }
         t["VBD.plug"] = SimMethod(arity: 1) { c in try c.pool.plugVBD(c, try c.ref(0, "VBD"), plug: true); return "" }
         t["VBD.unplug"] = SimMethod(arity: 1) { c in try c.pool.plugVBD(c, try c.ref(0, "VBD"), plug: false); return "" }
         t["VBD.unplug_force"] = t["VBD.unplug"]
         // VIF
-        t["VIF.create"] = SimMethod(arity: 1) { c in .string(try c.pool.createVIF(c, c.params[0].structValue ?? [:])) }
+        t["VIF.create"] = SimMethod(arity: 1) { c in .string(try c.pool.createVIF(c, try c.pool.constructorRecord(c, "VIF"))) }
         t["VIF.destroy"] = SimMethod(arity: 1) { c in
             let vif = try c.ref(0, "VIF")
             if let vm = c.db.field(vif, "VM")?.stringValue { c.db.removeFromSet(vm, "VIFs", vif) }

@@ -276,6 +276,8 @@ extension SimPool {
         var record = Templates.vbd(vm: vm, vdi: vdi, userdevice: userdevice, type: type, mode: mode, bootable: r["bootable"]?.boolValue ?? false)
         record["other_config"] = r["other_config"] ?? [:]
         record["unpluggable"] = r["unpluggable"] ?? true
+        record["qos_algorithm_type"] = r["qos_algorithm_type"] ?? ""
+        record["qos_algorithm_params"] = r["qos_algorithm_params"] ?? [:]
         let vbd = db.insert("VBD", record)
         db.addToSet(vm, "VBDs", vbd)
         if vdi != "OpaqueRef:NULL" { db.addToSet(vdi, "VBDs", vbd) }

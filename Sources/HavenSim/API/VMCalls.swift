@@ -48,6 +48,11 @@ extension SimPool {
         }
         var record = source
         record["uuid"] = nil
+        // What VM.revert restores (xapi keeps it as snapshot_metadata).
+        var metadata = source
+        for k in metadata.keys where k.hasPrefix("__") { metadata[k] = nil }
+        record["__snapshot_metadata"] = .structure(metadata)
+        record["metrics"] = .string(copyMetrics(of: source))
         record["name_label"] = .string(name)
         record["is_a_snapshot"] = true
         record["is_a_template"] = true
@@ -100,6 +105,14 @@ extension SimPool {
         return snap
     }
 
+    /// A VM_metrics object of its own for a copy of a VM (snapshot, clone): xapi never shares one.
+    /// Lock held.
+    func copyMetrics(of source: [String: XenValue]) -> String {
+        var m = (source["metrics"]?.stringValue).flatMap { db.get($0, "VM_metrics") } ?? Templates.vmMetrics()
+        m["uuid"] = nil
+        return db.insert("VM_metrics", m)
+    }
+
     func destroyVM(_ c: SimCall, _ vm: String) throws {
         try checkOperation(c, vm, "destroy", allowed: ["Halted", "Suspended"])
         let f = db.get(vm, "VM")!
@@ -112,6 +125,7 @@ extension SimPool {
             db.remove(vif)
         }
         if let of = f["snapshot_of"]?.stringValue, db.get(of) != nil { db.removeFromSet(of, "snapshots", vm) }
+        if let m = f["metrics"]?.stringValue, db.get(m, "VM_metrics") != nil { db.remove(m) }
         db.remove(vm)
     }
 
@@ -121,6 +135,8 @@ extension SimPool {
         try checkOperation(c, vm, sr == nil ? "clone" : "copy", allowed: isSnapshot ? ["Halted", "Suspended"] : ["Halted"])
         var record = source
         record["uuid"] = nil
+        record["__snapshot_metadata"] = nil
+        record["metrics"] = .string(copyMetrics(of: source))
         record["name_label"] = .string(name)
         record["is_a_snapshot"] = false
         record["snapshot_of"] = Templates.null
@@ -157,8 +173,9 @@ extension SimPool {
 
     func changePower(_ c: SimCall, _ vm: String, op: String) throws {
         switch op {
-        case "start":
-            try checkOperation(c, vm, "start", allowed: ["Halted"])
+        case "start", "start_on":
+            try checkOperation(c, vm, op, allowed: ["Halted"])
+            try validateBootParameters(c, vm)
             powerOn(vm)
         case "clean_shutdown":
             try checkOperation(c, vm, "clean_shutdown", allowed: ["Running"])
@@ -170,19 +187,188 @@ extension SimPool {
         refreshAllowedOperations(vm)
     }
 
-    /// VM.create: a new halted VM from a record; fields not given take xapi's defaults.
+    /// Constructor fields without a default, in the data model's order: xapi looks each up in
+    /// the record as it unmarshals it, and the first one missing fails the call.
+    static let requiredCreateFields: [String: [String]] = [
+        "VM": ["user_version", "is_a_template", "affinity", "memory_static_max", "memory_dynamic_max", "memory_dynamic_min",
+               "memory_static_min", "VCPUs_params", "VCPUs_max", "VCPUs_at_startup", "actions_after_shutdown",
+               "actions_after_reboot", "actions_after_crash", "PV_bootloader", "PV_kernel", "PV_ramdisk", "PV_args",
+               "PV_bootloader_args", "PV_legacy_args", "HVM_boot_policy", "HVM_boot_params", "platform", "PCI_bus",
+               "other_config", "recommendations"],
+        "VDI": ["SR", "virtual_size", "type", "sharable", "read_only", "other_config"],
+        "VBD": ["VM", "VDI", "userdevice", "bootable", "mode", "type", "empty", "other_config", "qos_algorithm_type",
+                "qos_algorithm_params"],
+        "VIF": ["device", "network", "VM", "MAC", "MTU", "other_config", "qos_algorithm_type", "qos_algorithm_params"],
+    ]
+
+    /// The record argument of `<cls>.create` as the wire gave it, checked for the required fields:
+    /// xapi's server raises `Dispatcher_FieldNotFound` for a missing one, which its exception
+    /// mapper turns into INTERNAL_ERROR with the printed exception (server_helpers.ml, exnHelper.ml).
+    func constructorRecord(_ c: SimCall, _ cls: String) throws -> [String: XenValue] {
+        guard let r = c.params.first?.structValue else { throw c.fail(XenAPIError.Code.internalError, "Failure(\"bad __structure\")") }
+        for field in Self.requiredCreateFields[cls] ?? [] where r[field] == nil {
+            throw c.fail(XenAPIError.Code.internalError, "Server_helpers.Dispatcher_FieldNotFound(\"\(field)\")")
+        }
+        return r
+    }
+
+    /// VM.create: a new halted VM from a record (xapi_vm.ml `create`). As in xapi,
+    /// blocked_operations, bios_strings and the protection fields of the record are ignored (set
+    /// blocked_operations afterwards), a `mac_seed` is added to other_config, a VM_metrics object
+    /// is made, domain_type follows HVM_boot_policy when unspecified, and the values are only
+    /// validated when the VM starts.
     func createVM(_ c: SimCall, _ r: [String: XenValue]) throws -> String {
-        guard let name = r["name_label"]?.stringValue else { throw c.fail(XenAPIError.Code.invalidValue, "name_label", "") }
-        var record = Templates.vm(name: name, memory: r["memory_static_max"]?.intValue ?? 1 << 30)
-        let settable = ["name_description", "memory_static_max", "memory_static_min", "memory_dynamic_max", "memory_dynamic_min",
-                        "memory_target", "VCPUs_max", "VCPUs_at_startup", "VCPUs_params", "actions_after_shutdown",
-                        "actions_after_reboot", "actions_after_crash", "PV_bootloader", "PV_kernel", "PV_ramdisk", "PV_args",
-                        "HVM_boot_policy", "HVM_boot_params", "platform", "other_config", "tags", "blocked_operations",
-                        "xenstore_data", "domain_type", "bios_strings", "is_a_template", "user_version"]
+        var record = Templates.vm(name: r["name_label"]?.stringValue ?? "", memory: r["memory_static_max"]?.intValue ?? 1 << 30)
+        let settable = ["name_label", "name_description", "user_version", "is_a_template", "affinity", "memory_static_max",
+                        "memory_dynamic_max", "memory_dynamic_min", "memory_static_min", "memory_target", "VCPUs_params", "VCPUs_max",
+                        "VCPUs_at_startup", "actions_after_softreboot", "actions_after_shutdown", "actions_after_reboot",
+                        "actions_after_crash", "PV_bootloader", "PV_kernel", "PV_ramdisk", "PV_args", "PV_bootloader_args",
+                        "PV_legacy_args", "HVM_boot_policy", "HVM_boot_params", "HVM_shadow_multiplier", "platform", "PCI_bus",
+                        "other_config", "recommendations", "xenstore_data", "ha_always_run", "ha_restart_priority", "tags",
+                        "appliance", "start_delay", "shutdown_delay", "order", "suspend_SR", "generation_id",
+                        "hardware_platform_version", "has_vendor_device", "reference_label", "NVRAM"]
         for key in settable { if let v = r[key] { record[key] = v } }
+        if r["memory_target"] == nil { record["memory_target"] = record["memory_dynamic_max"] }
+        var other = record["other_config"]?.structValue ?? [:]
+        if other["mac_seed"] == nil { other["mac_seed"] = .string(Database.newUUID()) }
+        record["other_config"] = .structure(other)
+        let domainType = r["domain_type"]?.stringValue ?? "unspecified"
+        if domainType == "unspecified" {
+            record["domain_type"] = (record["HVM_boot_policy"]?.stringValue ?? "").isEmpty ? "pv" : "hvm"
+        } else {
+            record["domain_type"] = .string(domainType)
+        }
+        record["metrics"] = .string(db.insert("VM_metrics", Templates.vmMetrics()))
         let vm = db.insert("VM", record)
         refreshAllowedOperations(vm)
         return vm
+    }
+
+    /// The checks xapi makes on a VM's settings when it starts (xapi_vm_helpers.ml
+    /// `validate_basic_parameters`): vCPU counts, then memory ranges that cannot be coerced.
+    func validateBootParameters(_ c: SimCall, _ vm: String) throws {
+        let f = db.get(vm, "VM")!
+        let vcpusMax = f["VCPUs_max"]?.intValue ?? 1
+        let vcpusStart = f["VCPUs_at_startup"]?.intValue ?? 1
+        if vcpusMax < 1 { throw c.fail(XenAPIError.Code.invalidValue, "VCPUs_max", String(vcpusMax)) }
+        if vcpusStart < 1 { throw c.fail(XenAPIError.Code.invalidValue, "VCPUs-at-startup", String(vcpusStart)) }
+        if vcpusStart > vcpusMax {
+            throw c.fail("VALUE_NOT_SUPPORTED", "VCPUs-at-startup", String(vcpusStart), "value greater than VCPUs-max")
+        }
+        let staticMin = f["memory_static_min"]?.intValue ?? 0
+        let staticMax = f["memory_static_max"]?.intValue ?? 0
+        let dynamicMin = f["memory_dynamic_min"]?.intValue ?? 0
+        let dynamicMax = f["memory_dynamic_max"]?.intValue ?? 0
+        if staticMax < staticMin || dynamicMax < dynamicMin { throw c.fail("MEMORY_CONSTRAINT_VIOLATION") }
+    }
+
+    /// VM.set_ha_restart_priority: "", "restart" or "best-effort" (xapi_vm_helpers.ml
+    /// `validate_restart_priority`); with HA off nothing else is checked.
+    func setHARestartPriority(_ c: SimCall, _ vm: String, _ value: String) throws {
+        guard ["", "restart", "best-effort"].contains(value) else { throw c.fail(XenAPIError.Code.invalidValue, "ha_restart_priority", value) }
+        db.set(vm, "ha_restart_priority", .string(value))
+    }
+
+    // MARK: revert
+
+    /// Fields of a VM that a revert leaves as they are (xapi_vm_snapshot.ml `do_not_copy`): identity,
+    /// runtime state, devices (rebuilt from the snapshot's), the snapshot tree, tags and affinity.
+    static let revertKeeps: Set<String> = [
+        "uuid", "suspend_VDI", "power_state", "parent", "current_operations", "allowed_operations", "metrics", "guest_metrics",
+        "resident_on", "domid", "protection_policy", "snapshot_schedule", "scheduled_to_be_resident_on", "snapshots", "tags",
+        "affinity", "groups", "consoles", "VBDs", "VIFs", "VGPUs", "VUSBs", "VTPMs", "attached_PCIs", "is_snapshot_from_vmpp",
+    ]
+
+    /// VM.revert(snapshot), as xapi does it on SRs without VDI.revert (every SMAPIv1 SR): the VM's
+    /// disks that the snapshot holds a copy of are destroyed, the snapshot's disks are cloned
+    /// (new VDIs, new uuids, CBT off: SM does not carry the log over to a clone) and attached in
+    /// their place, older snapshots of the old disks are re-pointed at the clones, disks the
+    /// snapshot lacks are detached but kept, VIFs are copied from the snapshot with their MACs,
+    /// and the VM's settings return to those recorded at snapshot time (blocked_operations and
+    /// other_config included). The VM ends in the snapshot's power state.
+    func revertVM(_ c: SimCall, snapshot: String) throws {
+        let snap = db.get(snapshot, "VM")!
+        // Revert is allowed in every power state; the lifecycle checks (blocked, template) come
+        // before the "snapshots only" one.
+        try checkOperation(c, snapshot, "revert", allowed: ["Halted", "Running", "Paused", "Suspended"])
+        // api_errors.ml `only_revert_snapshot`, without parameters.
+        guard snap["is_a_snapshot"]?.boolValue == true else { throw c.fail("REVERT_ONLY_ALLOWED_ON_SNAPSHOT") }
+        guard let vm = snap["snapshot_of"]?.stringValue, db.get(vm, "VM") != nil else {
+            // xapi would first recreate the VM from the snapshot's metadata; the simulator does not.
+            throw c.fail("VM_REVERT_FAILED", snapshot, snap["snapshot_of"]?.stringValue ?? "OpaqueRef:NULL")
+        }
+        try checkOperation(c, vm, "reverting", allowed: ["Halted", "Running", "Paused", "Suspended"])
+        // The old disks cannot be destroyed while attached: xapi fails the revert then.
+        if db.field(vm, "power_state")?.stringValue != "Halted" { throw c.fail("VM_REVERT_FAILED", snapshot, vm) }
+
+        func vbds(_ of: String, disks: Bool) -> [String] {
+            (db.field(of, "VBDs")?.stringArray ?? []).filter { (db.field($0, "type")?.stringValue == "Disk") == disks }
+        }
+        let snapDiskVBDs = vbds(snapshot, disks: true)
+        let snapDisks = snapDiskVBDs.compactMap { db.field($0, "VDI")?.stringValue }.filter { db.get($0, "VDI") != nil }
+        let snapshotOf = Set(snapDisks.compactMap { db.field($0, "snapshot_of")?.stringValue })
+        for vdi in snapDisks {
+            if let sr = db.field(vdi, "SR")?.stringValue { try checkSRSpace(c, sr: sr, adding: db.field(vdi, "virtual_size")?.intValue ?? 0) }
+        }
+        // Old devices out: every VBD goes; disks the snapshot has a copy of are destroyed.
+        for vbd in db.field(vm, "VBDs")?.stringArray ?? [] {
+            let vdi = db.field(vbd, "VDI")?.stringValue ?? ""
+            try destroyVBD(c, vbd)
+            if db.field(vbd, "type")?.stringValue != "CD", snapshotOf.contains(vdi), db.get(vdi, "VDI") != nil {
+                try destroyVDI(c, vdi)
+            }
+        }
+        // New disks: clones of the snapshot's, in the old disks' place in the snapshot tree.
+        for vbd in snapDiskVBDs + vbds(snapshot, disks: false) {
+            guard let v = db.get(vbd, "VBD") else { continue }
+            var vdi = v["VDI"]?.stringValue ?? "OpaqueRef:NULL"
+            if v["type"]?.stringValue == "Disk", db.get(vdi, "VDI") != nil {
+                let previous = db.field(vdi, "snapshot_of")?.stringValue ?? "OpaqueRef:NULL"
+                let clone = try cloneVDI(c, vdi, sr: nil)
+                for other in db.find("VDI", where: { $0["snapshot_of"]?.stringValue == previous }) where previous != "OpaqueRef:NULL" {
+                    db.set(other, "snapshot_of", .string(clone))
+                    db.addToSet(clone, "snapshots", other)
+                }
+                vdi = clone
+            }
+            var r = Templates.vbd(vm: vm, vdi: vdi, userdevice: v["userdevice"]?.stringValue ?? "0", type: v["type"]?.stringValue ?? "Disk",
+                                  mode: v["mode"]?.stringValue ?? "RW", bootable: v["bootable"]?.boolValue ?? false)
+            r["other_config"] = v["other_config"] ?? [:]
+            r["unpluggable"] = v["unpluggable"] ?? true
+            let nv = db.insert("VBD", r)
+            db.addToSet(vm, "VBDs", nv)
+            if db.get(vdi, "VDI") != nil { db.addToSet(vdi, "VBDs", nv) }
+        }
+        for vif in db.field(vm, "VIFs")?.stringArray ?? [] {
+            if let net = db.field(vif, "network")?.stringValue { db.removeFromSet(net, "VIFs", vif) }
+            db.remove(vif)
+        }
+        db.set(vm, "VIFs", [])
+        for vif in snap["VIFs"]?.stringArray ?? [] {
+            guard var r = db.get(vif, "VIF") else { continue }
+            r["uuid"] = nil
+            r["VM"] = .string(vm)
+            r["currently_attached"] = false
+            let nv = db.insert("VIF", r)
+            db.addToSet(vm, "VIFs", nv)
+            if let net = r["network"]?.stringValue { db.addToSet(net, "VIFs", nv) }
+        }
+        // Settings as they were when the snapshot was taken.
+        if case .structure(let metadata)? = snap["__snapshot_metadata"] {
+            db.update(vm) { f in
+                for (k, v) in metadata where !Self.revertKeeps.contains(k) { f[k] = v }
+            }
+        }
+        if let old = db.field(vm, "metrics")?.stringValue, db.get(old, "VM_metrics") != nil { db.remove(old) }
+        var metrics = (snap["metrics"]?.stringValue).flatMap { db.get($0, "VM_metrics") } ?? Templates.vmMetrics()
+        metrics["uuid"] = nil
+        db.set(vm, "metrics", .string(db.insert("VM_metrics", metrics)))
+        db.set(vm, "parent", .string(snapshot))
+        db.update(vm) { f in
+            f["power_state"] = snap["power_state"] ?? "Halted"
+            f["ha_always_run"] = false
+        }
+        refreshAllowedOperations(vm)
     }
 
     // MARK: VIF
@@ -194,11 +380,18 @@ extension SimPool {
         guard let net = r["network"]?.stringValue, db.get(net, "network") != nil else {
             throw c.fail(XenAPIError.Code.handleInvalid, "network", r["network"]?.stringValue ?? "")
         }
+        let device = r["device"]?.stringValue ?? "0"
+        // xapi_vif_helpers.ml: one VIF per device number on a VM.
+        if (db.field(vm, "VIFs")?.stringArray ?? []).contains(where: { db.field($0, "device")?.stringValue == device }) {
+            throw c.fail("DEVICE_ALREADY_EXISTS", device)
+        }
         var rng = SplitMix64(state: UInt64.random(in: 1...UInt64.max))
         let mac = r["MAC"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 } ?? Templates.macAddress(&rng)
-        var record = Templates.vif(vm: vm, network: net, device: r["device"]?.stringValue ?? "0", mac: mac)
+        var record = Templates.vif(vm: vm, network: net, device: device, mac: mac)
         record["MAC_autogenerated"] = .bool(r["MAC"]?.stringValue?.isEmpty ?? true)
-        record["other_config"] = r["other_config"] ?? [:]
+        for key in ["other_config", "MTU", "qos_algorithm_type", "qos_algorithm_params", "locking_mode", "ipv4_allowed", "ipv6_allowed"] {
+            if let v = r[key] { record[key] = v }
+        }
         let vif = db.insert("VIF", record)
         db.addToSet(vm, "VIFs", vif)
         db.addToSet(net, "VIFs", vif)

@@ -41,6 +41,8 @@ extension SimPool {
                 vdi: vdi, percent: cmd["percent"]?.doubleValue ?? 1, clustered: cmd["pattern"]?.stringValue == "clustered",
                 seed: UInt64(cmd["seed"]?.intValue ?? Int64.random(in: 1...Int64.max)))
             return ["blocks": .array(blocks.map { .int(Int64($0)) }), "vdi": .string(db.withLock { db.field(vdi, "uuid")?.stringValue ?? "" })]
+        case "has-vm":
+            return ["found": .bool((try? findVM(cmd["vm"]?.stringValue ?? "")) != nil)]
         case "power":
             let vm = try findVM(cmd["vm"]?.stringValue ?? "")
             let action = cmd["action"]?.stringValue ?? ""

@@ -33,6 +33,7 @@ extension SimPool {
                 dom0["is_control_domain"] = true
                 dom0["resident_on"] = .string(h.ref)
                 dom0["domid"] = 0
+                dom0["metrics"] = .string(db.insert("VM_metrics", Templates.vmMetrics()))
                 let dom0Ref = db.insert("VM", dom0)
                 db.addToSet(h.ref, "resident_VMs", dom0Ref)
             }
@@ -114,6 +115,7 @@ extension SimPool {
         var record = Templates.vm(name: v.name, power: template ? "Halted" : (v.power ?? "Halted"), template: template, memory: memory)
         record["tags"] = .strings(v.tags ?? [])
         record["other_config"] = .map(v.otherConfig ?? [:])
+        record["metrics"] = .string(db.insert("VM_metrics", Templates.vmMetrics()))
         let vm = db.insert("VM", record)
         for (n, d) in (v.disks ?? []).enumerated() {
             var sr = defaultSR
@@ -154,6 +156,25 @@ extension SimPool {
             f["domid"] = .int(Int64.random(in: 1...999))
         }
         db.addToSet(master, "resident_VMs", vm)
+        // What a guard reads to tell that a VM was booted: VM_metrics.start_time (xapi stamps it
+        // from xenopsd's last_start_time, whole seconds).
+        var metrics = db.field(vm, "metrics")?.stringValue ?? ""
+        if db.get(metrics, "VM_metrics") == nil {
+            metrics = db.insert("VM_metrics", Templates.vmMetrics())
+            db.set(vm, "metrics", .string(metrics))
+        }
+        let vcpus = db.field(vm, "VCPUs_at_startup") ?? 1
+        let memory = db.field(vm, "memory_dynamic_max") ?? 0
+        let hvm = !(db.field(vm, "HVM_boot_policy")?.stringValue ?? "").isEmpty
+        db.update(metrics) { m in
+            m["start_time"] = Templates.now()
+            m["last_updated"] = Templates.now()
+            m["VCPUs_number"] = vcpus
+            m["memory_actual"] = memory
+            m["state"] = ["running"]
+            m["hvm"] = .bool(hvm)
+            m["current_domain_type"] = hvm ? "hvm" : "pv"
+        }
         for (i, vbd) in (db.field(vm, "VBDs")?.stringArray ?? []).enumerated() {
             db.update(vbd) { f in
                 f["currently_attached"] = true
@@ -173,6 +194,14 @@ extension SimPool {
         }
         for vbd in db.field(vm, "VBDs")?.stringArray ?? [] { db.set(vbd, "currently_attached", false) }
         for vif in db.field(vm, "VIFs")?.stringArray ?? [] { db.set(vif, "currently_attached", false) }
+        if let metrics = db.field(vm, "metrics")?.stringValue, db.get(metrics, "VM_metrics") != nil {
+            db.update(metrics) { m in
+                m["state"] = []
+                m["VCPUs_number"] = 0
+                m["memory_actual"] = 0
+                m["last_updated"] = Templates.now()
+            }
+        }
     }
 
     /// allowed_operations as xapi computes them from the power state and the VM's kind. Lock held.

@@ -31,7 +31,8 @@ enum Templates {
             "memory_dynamic_max": .int(memory), "memory_dynamic_min": .int(memory), "memory_target": .int(memory),
             "memory_overhead": .int(memory / 64), "VCPUs_max": 2, "VCPUs_at_startup": 2, "VCPUs_params": [:],
             "actions_after_shutdown": "destroy", "actions_after_reboot": "restart", "actions_after_crash": "restart",
-            "PV_bootloader": "", "PV_kernel": "", "PV_ramdisk": "", "PV_args": "", "PV_bootloader_args": "",
+            "PV_bootloader": "", "PV_kernel": "", "PV_ramdisk": "", "PV_args": "", "PV_bootloader_args": "", "PV_legacy_args": "",
+            "actions_after_softreboot": "soft_reboot", "scheduled_to_be_resident_on": null,
             "HVM_boot_policy": "BIOS order", "HVM_boot_params": ["order": "dc"], "HVM_shadow_multiplier": .double(1),
             "platform": ["vga": "std", "videoram": "8"], "PCI_bus": "", "domid": -1, "domarch": "",
             "user_version": 1, "ha_restart_priority": "", "ha_always_run": false, "is_snapshot_from_vmpp": false,
@@ -41,6 +42,16 @@ enum Templates {
             "shutdown_delay": 0, "order": 0, "generation_id": "", "hardware_platform_version": 0,
             "has_vendor_device": false, "requires_reboot": false, "reference_label": "", "domain_type": "hvm",
             "NVRAM": [:], "pending_guidances": [],
+        ]
+    }
+
+    /// VM_metrics: xapi makes one per VM at creation with every time at the epoch; starting the
+    /// VM stamps `start_time` (what a guard reads to tell whether a VM was booted).
+    static func vmMetrics() -> [String: XenValue] {
+        [
+            "memory_actual": 0, "VCPUs_number": 0, "VCPUs_utilisation": ["0": .double(0)], "VCPUs_CPU": [:], "VCPUs_params": [:],
+            "VCPUs_flags": [:], "state": [], "start_time": epoch, "install_time": epoch, "last_updated": epoch,
+            "other_config": [:], "hvm": false, "nested_virt": false, "nomigrate": false, "current_domain_type": "unspecified",
         ]
     }
 

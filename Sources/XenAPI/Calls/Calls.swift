@@ -29,6 +29,8 @@ extension XenAPIClient {
     public func createVM(_ record: [String: XenValue]) async throws -> VMRef {
         XenRef(try await call(.vmCreate, [.structure(record)]).stringValue ?? "")
     }
+    /// Creates a halted VM with every field xapi requires.
+    public func createVM(_ spec: NewVM) async throws -> VMRef { try await createVM(spec.record) }
     public func vm(uuid: String) async throws -> VMRef { XenRef(try await call(.vmGetByUUID, [.string(uuid)]).stringValue ?? "") }
     public func vdi(uuid: String) async throws -> VDIRef { XenRef(try await call(.vdiGetByUUID, [.string(uuid)]).stringValue ?? "") }
     public func sr(uuid: String) async throws -> SRRef { XenRef(try await call(.srGetByUUID, [.string(uuid)]).stringValue ?? "") }
@@ -63,8 +65,28 @@ extension XenAPIClient {
     public func unblock(_ vm: VMRef, operation: String) async throws {
         _ = try await call(.vmRemoveFromBlockedOperations, [vm.value, .string(operation)])
     }
-    /// Reverts the VM a snapshot was taken of to that snapshot (xapi replaces the VM's disks by clones of the snapshot's).
+    /// Replaces the whole blocked_operations map (operation -> reason). xapi's VM.start, start_on,
+    /// resume… then fail with OPERATION_BLOCKED [vm, reason] before any other check.
+    public func setBlockedOperations(_ vm: VMRef, _ operations: [String: String]) async throws {
+        _ = try await call(.vmSetBlockedOperations, [vm.value, .map(operations)])
+    }
+    /// "", "restart" or "best-effort"; anything else gives INVALID_VALUE.
+    public func setHARestartPriority(_ vm: VMRef, _ priority: String) async throws {
+        _ = try await call(.vmSetHARestartPriority, [vm.value, .string(priority)])
+    }
+    public func start(_ vm: VMRef, on host: HostRef, paused: Bool = false, force: Bool = false) async throws {
+        _ = try await call(.vmStartOn, [vm.value, host.value, .bool(paused), .bool(force)])
+    }
+    /// Reverts the snapshot's VM to it. The VM's disks are replaced by clones of the snapshot's
+    /// (new VDI refs and uuids, CBT off on them), its VIFs by copies of the snapshot's, and its
+    /// settings (other_config and blocked_operations included) by those at snapshot time; it ends
+    /// halted. REVERT_ONLY_ALLOWED_ON_SNAPSHOT on a VM that is not a snapshot.
     public func revert(to snapshot: VMRef) async throws { _ = try await call(.vmRevert, [snapshot.value]) }
+    /// The VM's VM_metrics record (`startDate` tells when it last booted).
+    public func metrics(of vm: VMRef) async throws -> VMMetricsRecord {
+        let ref = try await record(vm).metrics
+        return try await record(ref)
+    }
     public func addTag(_ vm: VMRef, _ tag: String) async throws { _ = try await call(.vmAddTags, [vm.value, .string(tag)]) }
     public func removeTag(_ vm: VMRef, _ tag: String) async throws { _ = try await call(.vmRemoveTags, [vm.value, .string(tag)]) }
 
@@ -88,6 +110,7 @@ extension XenAPIClient {
     public func createVDI(_ record: [String: XenValue]) async throws -> VDIRef {
         XenRef(try await call(.vdiCreate, [.structure(record)]).stringValue ?? "")
     }
+    public func createVDI(_ spec: NewVDI) async throws -> VDIRef { try await createVDI(spec.record) }
     public func setOtherConfig(_ vdi: VDIRef, key: String, value: String) async throws {
         _ = try await call(.vdiRemoveFromOtherConfig, [vdi.value, .string(key)])
         _ = try await call(.vdiAddToOtherConfig, [vdi.value, .string(key), .string(value)])
@@ -99,12 +122,14 @@ extension XenAPIClient {
     public func createVBD(_ record: [String: XenValue]) async throws -> VBDRef {
         XenRef(try await call(.vbdCreate, [.structure(record)]).stringValue ?? "")
     }
+    public func createVBD(_ spec: NewVBD) async throws -> VBDRef { try await createVBD(spec.record) }
     public func plug(_ vbd: VBDRef) async throws { _ = try await call(.vbdPlug, [vbd.value]) }
     public func unplug(_ vbd: VBDRef) async throws { _ = try await call(.vbdUnplug, [vbd.value]) }
     public func destroy(_ vbd: VBDRef) async throws { _ = try await call(.vbdDestroy, [vbd.value]) }
     public func createVIF(_ record: [String: XenValue]) async throws -> XenRef<VIFRecord> {
         XenRef(try await call(.vifCreate, [.structure(record)]).stringValue ?? "")
     }
+    public func createVIF(_ spec: NewVIF) async throws -> XenRef<VIFRecord> { try await createVIF(spec.record) }
     public func destroy(_ vif: XenRef<VIFRecord>) async throws { _ = try await call(.vifDestroy, [vif.value]) }
 
     // MARK: network

@@ -23,7 +23,8 @@ public struct XenMethod: Sendable, Hashable, CustomStringConvertible {
     static func getRecord(_ cls: String) -> XenMethod { XenMethod("\(cls).get_record", 2) }
 
     /// The classes the client reads whole records of.
-    static let recordClasses = ["pool", "host", "VM", "VBD", "VDI", "SR", "PBD", "SM", "network", "PIF", "VIF", "task", "message"]
+    static let recordClasses = ["pool", "host", "VM", "VM_metrics", "VBD", "VDI", "SR", "PBD", "SM", "network", "PIF", "VIF", "task",
+                                "message"]
 }
 
 extension XenMethod {
@@ -64,7 +65,10 @@ extension XenMethod {
     public static let vmRemoveFromOtherConfig = XenMethod("VM.remove_from_other_config", 3)
     public static let vmAddToBlockedOperations = XenMethod("VM.add_to_blocked_operations", 4)
     public static let vmRemoveFromBlockedOperations = XenMethod("VM.remove_from_blocked_operations", 3)
+    public static let vmStartOn = XenMethod("VM.start_on", 5)
     public static let vmRevert = XenMethod("VM.revert", 2)
+    public static let vmSetBlockedOperations = XenMethod("VM.set_blocked_operations", 3)
+    public static let vmSetHARestartPriority = XenMethod("VM.set_ha_restart_priority", 3)
     public static let vmAddTags = XenMethod("VM.add_tags", 3)
     public static let vmRemoveTags = XenMethod("VM.remove_tags", 3)
 
@@ -91,6 +95,8 @@ extension XenMethod {
 
     public static let vifCreate = XenMethod("VIF.create", 2)
     public static let vifDestroy = XenMethod("VIF.destroy", 2)
+    public static let vifGetRecord = XenMethod("VIF.get_record", 2)
+    public static let vmMetricsGetRecord = XenMethod("VM_metrics.get_record", 2)
 
     public static let networkAddPurpose = XenMethod("network.add_purpose", 3)
     public static let networkRemovePurpose = XenMethod("network.remove_purpose", 3)
@@ -109,7 +115,8 @@ extension XenMethod {
         pifGetAllRecords, vifGetAllRecords, taskGetAllRecords, messageGetAllRecords, vmGetRecord, vmGetByUUID,
         vmSnapshot, vmSnapshotLegacy, vmDestroy, vmCreate, vmClone, vmCopy, vmProvision, vmStart, vmCleanShutdown,
         vmHardShutdown, vmSetNameLabel, vmSetIsATemplate, vmAddToOtherConfig, vmRemoveFromOtherConfig,
-        vmAddToBlockedOperations, vmRemoveFromBlockedOperations, vmRevert, vmAddTags, vmRemoveTags, vdiGetRecord, vdiGetByUUID, srGetByUUID,
+        vmAddToBlockedOperations, vmRemoveFromBlockedOperations, vmStartOn, vmRevert, vmSetBlockedOperations,
+        vmSetHARestartPriority, vifGetRecord, vmMetricsGetRecord, vmAddTags, vmRemoveTags, vdiGetRecord, vdiGetByUUID, srGetByUUID,
         vdiEnableCBT, vdiDisableCBT, vdiListChangedBlocks, vdiDataDestroy, vdiGetNBDInfo, vdiCreate, vdiDestroy,
         vdiSnapshot, vdiAddToOtherConfig, vdiRemoveFromOtherConfig, vdiSetNameLabel, vbdGetRecord, vbdCreate, vbdPlug,
         vbdUnplug, vbdDestroy, vifCreate, vifDestroy, networkAddPurpose, networkRemovePurpose, taskCreate, taskGetRecord,

@@ -65,6 +65,10 @@ extension XenAPIClient {
     }
 
     /// Streams a disk in: raw bytes from offset 0, or a VHD whose present blocks are written.
+    /// With `.vhd` onto an existing VDI only the sectors the VHD marks present change (the rest
+    /// of the VDI stays as it is) and CBT on the VDI records them: a delta made with
+    /// DiskFormats' `VHDDelta` goes in as
+    /// `let s = VHDDeltaStream(delta, read: …); importRawVDI(vdi, format: .vhd, length: delta.fileSize) { try s.read(into: $0) }`.
     public func importRawVDI(
         _ vdi: VDIRef, format: DiskFormat = .raw, length: Int64,
         read: @escaping (UnsafeMutableRawBufferPointer) throws -> Int
