@@ -103,6 +103,38 @@ import XenAPI
         try await expectEqualDisks(s, c, "after the resync")
     }
 
+    @Test func failoverRevertsToARestorePointAndTheReplicaIsNeverWrittenAgain() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy(keep: 3), srs: Self.srs)
+        let c = s.client()
+        #expect(try s.apply().status == 0)
+        let (web, _) = try await c.vmNamed("web")
+        let firstSync = try await c.diskVDIs(web)
+        var firstSums: [String] = []
+        for v in firstSync { firstSums.append(try s.sha(s.diskFile(try await c.record(v).uuid))) }
+        let afterFirst = s.now
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "10", "--seed", "5"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        #expect(try s.apply().status == 0)
+        // Fail over to the first restore point, without starting.
+        let at = ISO8601DateFormatter().string(from: afterFirst.addingTimeInterval(60))
+        let run = try s.haven(["failover", "-f", s.config, "dr", "web", "--at", at, "--no-start"])
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let (rep, rec) = try #require(try await replica(c))
+        #expect(rec.blockedOperations["start"] == nil, "the start block is lifted")
+        for (i, v) in try await c.diskVDIs(rep).enumerated() {
+            #expect(try s.sha(s.diskFile(try await c.record(v).uuid)) == firstSums[i], "disk \(i) is back at the first sync")
+        }
+        try await c.start(rep)
+        #expect(try await c.record(rep).powerState == .running)
+        // From now on the plan never writes it, and says why.
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "5", "--seed", "6"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        let diff = try s.diff()
+        #expect(diff.stdout.contains("was failed over"), "\(diff.stdout)")
+        #expect(!diff.stdout.contains("sync replica"))
+        #expect(try s.haven(["failover", "-f", s.config, "dr", "web"]).status == 2, "a second failover is refused")
+    }
+
     @Test func aMissingNetworkMappingIsAPlanError() throws {
         let vms = """
                   - name: web

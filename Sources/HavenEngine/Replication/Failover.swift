@@ -55,9 +55,21 @@ extension Engine {
                 }
                 if rec.powerState != .halted { try await client.hardShutdown(replica) }
                 try await withRetry { try await client.revert(to: point.ref) }
+                // xapi's revert restores the settings of snapshot time (blocked_operations included)
+                // and gives the VM new disks without CBT: unblock, and switch CBT on again so that a
+                // later fail-back can tell what the running replica changed.
                 for op in ReplicateRun.blockedOperations { try await client.unblock(replica, operation: op) }
                 try await client.setOtherConfig(replica, key: "haven.failed-over", value: ISO8601DateFormatter().string(from: now))
-                var failed = record
+                var disks: [String: String] = [:]
+                for vbd in try await client.record(replica).vbds {
+                    let b = try await client.record(vbd)
+                    guard b.type == "Disk", !b.vdi.isNull else { continue }
+                    let v = try await client.record(b.vdi)
+                    if !v.cbtEnabled { try await withRetry { try await client.enableCBT(b.vdi) } }
+                    disks[b.userdevice] = v.uuid
+                }
+                var failed = ReplicaRecord(policy: record.policy, sourcePool: record.sourcePool, sourceVM: record.sourceVM, sourceName: record.sourceName,
+                                           targetPool: record.targetPool, replicaUUID: record.replicaUUID, disks: disks, lastSync: record.lastSync)
                 failed.failedOverAt = now
                 try catalog.setReplica(failed)
                 if start { try await client.start(replica) }

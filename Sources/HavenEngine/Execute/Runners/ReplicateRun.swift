@@ -162,6 +162,8 @@ struct ReplicateRun {
         ])
         let ref = try await target.createVM(record)
         let uuid = try await target.record(ref).uuid
+        // VM.create ignores blocked_operations (xapi drops it): set them on the VM that now exists.
+        try await target.setBlockedOperations(ref, Dictionary(uniqueKeysWithValues: Self.blockedOperations.map { ($0, reason) }))
         // Owned from the moment it exists: a crash from here on leaves nothing haven cannot find again.
         try ctx.catalog.own(OwnedObject(pool: job.targetPool, cls: "VM", uuid: uuid, role: "replica", policy: owner, vmUUID: vmRecord.uuid, createdAt: started))
         try ctx.catalog.setReplica(ReplicaRecord(policy: policy, sourcePool: sourcePool, sourceVM: vmRecord.uuid, sourceName: vmRecord.nameLabel,
