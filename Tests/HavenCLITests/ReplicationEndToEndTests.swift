@@ -135,6 +135,32 @@ import XenAPI
         #expect(try s.haven(["failover", "-f", s.config, "dr", "web"]).status == 2, "a second failover is refused")
     }
 
+    @Test func aRemovedPolicyKeepsItsReplicaUntilDeletedByName() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy(), srs: Self.srs)
+        let c = s.client()
+        #expect(try s.apply().status == 0)
+        let list = try s.haven(["replicas", "list", "-f", s.config])
+        #expect(list.status == 0)
+        #expect(list.stdout.contains("replica-web"), "\(list.stdout)")
+        // The policy is removed: the replica stays, and diff names the command that deletes it.
+        let file = s.config + "/haven.yaml"
+        var text = try String(contentsOfFile: file, encoding: .utf8)
+        text = String(text[..<text.range(of: "apiVersion: haven/v1\nkind: ReplicationPolicy")!.lowerBound])
+        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        let diff = try s.diff()
+        #expect(diff.stdout.contains("haven replicas delete dr web"), "\(diff.stdout)")
+        #expect(try s.apply().status == 0)
+        #expect(try await replica(c) != nil, "a DR copy is never deleted implicitly")
+        let del = try s.haven(["replicas", "delete", "-f", s.config, "dr", "web", "--yes"])
+        #expect(del.status == 0, "\(del.stdout)\(del.stderr)")
+        #expect(try await replica(c) == nil)
+        let leftovers = try await c.records(VMRecord.self).values.filter { $0.otherConfig["haven.owner"] != nil }
+        #expect(leftovers.isEmpty, "no restore point left: \(leftovers.map(\.nameLabel))")
+        let vdis = try await c.records(VDIRecord.self).values.filter { $0.otherConfig["haven.owner"] != nil }
+        #expect(vdis.isEmpty, "no replica disk or replication anchor left: \(vdis.map(\.nameLabel))")
+        #expect(try s.diff().status == 0)
+    }
+
     @Test func aMissingNetworkMappingIsAPlanError() throws {
         let vms = """
                   - name: web

@@ -36,7 +36,7 @@ struct ApplyCommand: AsyncParsableCommand {
         let saved = try planFile.map { file in
             do { return try PlanRenderer.load(file) } catch { throw CLIError("cannot read the plan \(file): \(ExitMapping.describe(error))", code: .io) }
         }
-        let progress = ProgressRenderer(tty: isatty(2) == 1)
+        let progress = ProgressRenderer(tty: stderrIsInteractive)
         let request = ReconcileRequest(scope: scope, savedPlan: saved, lockTimeout: lockTimeout, now: { currentTime() })
         let approve = autoApprove
         let recorder = RunRecorder(catalog: engine.catalog, command: RunRecorder.commandLine)

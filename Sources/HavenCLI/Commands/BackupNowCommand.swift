@@ -61,7 +61,7 @@ struct BackupNowCommand: AsyncParsableCommand {
         let scope = TargetScope(pools: Array(Set(chosen.map(\.spec.pool.value))).sorted(), policies: Set(chosen.map(\.name)))
         let request = ReconcileRequest(scope: scope, lockTimeout: lockTimeout, now: { currentTime() },
                                        forceBackup: ForceBackup(policy: policy, vm: vm, full: full))
-        let progress = ProgressRenderer(tty: isatty(2) == 1)
+        let progress = ProgressRenderer(tty: stderrIsInteractive)
         let recorder = RunRecorder(catalog: engine.catalog, command: RunRecorder.commandLine)
         let what = vm.map { "VM \($0)" + (policy.map { " in BackupPolicy \($0)" } ?? "") } ?? "BackupPolicy \(policy ?? "")"
         let work = Task {

@@ -146,7 +146,7 @@ struct SimFaultCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fault", abstract: "Inject a fault into a running simulator, or clear them.",
         discussion: """
-            Rules: error:METHOD:CODE[:P1,P2][@count=N|@p=0.3], latency:METHOD:250ms, session-expiry:30s, \
+            Rules: error:METHOD:CODE[:P1,P2][@count=N|@p=0.3], latency:METHOD:250ms, session-expiry:30s (after 30 s unused), \
             nbd-drop:BYTES, failover:ADDRESS, task-fail:METHOD:CODE, sr-full:SR. Without --rule or --clear, \
             lists the active rules.
             """)

@@ -48,3 +48,6 @@ func currentTime() -> Date {
 
 var stdoutIsTTY: Bool { isatty(1) == 1 }
 var stdinIsTTY: Bool { isatty(0) == 1 }
+
+/// A terminal that can redraw a status line: not when TERM is dumb (no cursor control).
+var stderrIsInteractive: Bool { isatty(2) == 1 && ProcessInfo.processInfo.environment["TERM"] != "dumb" }

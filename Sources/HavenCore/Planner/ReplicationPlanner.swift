@@ -150,7 +150,7 @@ extension Planner.Context {
         for rec in catalog.replicas where !declared.contains(rec.policy) {
             warn(.replicaKept, rec.targetPool, "kept-\(rec.replicaUUID)", resource: "ReplicationPolicy/\(rec.policy)",
                  "replica \(rec.replicaUUID) of \(rec.sourceName) (ReplicationPolicy \(rec.policy), no longer declared) is kept on \(rec.targetPool)",
-                 reason: "a DR copy is never deleted implicitly; delete it with `xe vm-uninstall uuid=\(rec.replicaUUID)` and `haven replicas forget \(rec.policy) \(rec.sourceName)`")
+                 reason: "a DR copy is never deleted implicitly; delete it with `haven replicas delete \(rec.policy) \(rec.sourceName)`")
         }
     }
 }

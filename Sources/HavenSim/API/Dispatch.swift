@@ -130,7 +130,8 @@ extension SimPool {
     func checkSession(_ ref: String) -> XenAPIError? {
         db.withLock {
             guard var s = db.sessions[ref] else { return XenAPIError(code: XenAPIError.Code.sessionInvalid, parameters: [ref]) }
-            if let expiry = faults.first(where: { $0.kind == .sessionExpiry }), Date().timeIntervalSince(s.created) > expiry.seconds {
+            // As xapi: a session ends after a time without use (its last_active), not at an age.
+            if let expiry = faults.first(where: { $0.kind == .sessionExpiry }), Date().timeIntervalSince(s.lastActive) > expiry.seconds {
                 db.sessions[ref] = nil
                 if let obj = db.find("session", where: { _ in true }).first(where: { $0 == ref }) { db.remove(obj) }
                 return XenAPIError(code: XenAPIError.Code.sessionInvalid, parameters: [ref])
