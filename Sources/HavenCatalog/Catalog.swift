@@ -77,6 +77,16 @@ public final class Catalog: Sendable {
                 t.primaryKey(["policy", "sourcePool", "sourceVM"])
             }
         }
+        m.registerMigration("v5-snapshot-intents") { db in
+            try db.create(table: "snapshotIntent") { t in
+                t.column("pool", .text).notNull()
+                t.column("vmUUID", .text).notNull()
+                t.column("policy", .text).notNull()
+                t.column("name", .text).notNull()
+                t.column("requestedAt", .datetime).notNull()
+                t.primaryKey(["pool", "name"])
+            }
+        }
         return m
     }
 
@@ -84,7 +94,7 @@ public final class Catalog: Sendable {
         try db.read { db in
             CatalogView(
                 backups: try BackupRecord.fetchAll(db), anchors: try Anchor.fetchAll(db), inventory: try OwnedObject.fetchAll(db),
-                cbtMarks: try CBTMark.fetchAll(db), replicas: try ReplicaRecord.fetchAll(db))
+                cbtMarks: try CBTMark.fetchAll(db), replicas: try ReplicaRecord.fetchAll(db), intents: try SnapshotIntent.fetchAll(db))
         }
     }
 
@@ -101,6 +111,11 @@ public final class Catalog: Sendable {
     public func markCBT(_ mark: CBTMark) throws { try db.write { try mark.save($0) } }
     public func unmarkCBT(pool: String, vdiUUID: String) throws {
         _ = try db.write { try CBTMark.filter(Column("pool") == pool && Column("vdiUUID") == vdiUUID).deleteAll($0) }
+    }
+
+    public func recordIntent(_ i: SnapshotIntent) throws { try db.write { try i.save($0) } }
+    public func clearIntent(pool: String, name: String) throws {
+        _ = try db.write { try SnapshotIntent.filter(Column("pool") == pool && Column("name") == name).deleteAll($0) }
     }
 
     public func setReplica(_ r: ReplicaRecord) throws { try db.write { try r.save($0) } }
@@ -142,4 +157,7 @@ extension CBTMark: FetchableRecord, PersistableRecord, TableRecord {
 }
 extension ReplicaRecord: FetchableRecord, PersistableRecord, TableRecord {
     public static var databaseTableName: String { "replica" }
+}
+extension SnapshotIntent: FetchableRecord, PersistableRecord, TableRecord {
+    public static var databaseTableName: String { "snapshotIntent" }
 }

@@ -8,10 +8,13 @@ public struct CatalogView: Sendable, Codable {
     public var inventory: [OwnedObject]
     public var cbtMarks: [CBTMark]
     public var replicas: [ReplicaRecord] = []
+    /// Snapshots haven asked for and has not yet marked as its own (a run that died in VM.snapshot leaves one).
+    public var intents: [SnapshotIntent] = []
 
     public init(backups: [BackupRecord] = [], anchors: [Anchor] = [], inventory: [OwnedObject] = [], cbtMarks: [CBTMark] = [],
-                replicas: [ReplicaRecord] = []) {
+                replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = []) {
         self.replicas = replicas
+        self.intents = intents
         self.backups = backups
         self.anchors = anchors
         self.inventory = inventory
@@ -154,3 +157,22 @@ public struct ReplicaRecord: Sendable, Codable, Hashable {
 
 /// The catalog key replication uses for anchors and owned objects, apart from BackupPolicies of the same name.
 public func replicationOwnerKey(_ policy: String) -> String { "replication:\(policy)" }
+
+/// "Snapshot of VM X named N requested at T": recorded before `VM.snapshot` is called and cleared
+/// once the snapshot carries haven's mark, so a snapshot made by a call whose caller died can be
+/// proven haven's (by VM, name and time) and adopted or removed.
+public struct SnapshotIntent: Sendable, Codable, Hashable {
+    public var pool: String
+    public var vmUUID: String
+    public var policy: String
+    public var name: String
+    public var requestedAt: Date
+
+    public init(pool: String, vmUUID: String, policy: String, name: String, requestedAt: Date) {
+        self.pool = pool
+        self.vmUUID = vmUUID
+        self.policy = policy
+        self.name = name
+        self.requestedAt = requestedAt
+    }
+}

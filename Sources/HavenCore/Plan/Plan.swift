@@ -115,6 +115,7 @@ public struct PlanWarning: Sendable, Codable, Hashable {
         case replicaFailedOver = "replica-failed-over"
         case replicaKept = "replica-kept"
         case notBuilt = "not-built"
+        case unprovenSnapshot = "unproven-snapshot"
     }
 
     /// A plan error: the run exits 2 (what else is planned still runs).
@@ -358,10 +359,14 @@ public struct CBTChange: Sendable, Codable, Hashable {
 public struct OwnedRemoval: Sendable, Codable, Hashable {
     public var uuid: String
     public var label: String
+    /// A snapshot left by a run that died in `VM.snapshot`: not marked yet, proven haven's by the
+    /// recorded intent of this name; it is marked (adopted), then removed.
+    public var adoptIntent: String?
 
-    public init(uuid: String, label: String) {
+    public init(uuid: String, label: String, adoptIntent: String? = nil) {
         self.uuid = uuid
         self.label = label
+        self.adoptIntent = adoptIntent
     }
 }
 

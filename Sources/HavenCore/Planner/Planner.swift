@@ -478,8 +478,34 @@ extension Planner {
             for s in mine.dropFirst(keep) { remove(s, "snapshotRetention \(policy.spec.snapshotRetention)") }
         }
 
+        /// Snapshots left by runs that died inside `VM.snapshot`: found by the recorded intent (the
+        /// VM, the exact name) and removed; a snapshot named like haven's that no intent or mark
+        /// proves is haven's is reported, never touched.
+        mutating func orphanSnapshots() {
+            for (poolName, pool) in observed.sorted(by: { $0.key < $1.key }) {
+                let intents = catalog.intents.filter { $0.pool == poolName }
+                var adopted = Set<String>()
+                for i in intents {
+                    for s in pool.snapshots where s.snapshotOf == i.vmUUID && s.name == i.name && (s.otherConfig[OwnershipMarks.owner] ?? planner.instance) == planner.instance
+                        && !(inventoryByPool[poolName] ?? []).contains(where: { $0.uuid == s.uuid }) {
+                        adopted.insert(s.uuid)
+                        let vm = pool.vms.first { $0.uuid == i.vmUUID }.map { VMIdentity(uuid: $0.uuid, name: $0.name) }
+                        add(PlannedAction(key: ActionKey(.deleteSnapshot, pool: poolName, subject: s.uuid, policy: i.policy),
+                                          action: .deleteSnapshot(OwnedRemoval(uuid: s.uuid, label: "\(s.name) (\(s.uuid))", adoptIntent: i.name)), vm: vm,
+                                          reason: "left by a run that stopped during VM.snapshot (requested at \(Self.iso(i.requestedAt))); haven's by its recorded intent, so it is adopted and removed"))
+                    }
+                }
+                for s in pool.snapshots where s.name.hasPrefix("haven ") && s.otherConfig[OwnershipMarks.owner] == nil && !adopted.contains(s.uuid) {
+                    warn(.unprovenSnapshot, poolName, "unproven-\(s.uuid)",
+                         "snapshot '\(s.name)' (\(s.uuid)) is named like haven's, but nothing proves it is this haven's: left alone",
+                         reason: "delete it by hand if it is a leftover (`xe snapshot-uninstall uuid=\(s.uuid)`)")
+                }
+            }
+        }
+
         /// What haven made for VMs no policy covers any more, and CBT no policy wants any more.
         mutating func cleanup() {
+            orphanSnapshots()
             for (poolName, pool) in observed.sorted(by: { $0.key < $1.key }) {
                 let covers = covered[poolName] ?? []
                 // Replicas, their restore points and replication's anchors are the replication's own business.

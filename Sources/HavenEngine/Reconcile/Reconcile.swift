@@ -45,6 +45,7 @@ extension Engine {
         try await withSessions {
             try await withPoolLocks(request.scope.pools.sorted(), timeout: request.lockTimeout) {
                 let observation = await observe(pools: request.scope.pools)
+                try clearStaleIntents(observation, now: request.now())
                 let plan: Plan
                 if let saved = request.savedPlan {
                     guard saved.formatVersion == Plan.currentFormatVersion else {
@@ -75,6 +76,17 @@ extension Engine {
                 }
                 let result = await executor(plan: plan, now: request.now, emit: events).apply()
                 return ReconcileReport(plan: plan, approved: true, result: result, unreachable: observation.unreachable)
+            }
+        }
+    }
+
+    /// An intent whose snapshot never appeared (the call failed before xapi made it) is dropped
+    /// once the pool has been seen without it for a while; this run holds the pool's lock.
+    func clearStaleIntents(_ observation: Observation, now: Date) throws {
+        for i in try catalog.view().intents where now.timeIntervalSince(i.requestedAt) > 600 {
+            guard let pool = observation.pools[i.pool] else { continue }
+            if !pool.snapshots.contains(where: { $0.snapshotOf == i.vmUUID && $0.name == i.name }) {
+                try catalog.clearIntent(pool: i.pool, name: i.name)
             }
         }
     }

@@ -53,10 +53,15 @@ struct BackupRun {
         let snapshot: VMRef
         let ignored = ignore
         let limits = ctx.limiters(pool)
+        // The intent first: if this process dies inside VM.snapshot, the snapshot the pool still
+        // makes is found by it (VM, exact name) and removed by the next run.
+        try ctx.catalog.recordIntent(SnapshotIntent(pool: pool, vmUUID: vmRecord.uuid, policy: policy, name: snapshotName, requestedAt: started))
         do {
             snapshot = try await limits.snapshots.with { try await withRetry(on: log) { try await client.snapshot(vmRef, name: snapshotName, ignoreVDIs: ignored) } }
         } catch {
             if let hook = job.postSnapshot { try? await runHook(hook, "postSnapshot", vm: vmRecord, notes: &notes) }
+            // xapi answered: no snapshot was made (a lost reply keeps the intent for the next run).
+            if error is XenAPIError { try? ctx.catalog.clearIntent(pool: pool, name: snapshotName) }
             throw error
         }
         var committed = false
@@ -103,6 +108,7 @@ struct BackupRun {
         try await mark(vm: snapshot, role: "backup-snapshot", source: vmRecord.uuid, created: started)
         try ctx.catalog.own(OwnedObject(pool: pool, cls: "VM", uuid: snapRecord.uuid, role: "backup-snapshot", policy: policy,
                                         vmUUID: vmRecord.uuid, createdAt: started))
+        try ctx.catalog.clearIntent(pool: pool, name: snapRecord.nameLabel)
         var snapDisks: [String: (VDIRef, VDIRecord)] = [:]
         var otherSnapDisks: [(VDIRef, VDIRecord)] = []
         for vbd in snapRecord.vbds {

@@ -17,6 +17,7 @@ enum RemovalRunner {
 
     static func snapshot(_ a: PlannedAction, _ r: OwnedRemoval, _ ctx: ExecutionContext) async throws -> ActionOutcome {
         let c = try ctx.client(a.pool)
+        if let name = r.adoptIntent { try await adopt(a, r, name: name, ctx) }
         try checkInventory(a, r.uuid, ctx)
         guard let vm = try await lookup({ try await c.vm(uuid: r.uuid) }) else {
             try ctx.catalog.disown(pool: a.pool, uuid: r.uuid)
@@ -43,6 +44,42 @@ enum RemovalRunner {
             try ctx.catalog.disown(pool: a.pool, uuid: info.uuid)
         }
         return ActionOutcome("deleted snapshot \(record.nameLabel)")
+    }
+
+    /// Proves a snapshot left by a run that died inside VM.snapshot is haven's — the recorded
+    /// intent names its VM and its exact name, and no one else marked it — then marks it and its
+    /// disks as haven's, so the ordinary removal takes it.
+    static func adopt(_ a: PlannedAction, _ r: OwnedRemoval, name: String, _ ctx: ExecutionContext) async throws {
+        let c = try ctx.client(a.pool)
+        guard let intent = try ctx.catalog.view().intents.first(where: { $0.pool == a.pool && $0.name == name }) else {
+            throw EngineError(.action, r.uuid, "no recorded intent '\(name)' proves snapshot \(r.uuid) is haven's; left alone")
+        }
+        guard let vm = try await lookup({ try await c.vm(uuid: r.uuid) }) else {
+            try ctx.catalog.clearIntent(pool: a.pool, name: name)
+            return
+        }
+        let rec = try await c.record(vm)
+        let source = rec.snapshotOf.isNull ? "" : try await c.record(rec.snapshotOf).uuid
+        guard rec.isASnapshot, rec.nameLabel == name, source == intent.vmUUID, (rec.otherConfig[OwnershipMarks.owner] ?? ctx.instance) == ctx.instance else {
+            throw EngineError(.action, r.uuid, "snapshot \(rec.nameLabel) does not match haven's recorded intent; left alone")
+        }
+        for (k, v) in [(OwnershipMarks.owner, ctx.instance), (OwnershipMarks.role, "backup-snapshot"), (OwnershipMarks.policy, intent.policy),
+                       (OwnershipMarks.source, intent.vmUUID)] where rec.otherConfig[k] != v {
+            try await c.setOtherConfig(vm, key: k, value: v)
+        }
+        try ctx.catalog.own(OwnedObject(pool: a.pool, cls: "VM", uuid: rec.uuid, role: "backup-snapshot", policy: intent.policy, vmUUID: intent.vmUUID,
+                                        createdAt: intent.requestedAt))
+        for vbd in rec.vbds {
+            let b = try await c.record(vbd)
+            guard b.type == "Disk", !b.vdi.isNull else { continue }
+            let v = try await c.record(b.vdi)
+            guard (v.otherConfig[OwnershipMarks.owner] ?? ctx.instance) == ctx.instance else { continue }
+            if v.otherConfig[OwnershipMarks.owner] == nil { try await c.setOtherConfig(b.vdi, key: OwnershipMarks.owner, value: ctx.instance) }
+            try ctx.catalog.own(OwnedObject(pool: a.pool, cls: "VDI", uuid: v.uuid, role: "snapshot-disk", policy: intent.policy, vmUUID: intent.vmUUID,
+                                            createdAt: intent.requestedAt))
+        }
+        try ctx.catalog.clearIntent(pool: a.pool, name: name)
+        ctx.log(a, "adopted \(rec.nameLabel): a run stopped during VM.snapshot left it")
     }
 
     static func anchor(_ a: PlannedAction, _ r: OwnedRemoval, _ ctx: ExecutionContext) async throws -> ActionOutcome {

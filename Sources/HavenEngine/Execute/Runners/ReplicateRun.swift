@@ -51,7 +51,14 @@ struct ReplicateRun {
 
         let snapshotName = "haven replica \(policy) \(vmRecord.nameLabel) \(ISO8601DateFormatter().string(from: started))"
         let limits = ctx.limiters(sourcePool)
-        let snapshot = try await limits.snapshots.with { try await withRetry(on: log) { try await source.snapshot(vmRef, name: snapshotName) } }
+        try ctx.catalog.recordIntent(SnapshotIntent(pool: sourcePool, vmUUID: vmRecord.uuid, policy: owner, name: snapshotName, requestedAt: started))
+        let snapshot: VMRef
+        do {
+            snapshot = try await limits.snapshots.with { try await withRetry(on: log) { try await source.snapshot(vmRef, name: snapshotName) } }
+        } catch let e as XenAPIError {
+            try? ctx.catalog.clearIntent(pool: sourcePool, name: snapshotName)
+            throw e
+        }
         var snapDisks: [String: (VDIRef, VDIRecord)] = [:]
         do {
             try await markSnapshot(snapshot, source: vmRecord.uuid, started: started)
@@ -404,8 +411,9 @@ struct ReplicateRun {
                        (OwnershipMarks.source, vm), ("haven.created", ISO8601DateFormatter().string(from: started))] {
             try await source.setOtherConfig(snap, key: k, value: v)
         }
-        let uuid = try await source.record(snap).uuid
-        try ctx.catalog.own(OwnedObject(pool: sourcePool, cls: "VM", uuid: uuid, role: "replication-snapshot", policy: owner, vmUUID: vm, createdAt: started))
+        let rec = try await source.record(snap)
+        try ctx.catalog.own(OwnedObject(pool: sourcePool, cls: "VM", uuid: rec.uuid, role: "replication-snapshot", policy: owner, vmUUID: vm, createdAt: started))
+        try ctx.catalog.clearIntent(pool: sourcePool, name: rec.nameLabel)
     }
 
     /// A failed or cancelled sync removes its source snapshot (the replica stays: it is still the previous sync's copy,
