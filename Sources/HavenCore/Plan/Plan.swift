@@ -148,6 +148,7 @@ public enum ActionKind: String, Sendable, Codable, Hashable, CaseIterable, Compa
     case backup
     case replicate
     case deleteSnapshot = "delete-snapshot"
+    case purgeSnapshotData = "purge-snapshot-data"
     case retireAnchor = "retire-anchor"
     case prune
     case gc
@@ -159,6 +160,7 @@ public enum ActionKind: String, Sendable, Codable, Hashable, CaseIterable, Compa
         case .replicate: "+"
         case .enableCBT, .disableCBT: "~"
         case .deleteSnapshot, .retireAnchor, .prune, .gc: "-"
+        case .purgeSnapshotData: "~"
         }
     }
 
@@ -399,6 +401,8 @@ public enum Action: Sendable, Hashable {
     case backup(BackupJob)
     case replicate(ReplicationJob)
     case deleteSnapshot(OwnedRemoval)
+    /// A committed backup's clean-up left over: its anchor still holds the snapshot's data.
+    case purgeSnapshotData(OwnedRemoval)
     case retireAnchor(OwnedRemoval)
     case prune(PruneJob)
     case gc(GCJob)
@@ -410,6 +414,7 @@ public enum Action: Sendable, Hashable {
         case .backup: .backup
         case .replicate: .replicate
         case .deleteSnapshot: .deleteSnapshot
+        case .purgeSnapshotData: .purgeSnapshotData
         case .retireAnchor: .retireAnchor
         case .prune: .prune
         case .gc: .gc
@@ -467,6 +472,7 @@ public struct PlannedAction: Sendable, Hashable {
             return "\(what) \(r.disks.count) disk\(r.disks.count == 1 ? "" : "s") (\(r.disks.map(\.name).joined(separator: ", "))) to SR \(r.targetSRName), keeping \(r.keep) restore point\(r.keep == 1 ? "" : "s")"
         case .deleteSnapshot(let r): return "delete snapshot \(r.label)"
         case .retireAnchor(let r): return "retire CBT anchor \(r.label)"
+        case .purgeSnapshotData(let r): return "destroy the data of snapshot disk \(r.label), keeping its CBT metadata"
         case .prune(let p): return "prune backup \(p.version) from \(p.repository.name)"
         case .gc(let g): return "collect garbage in repository \(g.repository.name)"
         }
@@ -476,7 +482,7 @@ public struct PlannedAction: Sendable, Hashable {
 extension PlannedAction: Codable {
     enum CodingKeys: String, CodingKey {
         case key, kind, pool, policy, vm, vmUUID, reason, requires, after, headline, symbol
-        case enableCBT, disableCBT, backup, replicate, deleteSnapshot, retireAnchor, prune, gc
+        case enableCBT, disableCBT, backup, replicate, deleteSnapshot, purgeSnapshotData, retireAnchor, prune, gc
         // Flattened for readers of `diff --output json` (ignored when decoding).
         case method, disks, skippedDisks, repository, target
     }
@@ -514,6 +520,9 @@ extension PlannedAction: Codable {
         case .deleteSnapshot(let p):
             try c.encode(p, forKey: .deleteSnapshot)
             try c.encode(p.uuid, forKey: .target)
+        case .purgeSnapshotData(let p):
+            try c.encode(p, forKey: .purgeSnapshotData)
+            try c.encode(p.uuid, forKey: .target)
         case .retireAnchor(let p):
             try c.encode(p, forKey: .retireAnchor)
             try c.encode(p.uuid, forKey: .target)
@@ -544,6 +553,7 @@ extension PlannedAction: Codable {
         case .replicate: action = .replicate(try c.decode(ReplicationJob.self, forKey: .replicate))
         case .deleteSnapshot: action = .deleteSnapshot(try c.decode(OwnedRemoval.self, forKey: .deleteSnapshot))
         case .retireAnchor: action = .retireAnchor(try c.decode(OwnedRemoval.self, forKey: .retireAnchor))
+        case .purgeSnapshotData: action = .purgeSnapshotData(try c.decode(OwnedRemoval.self, forKey: .purgeSnapshotData))
         case .prune: action = .prune(try c.decode(PruneJob.self, forKey: .prune))
         case .gc: action = .gc(try c.decode(GCJob.self, forKey: .gc))
         }

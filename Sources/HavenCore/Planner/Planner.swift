@@ -339,6 +339,7 @@ extension Planner {
                 }
                 retention(policy, identity, history: history)
                 snapshotRetention(policy, pool, identity)
+                pendingPurges(policy, pool, identity)
             }
             for sr in fullSRs.sorted() {
                 warn(.srAlmostFull, poolName, "sr-\(sr)", "SR \(sr) is more than 90% full", reason: "snapshots need room; free space or move disks")
@@ -453,6 +454,21 @@ extension Planner {
                 add(PlannedAction(key: key, action: .prune(PruneJob(version: b.id, repository: repo)), vm: vm,
                                   reason: "retention: \(decisions[b.id]!.reason)", requires: backupKey.map { [$0] } ?? []))
                 prunes[b.repository, default: []].append(key)
+            }
+        }
+
+        /// A committed backup whose clean-up did not finish (data_destroy failed): its anchors still
+        /// hold the snapshot's full data. Shown and retried until done.
+        mutating func pendingPurges(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: VMIdentity) {
+            guard policy.spec.purgeSnapshotData else { return }
+            for a in anchorsByKey["\(pool.name)\u{0}\(policy.name)\u{0}\(vm.uuid)"] ?? [] where !a.dataDestroyed {
+                guard let vdi = pool.vdis[a.snapshotVDI], vdi.type != "cbt_metadata", owned(pool.name, "VDI", a.snapshotVDI, in: pool) else { continue }
+                // While its snapshot VM is there, the snapshot's removal comes first.
+                if pool.snapshots.contains(where: { $0.uuid == a.snapshotVM }) { continue }
+                let key = ActionKey(.purgeSnapshotData, pool: pool.name, subject: a.snapshotVDI, policy: policy.name)
+                if keys.contains(ActionKey(.retireAnchor, pool: pool.name, subject: a.snapshotVDI, policy: policy.name)) { continue }
+                add(PlannedAction(key: key, action: .purgeSnapshotData(OwnedRemoval(uuid: a.snapshotVDI, label: "\(vdi.name) (\(a.snapshotVDI), disk \(a.diskKey))")),
+                                  vm: vm, reason: "the clean-up after backup \(a.backupID) did not finish: the disk still holds the snapshot's data"))
             }
         }
 

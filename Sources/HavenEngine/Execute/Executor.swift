@@ -103,6 +103,7 @@ public struct Executor: Sendable {
             return try await ReplicateRun(ctx: ctx, action: a, job: job, source: try ctx.client(a.pool), target: try ctx.client(job.targetPool)).run()
         case .deleteSnapshot(let r): return try await RemovalRunner.snapshot(a, r, ctx)
         case .retireAnchor(let r): return try await RemovalRunner.anchor(a, r, ctx)
+        case .purgeSnapshotData(let r): return try await RemovalRunner.purge(a, r, ctx)
         case .prune(let p): return try await RepositoryRunner.prune(a, p, ctx)
         case .gc(let g): return try await RepositoryRunner.gc(a, g, ctx)
         }

@@ -82,6 +82,29 @@ enum RemovalRunner {
         ctx.log(a, "adopted \(rec.nameLabel): a run stopped during VM.snapshot left it")
     }
 
+    /// Finishes a committed backup's clean-up: the anchor keeps only CBT metadata.
+    static func purge(_ a: PlannedAction, _ r: OwnedRemoval, _ ctx: ExecutionContext) async throws -> ActionOutcome {
+        let c = try ctx.client(a.pool)
+        try checkInventory(a, r.uuid, ctx)
+        guard let vdi = try await lookup({ try await c.vdi(uuid: r.uuid) }) else {
+            try ctx.catalog.disown(pool: a.pool, uuid: r.uuid)
+            try ctx.catalog.removeAnchor(pool: a.pool, snapshotVDI: r.uuid)
+            return ActionOutcome("snapshot disk \(r.uuid) was already gone")
+        }
+        let record = try await c.record(vdi)
+        guard record.otherConfig[OwnershipMarks.owner] == ctx.instance else {
+            throw EngineError(.action, r.uuid, "VDI \(record.nameLabel) does not carry haven's mark; left alone")
+        }
+        try await withRetry(attempts: 8, on: { ctx.log(a, $0) }) { try await c.dataDestroy(vdi) }
+        try await c.setOtherConfig(vdi, key: OwnershipMarks.role, value: "cbt-anchor")
+        if var anchor = try ctx.catalog.view().anchors.first(where: { $0.pool == a.pool && $0.snapshotVDI == r.uuid }) {
+            anchor.dataDestroyed = true
+            anchor.snapshotVM = ""
+            try ctx.catalog.setAnchor(anchor)
+        }
+        return ActionOutcome("destroyed the data of \(record.nameLabel); its CBT metadata stays as the anchor")
+    }
+
     static func anchor(_ a: PlannedAction, _ r: OwnedRemoval, _ ctx: ExecutionContext) async throws -> ActionOutcome {
         let c = try ctx.client(a.pool)
         try checkInventory(a, r.uuid, ctx)
