@@ -102,8 +102,8 @@ struct RepoInitCommand: ParsableCommand {
 
 struct RepoVerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "verify", abstract: "Re-read and re-hash chunks; report every bad one with the versions that need it.",
-        discussion: "Exit status 0 when everything checks out, 2 when any chunk is missing or damaged.")
+        commandName: "verify", abstract: "Check every manifest, re-read and re-hash chunks; report every bad one with the versions that need it.",
+        discussion: "Exit status 0 when everything checks out, 2 when any manifest is damaged or inconsistent, or any chunk is missing or damaged.")
 
     @OptionGroup var target: RepositoryOptions
 
@@ -123,11 +123,15 @@ struct RepoVerifyCommand: ParsableCommand {
         }
         if output == .json {
             let problems: [[String: Any]] = report.problems.map { ["chunk": $0.chunk, "code": $0.error.code.rawValue, "message": $0.error.message, "versions": $0.versions] }
-            let obj: [String: Any] = ["ok": report.ok, "checkedChunks": report.checkedChunks, "checkedVersions": report.checkedVersions, "problems": problems]
+            let damaged: [[String: Any]] = report.damagedVersions.map { ["id": $0.id, "code": $0.error.code.rawValue, "message": $0.error.message] }
+            let obj: [String: Any] = ["ok": report.ok, "checkedChunks": report.checkedChunks, "checkedVersions": report.checkedVersions, "problems": problems,
+                                      "damagedVersions": damaged]
             print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted]), as: UTF8.self))
         } else {
+            for d in report.damagedVersions { print("BAD \(d)") }
             for p in report.problems { print("BAD \(p)") }
-            print("\(report.ok ? "ok" : "FAILED"): \(report.checkedChunks) chunks of \(report.checkedVersions) versions checked, \(report.problems.count) bad")
+            print("\(report.ok ? "ok" : "FAILED"): \(report.checkedChunks) chunks of \(report.checkedVersions) versions checked, \(report.problems.count) bad"
+                  + (report.damagedVersions.isEmpty ? "" : ", \(report.damagedVersions.count) damaged manifest\(report.damagedVersions.count == 1 ? "" : "s")"))
         }
         if !report.ok { throw HavenExit.failure }
     }
@@ -235,7 +239,13 @@ extension BackupManifest {
 }
 
 struct BackupsListCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the versions in a repository, oldest first.")
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List the versions in a repository, oldest first.",
+        discussion: """
+            A version whose manifest is damaged is not listed: a warning on standard error names it (with --output json, \
+            `damaged` lists it too), and the others are listed as usual. Exit status 0 all the same: `haven repo verify` \
+            is the check that fails (2) on a damaged repository; `haven backups forget ID` removes a damaged version.
+            """)
 
     @OptionGroup var target: RepositoryOptions
 
@@ -257,9 +267,12 @@ struct BackupsListCommand: ParsableCommand {
     func run() throws {
         let from = try since.map { try parseTimeArgument($0, option: "--since") }
         let repo = try target.open()
-        var list: [BackupManifest]
-        do { list = try repo.manifests() } catch let e as DataError { throw CLIError(data: e) }
-        list = list.filter { m in
+        let all: ManifestList
+        do { all = try repo.manifests() } catch let e as DataError { throw CLIError(data: e) }
+        for d in all.damaged {
+            FileHandle.standardError.write(Data("haven: warning: version \(d.id) is not listed, its manifest is damaged: \(d.error.message) (`haven repo verify` checks the rest; `haven backups forget \(d.id)` removes it)\n".utf8))
+        }
+        let list = all.versions.filter { m in
             m.matches(vm: vm) && (policy == nil || m.policy == policy) && (pool == nil || m.pool == pool) && (from.map { m.createdAt >= $0 } ?? true)
         }
         if output == .json {
@@ -271,7 +284,8 @@ struct BackupsListCommand: ParsableCommand {
                  "disks": m.disks.map { ["key": $0.key, "name": $0.name, "size": $0.size, "vdi": $0.vdiUUID,
                                          "content": $0.key == XVAArchive.key ? "xva-archive" : "disk"] }]
             }
-            print(try jsonText(["formatVersion": 1, "backups": rows] as [String: Any]))
+            let damaged: [[String: Any]] = all.damaged.map { ["id": $0.id, "code": $0.error.code.rawValue, "message": $0.error.message] }
+            print(try jsonText(["formatVersion": 1, "backups": rows, "damaged": damaged] as [String: Any]))
             return
         }
         if list.isEmpty {
@@ -304,7 +318,7 @@ struct BackupsShowCommand: ParsableCommand {
         let all: [BackupManifest]
         do {
             m = try repo.manifest(id)
-            all = try repo.manifests()
+            all = try repo.manifests().versions
         } catch let e as DataError { throw CLIError(data: e) }
         // The version an incremental was patched into: recorded per disk when the engine notes it,
         // else the newest earlier version of the same VM and policy (what the CBT anchor pointed to).
@@ -672,16 +686,22 @@ struct BackupsForgetCommand: AsyncParsableCommand {
     func run() async throws {
         let repo = try target.open()
         var versions: [BackupManifest] = []
+        // A damaged version can be forgotten too: it is the way out `backups list` points to.
+        var damaged: [(String, DataError)] = []
         for id in ids {
-            do { versions.append(try repo.manifest(id)) } catch let e as DataError {
+            do { versions.append(try repo.manifest(id)) } catch let e as DataError where e.code == .badManifest {
+                damaged.append((id, e))
+            } catch let e as DataError {
                 throw CLIError(e.code == .noSuchVersion ? "no version \(id) in the repository; nothing was forgotten" : "\(e)",
                                code: e.code == .noSuchVersion ? .notFound : CLIError.Code(rawValue: e.code.rawValue))
             }
         }
-        print("\(dryRun ? "Would forget" : "Forgetting") \(versions.count) version\(versions.count == 1 ? "" : "s"):")
+        let count = versions.count + damaged.count
+        print("\(dryRun ? "Would forget" : "Forgetting") \(count) version\(count == 1 ? "" : "s"):")
         for m in versions {
             print("  - \(m.id)  \(m.vmName)  \(utcMinuteFormatter.string(from: m.createdAt)) UTC  \(m.kindLabel)  \(humanBytes(m.totalSize))")
         }
+        for (id, e) in damaged { print("  - \(id)  (damaged manifest: \(e.message))") }
         do {
             let u = try repo.exclusiveUsage(of: Set(ids))
             print("`haven repo gc` will then free up to \(humanBytes(u.bytes)) (\(u.chunks) chunk\(u.chunks == 1 ? "" : "s") no other version references; "

@@ -15,7 +15,10 @@ extension BackupRepository {
     public func exclusiveUsage(of versions: Set<String>) throws -> ExclusiveUsage {
         var mine = Set<ChunkID>()
         var others = Set<ChunkID>()
-        for m in try manifests() {
+        let all = try manifests()
+        // Another damaged version may need any chunk: the estimate would be a guess (and gc refuses).
+        if let d = all.damaged.first(where: { !versions.contains($0.id) }) { throw d.error }
+        for m in all {
             for d in m.disks {
                 let (pages, entries) = try DiskIndex.walk(d.index, from: self)
                 if versions.contains(m.id) {

@@ -13,7 +13,10 @@ public struct VerifyReport: Sendable {
     public var checkedChunks: Int
     public var checkedVersions: Int
     public var problems: [Problem]
-    public var ok: Bool { problems.isEmpty }
+    /// Versions whose manifest cannot be used (unreadable, or inconsistent with its own index),
+    /// by id: restore refuses them, so verify must not pass them.
+    public var damagedVersions: [DamagedManifest] = []
+    public var ok: Bool { problems.isEmpty && damagedVersions.isEmpty }
 }
 
 /// What `gc` did.
@@ -26,11 +29,26 @@ public struct GCReport: Sendable {
 }
 
 extension BackupRepository {
-    /// Re-reads and re-hashes the chunks of the given versions (all when empty), and the index
-    /// pages that lead to them. Every bad or missing chunk is reported with the versions needing it.
+    /// Checks each manifest (readable, consistent: see `BackupManifest.checkConsistency`, and
+    /// naming as many chunks as its index holds), then re-reads and re-hashes the chunks of the
+    /// given versions (all when empty), and the index pages that lead to them. Every damaged
+    /// manifest is reported by version id; every bad or missing chunk with the versions needing it.
     public func verify(versions: [String] = []) throws -> VerifyReport {
-        let all = try manifests()
-        let chosen = versions.isEmpty ? all : try versions.map { try manifest($0) }
+        var chosen: [BackupManifest] = []
+        var damaged: [DamagedManifest] = []
+        if versions.isEmpty {
+            let all = try manifests()
+            chosen = all.versions
+            damaged = all.damaged
+        } else {
+            for id in versions {
+                do {
+                    chosen.append(try manifest(id))
+                } catch let e as DataError where e.code == .badManifest {
+                    damaged.append(DamagedManifest(id: id, error: e))
+                }
+            }
+        }
         var users: [ChunkID: Set<String>] = [:]
         var problems: [VerifyReport.Problem] = []
         for m in chosen {
@@ -38,6 +56,10 @@ extension BackupRepository {
                 do {
                     let (pages, entries) = try DiskIndex.walk(d.index, from: self)
                     for id in pages + entries where !id.isZero { users[id, default: []].insert(m.id) }
+                    if entries.count != d.index.entries {
+                        damaged.append(DamagedManifest(id: m.id, error: DataError(
+                            .badManifest, m.id, "disk \(d.key): the index holds \(entries.count) entries, the manifest says \(d.index.entries)")))
+                    }
                 } catch let e as DataError {
                     problems.append(.init(chunk: d.index.root, error: e, versions: [m.id]))
                 }
@@ -59,7 +81,8 @@ extension BackupRepository {
             }
         }
         problems += found.items.sorted { $0.chunk < $1.chunk }
-        return VerifyReport(checkedChunks: ids.count, checkedVersions: chosen.count, problems: problems)
+        return VerifyReport(checkedChunks: ids.count, checkedVersions: Set(chosen.map(\.id) + damaged.map(\.id)).count, problems: problems,
+                            damagedVersions: damaged)
     }
 
     /// Marks every chunk reachable from a manifest; deletes packs holding none of them and
@@ -72,7 +95,13 @@ extension BackupRepository {
             // that nobody writes, or the walk below misses their chunks.
             try index.load(from: self)
             var live = Set<ChunkID>()
-            for m in try manifests() {
+            // A damaged manifest still names chunks nobody can now tell: collect nothing until it
+            // is repaired or forgotten.
+            let all: [BackupManifest]
+            do { all = try manifests().requireAll() } catch let e as DataError {
+                throw DataError(.badManifest, e.subject, "\(e.message); gc collects nothing while a version cannot be read (repair it, or forget it with `haven backups forget \(e.subject)`)")
+            }
+            for m in all {
                 for d in m.disks {
                     let (pages, entries) = try DiskIndex.walk(d.index, from: self)
                     live.formUnion(pages)

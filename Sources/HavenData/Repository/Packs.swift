@@ -43,7 +43,7 @@ final class PackWriter: @unchecked Sendable {
         if awaitingIndex { try writeIndexLocked() }
         if fd < 0 {
             name = (0..<4).map { _ in String(format: "%08x", UInt32.random(in: 0...UInt32.max)) }.joined()
-            fd = open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            fd = open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, BackupRepository.fileMode)
             guard fd >= 0 else { throw DataError(.io, tmpPath, String(cString: strerror(errno))) }
             size = 0
         }
@@ -91,7 +91,7 @@ final class PackWriter: @unchecked Sendable {
         fd = -1
         let final = repository.packPath(name)
         let dir = (final as NSString).deletingLastPathComponent
-        if access(dir, F_OK) != 0 { mkdir(dir, 0o755) }
+        if access(dir, F_OK) != 0 { mkdir(dir, BackupRepository.directoryMode) }
         guard rename(tmpPath, final) == 0 else { throw DataError(.io, final, String(cString: strerror(errno))) }
         CrashPoints.hit("pack-renamed")
         awaitingIndex = true
@@ -113,7 +113,7 @@ final class PackWriter: @unchecked Sendable {
             withUnsafeBytes(of: length.littleEndian) { idx += $0 }
         }
         let tmpIndex = repository.tmpDir.path + "/index-" + name
-        let ifd = open(tmpIndex, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let ifd = open(tmpIndex, O_WRONLY | O_CREAT | O_TRUNC, BackupRepository.fileMode)
         guard ifd >= 0 else { throw DataError(.io, tmpIndex, String(cString: strerror(errno))) }
         let ok = idx.withUnsafeBytes { writeAll(ifd, $0) }
         close(ifd)

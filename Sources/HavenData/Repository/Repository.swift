@@ -1,6 +1,7 @@
 import CSystem
 import Crypto
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -34,6 +35,14 @@ public final class BackupRepository: @unchecked Sendable {
     public let config: RepositoryConfig
     let encryptionKey: SymmetricKey?
     let idKey: SymmetricKey?
+    /// Seals manifests (see `encodeManifest`); nil in a repository that is not encrypted.
+    let manifestKey: SymmetricKey?
+
+    /// Modes of everything the repository creates: an unencrypted repository holds the disks'
+    /// contents in the clear, and an encrypted one is still nobody else's business. The process
+    /// umask can only narrow these.
+    static let directoryMode: mode_t = 0o700
+    static let fileMode: mode_t = 0o600
 
     static let magic: [UInt8] = Array("HVC1".utf8)
 
@@ -56,16 +65,18 @@ public final class BackupRepository: @unchecked Sendable {
         if let key {
             encryptionKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Data("haven chunk encryption".utf8), outputByteCount: 32)
             idKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Data("haven chunk id".utf8), outputByteCount: 32)
+            manifestKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Data("haven manifest encryption".utf8), outputByteCount: 32)
         } else {
             encryptionKey = nil
             idKey = nil
+            manifestKey = nil
         }
         sharedWriter = PackWriter(repository: self)
         allWriters.append(sharedWriter)
     }
 
-    /// Creates a repository. With `keyFile`, chunks are encrypted; the key file is created (32
-    /// random bytes, hex, mode 0600) when it does not exist.
+    /// Creates a repository (directories 0700, files 0600). With `keyFile`, chunks and manifests
+    /// are encrypted; the key file is created (32 random bytes, hex, mode 0600) when it does not exist.
     @discardableResult
     public static func initialize(at path: String, chunkSize: Int = 64 << 10, compression: String = "zstd:3", keyFile: String? = nil) throws
         -> BackupRepository
@@ -88,15 +99,24 @@ public final class BackupRepository: @unchecked Sendable {
             } else {
                 let k = SymmetricKey(size: .bits256)
                 let hex = k.withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
-                guard fm.createFile(atPath: keyFile, contents: Data((hex + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
-                    throw DataError(.io, keyFile, "cannot create the key file")
+                // Created 0600 by open(2) itself: never, even for an instant, readable by others.
+                let fd = Glibc.open(keyFile, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+                guard fd >= 0 else { throw DataError(.io, keyFile, "cannot create the key file: \(String(cString: strerror(errno)))") }
+                let ok = Data((hex + "\n").utf8).withUnsafeBytes { writeAll(fd, $0) } && fsync(fd) == 0
+                Glibc.close(fd)
+                guard ok else {
+                    unlink(keyFile)
+                    throw DataError(.io, keyFile, "cannot write the key file")
                 }
                 key = k
             }
         }
-        for dir in ["packs", "index", "manifests", "tmp"] {
-            try fm.createDirectory(at: root.appendingPathComponent(dir), withIntermediateDirectories: true)
-        }
+        let parent = root.deletingLastPathComponent()
+        if !fm.fileExists(atPath: parent.path) { try fm.createDirectory(at: parent, withIntermediateDirectories: true) }
+        // A directory that already exists (a mount point, one the operator made) keeps its mode:
+        // what is inside is protected by the modes below.
+        try makeDirectory(root.path)
+        for dir in ["packs", "index", "manifests", "tmp"] { try makeDirectory(root.appendingPathComponent(dir).path) }
         var config = RepositoryConfig(
             formatVersion: 1, id: UUID().uuidString.lowercased(), chunkSize: chunkSize, compression: compression,
             encrypted: key != nil, keyCheck: nil, created: Date())
@@ -132,11 +152,16 @@ public final class BackupRepository: @unchecked Sendable {
             key = k
         }
         let repo = BackupRepository(root: root, config: config, key: key)
-        for dir in [repo.packsDir, repo.indexDir, repo.tmpDir] {
-            try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        }
+        for dir in [repo.packsDir, repo.indexDir, repo.tmpDir] { try? makeDirectory(dir.path) }
         try repo.index.load(from: repo)
         return repo
+    }
+
+    /// Creates a directory with `directoryMode`; one already there is left as it is.
+    static func makeDirectory(_ path: String) throws {
+        guard mkdir(path, directoryMode) == 0 || errno == EEXIST else {
+            throw DataError(.io, path, "cannot create the directory: \(String(cString: strerror(errno)))")
+        }
     }
 
     static func readKey(_ file: String) throws -> SymmetricKey {
@@ -147,7 +172,22 @@ public final class BackupRepository: @unchecked Sendable {
         guard let id = ChunkID(hex: text) else {
             throw DataError(.wrongKey, file, "a key file holds 64 hex digits (32 bytes)")
         }
+        // 64 zeros is a placeholder, not a secret: anyone could open the repository.
+        guard !id.isZero else {
+            throw DataError(.weakKey, file, "the key is all zeros, which is no secret; create a key with `haven repo init --encrypt --key-file NEW` or `openssl rand -hex 32`")
+        }
+        var st = stat()
+        if stat(file, &st) == 0, let warning = keyFileWarning(path: file, mode: st.st_mode) {
+            DataWarnings.emitOnce(key: "key-mode:" + file, warning)
+        }
         return SymmetricKey(data: id.bytes)
+    }
+
+    /// The warning for a key file others may read or replace; nil when its mode is private.
+    static func keyFileWarning(path: String, mode: mode_t) -> String? {
+        guard mode & 0o077 != 0 else { return nil }
+        let octal = String(Int(mode & 0o7777), radix: 8)
+        return "key file \(path) has mode \(String(repeating: "0", count: max(0, 4 - octal.count)) + octal): group or others can read or change it; run `chmod 600 \(path)`"
     }
 
     static func keyCheck(_ key: SymmetricKey) -> String {
@@ -336,7 +376,7 @@ public final class BackupRepository: @unchecked Sendable {
     /// A descriptor of the lock file of its own, locked: flock(2) locks belong to the open file
     /// description, so each holder (thread, session, process) opens the file itself.
     func lockDescriptor(exclusive: Bool, timeout: Double?) throws -> Int32 {
-        let fd = Glibc.open(lockFile.path, O_RDWR | O_CREAT, 0o644)
+        let fd = Glibc.open(lockFile.path, O_RDWR | O_CREAT, Self.fileMode)
         guard fd >= 0 else { throw DataError(.io, lockFile.path, String(cString: strerror(errno))) }
         let op = exclusive ? LOCK_EX : LOCK_SH
         let deadline = timeout.map { Date().addingTimeInterval($0) }
@@ -366,7 +406,7 @@ func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
 /// fsync of the directory.
 func writeAtomically(_ data: Data, to url: URL, tmp: URL) throws {
     let tmpPath = tmp.appendingPathComponent(url.lastPathComponent + "." + UUID().uuidString).path
-    let fd = Glibc.open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    let fd = Glibc.open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, BackupRepository.fileMode)
     guard fd >= 0 else { throw DataError(.io, tmpPath, String(cString: strerror(errno))) }
     let ok = data.withUnsafeBytes { writeAll(fd, $0) } && fsync(fd) == 0
     Glibc.close(fd)
@@ -385,6 +425,25 @@ func writeAtomically(_ data: Data, to url: URL, tmp: URL) throws {
         Glibc.close(dir)
     }
     CrashPoints.hit("manifest-renamed")
+}
+
+/// Warnings of the data plane that are not errors (a key file others can read): on standard
+/// error, each once per process, and kept for tests.
+public enum DataWarnings {
+    private static let state = Mutex<(seen: Set<String>, emitted: [String])>(([], []))
+
+    /// Writes `message` unless a warning with the same `key` was written already.
+    static func emitOnce(key: String, _ message: String) {
+        let first = state.withLock { s -> Bool in
+            guard s.seen.insert(key).inserted else { return false }
+            s.emitted.append(message)
+            return true
+        }
+        if first { FileHandle.standardError.write(Data("haven: warning: \(message)\n".utf8)) }
+    }
+
+    /// Every warning written so far, oldest first.
+    public static var emitted: [String] { state.withLock { $0.emitted } }
 }
 
 /// Test instrumentation: with `HAVEN_CRASH_AT=N`, the process dies (`_exit`, no clean-up) at

@@ -13,12 +13,18 @@ public struct DiskRestore: Sendable {
     }
 
     /// A raw image: zero chunks (and zero 64 KiB blocks inside chunks) stay holes.
+    /// Written under a temporary name beside `path` and renamed over it only once whole: a failed
+    /// restore leaves no image (and an image that was there stays as it was).
     public func toRawFile(_ disk: DiskVersion, path: String, progress: (@Sendable (TransferProgress) -> Void)? = nil) throws {
         let entries = try DiskIndex.read(disk.index, from: repository)
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw DataError(.io, path, String(cString: strerror(errno))) }
-        defer { close(fd) }
-        guard ftruncate(fd, off_t(disk.size)) == 0 else { throw DataError(.io, path, "cannot size the file: \(String(cString: strerror(errno)))") }
+        try Self.writeReplacing(path) { fd, regular in try writeRaw(disk, entries: entries, fd: fd, regular: regular, path: path, progress: progress) }
+    }
+
+    private func writeRaw(_ disk: DiskVersion, entries: [ChunkID], fd: Int32, regular: Bool, path: String,
+                          progress: (@Sendable (TransferProgress) -> Void)?) throws {
+        if regular {
+            guard ftruncate(fd, off_t(disk.size)) == 0 else { throw DataError(.io, path, "cannot size the file: \(String(cString: strerror(errno)))") }
+        }
         let work = entries.indices.filter { !entries[$0].isZero }
         let cursor = IndexCursor(work)
         let done = ByteCounter()
@@ -49,18 +55,57 @@ public struct DiskRestore: Sendable {
                 progress?(TransferProgress(bytesDone: done.add(Int64(length)), bytesTotal: disk.size))
             }
         }
-        guard fsync(fd) == 0 else { throw DataError(.io, path, "fsync failed") }
     }
 
-    /// A dynamic VHD (2 MiB blocks; only blocks with data are present) that qemu-img reads.
+    /// A dynamic VHD (2 MiB blocks; only blocks with data are present) that qemu-img reads;
+    /// written under a temporary name and renamed, as `toRawFile`.
     public func toVHDFile(_ disk: DiskVersion, path: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw DataError(.io, path, String(cString: strerror(errno))) }
-        defer { close(fd) }
-        try toVHDStream(disk) { bytes in
-            guard writeAll(fd, bytes) else { throw DataError(.io, path, "write failed: \(String(cString: strerror(errno)))") }
+        try Self.writeReplacing(path) { fd, _ in
+            try toVHDStream(disk) { bytes in
+                guard writeAll(fd, bytes) else { throw DataError(.io, path, "write failed: \(String(cString: strerror(errno)))") }
+            }
         }
-        guard fsync(fd) == 0 else { throw DataError(.io, path, "fsync failed") }
+    }
+
+    /// Runs `body` on a new file `.<name>.haven-partial-<random>` beside `path` (same directory,
+    /// so the rename cannot cross file systems), makes it durable, and renames it to `path`; on
+    /// any failure the temporary file is removed and `path` is untouched. The file is 0600: it
+    /// holds a disk's contents. A `path` that exists and is not a regular file (a block device,
+    /// a pipe) is written in place, as a rename would replace the device node itself.
+    static func writeReplacing(_ path: String, _ body: (_ fd: Int32, _ regular: Bool) throws -> Void) throws {
+        var st = stat()
+        if stat(path, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
+            let fd = open(path, O_WRONLY)
+            guard fd >= 0 else { throw DataError(.io, path, String(cString: strerror(errno))) }
+            defer { close(fd) }
+            try body(fd, false)
+            guard fsync(fd) == 0 || errno == EINVAL else { throw DataError(.io, path, "fsync failed") }
+            return
+        }
+        let url = URL(fileURLWithPath: path)
+        let dir = url.deletingLastPathComponent().path
+        let tmp = dir + "/." + url.lastPathComponent + ".haven-partial-" + String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, BackupRepository.fileMode)
+        guard fd >= 0 else { throw DataError(.io, tmp, String(cString: strerror(errno))) }
+        do {
+            try body(fd, true)
+            guard fsync(fd) == 0 else { throw DataError(.io, tmp, "fsync failed: \(String(cString: strerror(errno)))") }
+            close(fd)
+        } catch {
+            close(fd)
+            unlink(tmp)
+            throw error
+        }
+        guard rename(tmp, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(tmp)
+            throw DataError(.io, path, "cannot put the restored image in place: \(reason)")
+        }
+        let dfd = open(dir, O_RDONLY | O_DIRECTORY)
+        if dfd >= 0 {
+            fsync(dfd)
+            close(dfd)
+        }
     }
 
     /// The size of the VHD `toVHDStream` produces (for a Content-Length upload).

@@ -11,6 +11,8 @@ public struct DataError: Error, Sendable, CustomStringConvertible, Equatable {
         public static let corruptChunk = Code(rawValue: "corrupt-chunk")
         public static let missingChunk = Code(rawValue: "missing-chunk")
         public static let wrongKey = Code(rawValue: "wrong-key")
+        /// A key file whose key is no secret (all zeros).
+        public static let weakKey = Code(rawValue: "weak-key")
         public static let noRepository = Code(rawValue: "no-repository")
         public static let repositoryExists = Code(rawValue: "repository-exists")
         public static let unsupported = Code(rawValue: "unsupported")
