@@ -167,9 +167,12 @@ public actor XenAPIClient {
         var attempt = 0
         while true {
             attempt += 1
+            // SESSION_INVALID is answered by logging in again twice: the fresh session can end too
+            // before the retried call lands (a pool ending idle sessions aggressively, a heavily
+            // loaded client); a third refusal is the answer.
             do {
                 return try await send(method, [.string(session ?? "")] + params)
-            } catch let e as XenAPIError where attempt == 1 && e.code == XenAPIError.Code.sessionInvalid {
+            } catch let e as XenAPIError where attempt <= 2 && e.code == XenAPIError.Code.sessionInvalid {
                 session = nil
                 try await login()
             } catch let e as XenAPIError where attempt == 1 && e.code == XenAPIError.Code.hostIsSlave {
