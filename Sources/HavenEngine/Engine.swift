@@ -155,9 +155,15 @@ public struct TargetScope: Sendable {
     }
 
     static func didYouMean(_ word: String, _ candidates: [String]) -> String {
+        closestMatch(word, candidates).map { "; did you mean '\($0)'?" } ?? ""
+    }
+
+    /// The closest of `candidates` to `word` (edit distance, case-insensitive), when close enough to be a typo.
+    public static func closestMatch(_ word: String, _ candidates: [String]) -> String? {
         func distance(_ a: [Character], _ b: [Character]) -> Int {
+            if a.isEmpty { return b.count }
             var row = Array(0...b.count)
-            for i in 1...max(a.count, 1) where !a.isEmpty {
+            for i in 1...a.count {
                 var prev = row[0]
                 row[0] = i
                 for j in stride(from: 1, through: b.count, by: 1) {
@@ -168,8 +174,8 @@ public struct TargetScope: Sendable {
             }
             return row[b.count]
         }
-        let best = candidates.map { ($0, distance(Array(word), Array($0))) }.min { $0.1 < $1.1 }
-        guard let (name, d) = best, d <= max(2, word.count / 3) else { return "" }
-        return "; did you mean '\(name)'?"
+        let best = candidates.map { ($0, distance(Array(word.lowercased()), Array($0.lowercased()))) }.min { $0.1 < $1.1 }
+        guard let (name, d) = best, d <= max(2, word.count / 3) else { return nil }
+        return name
     }
 }

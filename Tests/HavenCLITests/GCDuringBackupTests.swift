@@ -25,28 +25,11 @@ import XenAPI
         // Widen the gap between the disk transfer and the manifest's commit.
         #expect(try s.simControl(["fault", "--rule", "latency:network.get_all_records:6s@count=1"]).status == 0)
 
-        let apply = Process()
-        apply.executableURL = URL(fileURLWithPath: HavenBinary.path)
-        apply.arguments = ["apply", "-f", s.config, "--auto-approve"]
-        var env = ProcessInfo.processInfo.environment
-        env["HAVEN_STATE"] = s.dir.path + "/state"
-        env["SCENARIO_PASSWORD"] = s.password
-        env["HAVEN_NOW"] = ISO8601DateFormatter().string(from: s.now)
-        apply.environment = env
         let events = s.dir.appendingPathComponent("events.jsonl")
-        FileManager.default.createFile(atPath: events.path, contents: nil)
-        apply.standardError = try FileHandle(forWritingTo: events)
-        apply.standardOutput = FileHandle.nullDevice
-        try apply.run()
+        let apply = try s.startApply(events: events)
         // Wait until the disk has been read (its last progress event), i.e. the backup is in the gap.
-        var transferred = false
-        for _ in 0..<400 where !transferred {
-            let text = (try? String(contentsOf: events, encoding: .utf8)) ?? ""
-            transferred = text.split(separator: "\n").contains { line in
-                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], o["event"] as? String == "progress" else { return false }
-                return (o["bytes"] as? Int) == (o["total"] as? Int) && (o["total"] as? Int ?? 0) > 0
-            }
-            if !transferred { usleep(25_000) }
+        let transferred = s.waitForEvent(events) { o in
+            o["event"] as? String == "progress" && (o["bytes"] as? Int) == (o["total"] as? Int) && (o["total"] as? Int ?? 0) > 0
         }
         #expect(transferred)
         let gc = try s.haven(["repo", "gc", "--repo", s.repository, "--safety-window", "0s", "--lock-timeout", "60"])

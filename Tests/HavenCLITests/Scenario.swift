@@ -87,6 +87,36 @@ final class Scenario: @unchecked Sendable {
         return Run(status: r.status, stdout: r.stdout, stderr: r.stderr)
     }
 
+    /// Starts `haven apply --auto-approve` without waiting; its JSON events go to `events`.
+    func startApply(events: URL) throws -> Process {
+        let apply = Process()
+        apply.executableURL = URL(fileURLWithPath: HavenBinary.path)
+        apply.arguments = ["apply", "-f", config, "--auto-approve"]
+        var env = ProcessInfo.processInfo.environment
+        env["HAVEN_STATE"] = dir.path + "/state"
+        env["SCENARIO_PASSWORD"] = password
+        env["HAVEN_NOW"] = ISO8601DateFormatter().string(from: now)
+        apply.environment = env
+        FileManager.default.createFile(atPath: events.path, contents: nil)
+        apply.standardError = try FileHandle(forWritingTo: events)
+        apply.standardOutput = FileHandle.nullDevice
+        try apply.run()
+        return apply
+    }
+
+    /// Waits (up to 10 s) until an event line of `events` satisfies `matches`.
+    func waitForEvent(_ events: URL, _ matches: ([String: Any]) -> Bool) -> Bool {
+        for _ in 0..<400 {
+            let text = (try? String(contentsOf: events, encoding: .utf8)) ?? ""
+            let found = text.split(separator: "\n").contains { line in
+                (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]).map(matches) ?? false
+            }
+            if found { return true }
+            usleep(25_000)
+        }
+        return false
+    }
+
     func diff(json: Bool = false) throws -> Run { try haven(["diff", "-f", config] + (json ? ["--output", "json"] : [])) }
     func apply() throws -> Run { try haven(["apply", "-f", config, "--auto-approve"]) }
     func simControl(_ args: [String]) throws -> Run { try haven(["sim"] + args + ["--state", simState.path]) }

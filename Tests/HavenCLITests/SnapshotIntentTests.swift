@@ -26,25 +26,9 @@ import XenAPI
 
         // The pool takes 3 s to snapshot; haven dies (SIGKILL) while it waits.
         #expect(try s.simControl(["fault", "--rule", "latency:VM.snapshot:3s@count=1"]).status == 0)
-        let apply = Process()
-        apply.executableURL = URL(fileURLWithPath: HavenBinary.path)
-        apply.arguments = ["apply", "-f", s.config, "--auto-approve"]
-        var env = ProcessInfo.processInfo.environment
-        env["HAVEN_STATE"] = s.dir.path + "/state"
-        env["SCENARIO_PASSWORD"] = s.password
-        env["HAVEN_NOW"] = ISO8601DateFormatter().string(from: s.now)
-        apply.environment = env
         let events = s.dir.appendingPathComponent("events.jsonl")
-        FileManager.default.createFile(atPath: events.path, contents: nil)
-        apply.standardError = try FileHandle(forWritingTo: events)
-        apply.standardOutput = FileHandle.nullDevice
-        try apply.run()
-        var started = false
-        for _ in 0..<400 where !started {
-            let text = (try? String(contentsOf: events, encoding: .utf8)) ?? ""
-            started = text.split(separator: "\n").contains { $0.contains("\"event\":\"started\"") && $0.contains("\"action\":\"backup\"") }
-            if !started { usleep(25_000) }
-        }
+        let apply = try s.startApply(events: events)
+        let started = s.waitForEvent(events) { $0["event"] as? String == "started" && $0["action"] as? String == "backup" }
         #expect(started)
         usleep(1_000_000)
         kill(apply.processIdentifier, SIGKILL)

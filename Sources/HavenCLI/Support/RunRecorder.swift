@@ -86,25 +86,7 @@ final class RunRecorder: @unchecked Sendable {
 }
 
 /// The closest of `candidates` to `word`, when close enough to be a typo.
-func closestMatch(_ word: String, _ candidates: [String]) -> String? {
-    func distance(_ a: [Character], _ b: [Character]) -> Int {
-        if a.isEmpty { return b.count }
-        var row = Array(0...b.count)
-        for i in 1...a.count {
-            var prev = row[0]
-            row[0] = i
-            for j in stride(from: 1, through: b.count, by: 1) {
-                let old = row[j]
-                row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1))
-                prev = old
-            }
-        }
-        return row[b.count]
-    }
-    let best = candidates.map { ($0, distance(Array(word.lowercased()), Array($0.lowercased()))) }.min { $0.1 < $1.1 }
-    guard let (name, d) = best, d <= max(2, word.count / 3) else { return nil }
-    return name
-}
+func closestMatch(_ word: String, _ candidates: [String]) -> String? { TargetScope.closestMatch(word, candidates) }
 
 func didYouMean(_ word: String, _ candidates: [String]) -> String {
     closestMatch(word, candidates).map { "; did you mean '\($0)'?" } ?? ""
