@@ -164,7 +164,10 @@ struct ReconcileLoop: Service {
             }
             for (a, why) in report.result.failed { reasons.append("\(a.headline) (\(a.vm?.name ?? a.pool)): \(why)") }
             for (a, why) in report.result.skipped { reasons.append("skipped \(a.headline) (\(a.vm?.name ?? a.pool)): \(why)") }
-            for e in report.plan.errors { reasons.append(e.message) }
+            // An unreachable pool is also a plan error: say it once.
+            for e in report.plan.errors where !report.unreachable.keys.contains(where: { e.message.contains("pool \($0) cannot be read") }) {
+                reasons.append(e.message)
+            }
             let r = report.result
             message = "\(r.succeeded.count) done, \(r.failed.count) failed, \(r.skipped.count) skipped"
             if interrupted {

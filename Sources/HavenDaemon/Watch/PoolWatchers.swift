@@ -45,6 +45,7 @@ struct PoolWatchers: Service {
     /// and a reconcile is asked for then, as events may have been missed.
     private func watch(_ pool: Pool) async {
         var backoff = Duration.seconds(1)
+        var reconnecting = false
         while !Task.isCancelled {
             let client: XenAPIClient
             do {
@@ -60,6 +61,10 @@ struct PoolWatchers: Service {
                 metrics.poolWatch(pool.name, connected: true)
                 logger.info("watching pool events", metadata: ["pool": "\(pool.name)"])
                 backoff = .seconds(1)
+                // Events may have been missed while disconnected: look again. (Not on every failed
+                // attempt: a pool that is down is the loop's backoff to pace, not the watcher's.)
+                if reconnecting { wake.fire(.poolEvent(pool.name)) }
+                reconnecting = false
                 while !Task.isCancelled {
                     // A short long-poll: the call cannot be interrupted, so this bounds how long shutdown waits for it.
                     let batch = try await client.events(of: Self.classes, token: token, timeout: 5)
@@ -78,7 +83,7 @@ struct PoolWatchers: Service {
                 }
                 logger.warning("pool event watch interrupted; reconnecting", metadata: ["pool": "\(pool.name)", "error": "\(error)",
                                                                                          "retryIn": "\(backoff)"])
-                wake.fire(.poolEvent(pool.name))
+                reconnecting = true
                 try? await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(30))
             }
