@@ -126,7 +126,6 @@ import XenAPI
         let d = try DaemonProcess(s, grace: "1s")
         defer { d.kill() }
         _ = try await d.port()
-        try await until("the backup started", 60) { d.stderr.contains("started: back") || d.stderr.contains("started: Back") }
         let c = s.client()
         try await until("haven's snapshot exists", 30) { try await c.records(VMRecord.self).values.contains { $0.isASnapshot } }
         d.signal(SIGTERM)
@@ -184,8 +183,15 @@ final class DaemonProcess: @unchecked Sendable {
     // @unchecked: `process` is configured in init and afterwards only signalled and polled
     // (Foundation's Process allows that from any thread); the output buffers are mutexes.
     let process: Process
-    let out = Mutex("")
-    let err = Mutex("")
+    let out = Output()
+    let err = Output()
+
+    /// Text a pipe delivered so far.
+    final class Output: Sendable {
+        let text = Mutex("")
+        func append(_ d: Data) { text.withLock { $0 += String(decoding: d, as: UTF8.self) } }
+        var value: String { text.withLock { $0 } }
+    }
 
     init(_ s: Scenario, grace: String = "30s") throws {
         let p = Process()
@@ -202,19 +208,17 @@ final class DaemonProcess: @unchecked Sendable {
         p.standardError = e
         let out = self.out, err = self.err
         o.fileHandleForReading.readabilityHandler = { h in
-            let d = h.availableData
-            out.withLock { $0 += String(decoding: d, as: UTF8.self) }
+            out.append(h.availableData)
         }
         e.fileHandleForReading.readabilityHandler = { h in
-            let d = h.availableData
-            err.withLock { $0 += String(decoding: d, as: UTF8.self) }
+            err.append(h.availableData)
         }
         try p.run()
         process = p
     }
 
-    var stdout: String { out.withLock { $0 } }
-    var stderr: String { err.withLock { $0 } }
+    var stdout: String { out.value }
+    var stderr: String { err.value }
 
     func port() async throws -> Int {
         var found: Int?
