@@ -128,6 +128,9 @@ import XenAPI
         _ = try await d.port()
         let c = s.client()
         try await until("haven's snapshot exists", 30) { try await c.records(VMRecord.self).values.contains { $0.isASnapshot } }
+        // `haven apply` meanwhile fails on the pool's lock, naming the daemon.
+        let apply = try s.apply()
+        #expect(apply.status == 2 && apply.stderr.contains("haven daemon"), "\(apply.stderr)")
         d.signal(SIGTERM)
         let code = try await d.exitStatus(within: 40)
         #expect(code == 0, "exit 0: \(d.stderr.suffix(3000))")
