@@ -23,6 +23,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Pure: YAML desired state -> typed, validated model. No sockets, no pool.
@@ -59,12 +63,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "CNBD", linkerSettings: [.linkedLibrary("nbd")]),
-        .target(name: "CSystem"),
+        .target(name: "CHavenSystem"),
         .target(name: "CZstd", linkerSettings: [.linkedLibrary("zstd")]),
         // The data plane: NBD reading (libnbd), the chunk repository, backup, restore, verify, GC.
         .target(
             name: "HavenData",
-            dependencies: ["CNBD", "CZstd", "CSystem", "DiskFormats", "XenAPI", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CNBD", "CZstd", "CHavenSystem", "DiskFormats", "XenAPI", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
         // The planner: (desired state, observed pools, catalog, now) -> plan. Pure.
@@ -85,6 +89,24 @@ let package = Package(
             dependencies: ["HavenSpec", "HavenCore", "HavenCatalog", "HavenData", "XenAPI", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
+        // The long-running service: config watcher, reconcile loop, pool event watchers, HTTP
+        // (/healthz, /readyz, /metrics, status page) in one ServiceGroup. Wiring around Engine.reconcile.
+        .target(
+            name: "HavenDaemon",
+            dependencies: [
+                "HavenSpec",
+                "HavenCore",
+                "HavenCatalog",
+                "HavenEngine",
+                "XenAPI",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Wiring only: parses arguments, calls the libraries, maps results to exit codes.
         .executableTarget(
             name: "HavenCLI",
@@ -96,6 +118,7 @@ let package = Package(
                 "HavenCore",
                 "HavenCatalog",
                 "HavenEngine",
+                "HavenDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -136,6 +159,12 @@ let package = Package(
         .testTarget(
             name: "HavenEngineTests",
             dependencies: ["HavenEngine", "HavenCore", "HavenSpec", "HavenCatalog", "HavenSim", "XenAPI"],
+            swiftSettings: swiftSettings
+        ),
+        // The daemon's pieces in process: config reload, schedule, metrics text, status page.
+        .testTarget(
+            name: "HavenDaemonTests",
+            dependencies: ["HavenDaemon", "HavenSpec", "HavenCore", "HavenEngine", "HavenSim", "XenAPI"],
             swiftSettings: swiftSettings
         ),
         // Drives the built `haven` binary end to end.

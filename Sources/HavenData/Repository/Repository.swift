@@ -1,4 +1,4 @@
-import CSystem
+import CHavenSystem
 import Crypto
 import Foundation
 import Synchronization

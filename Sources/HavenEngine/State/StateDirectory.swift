@@ -66,7 +66,8 @@ public struct StateDirectory: Sendable {
             try await Task.sleep(for: .milliseconds(100))
         }
         ftruncate(fd, 0)
-        let me = "pid \(getpid())\n"
+        // Names the command too, so the one who waits reads "pid 123, haven daemon" (or apply).
+        let me = "pid \(getpid()), haven \(CommandLine.arguments.dropFirst().first ?? "")\n"
         _ = me.withCString { write(fd, $0, strlen($0)) }
         defer { flock(fd, LOCK_UN) }
         return try await body()
