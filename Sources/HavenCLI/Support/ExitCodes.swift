@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import XenAPI
 import HavenData
 import HavenEngine
 
@@ -83,15 +84,31 @@ enum ExitMapping {
         return false
     }
 
-    /// The stable code of an error: ours, the engine's, the data plane's; `failed` otherwise.
+    /// The stable code of an error, in one spelling (kebab-case): ours, the engine's, the data
+    /// plane's; a pool's XenAPI code as xapi spells it; `failed` otherwise.
     static func code(for error: any Error) -> String {
         switch error {
-        case let e as CLIError: return e.code.rawValue
-        case let e as EngineError: return e.code.rawValue
-        case let e as DataError: return e.code.rawValue
+        case let e as CLIError: return kebab(e.code.rawValue)
+        case let e as EngineError: return kebab(e.code.rawValue)
+        case let e as DataError: return kebab(e.code.rawValue)
+        case let e as XenAPIError: return e.code
         case is DecodingError: return "damaged-file"
         default: return "failed"
         }
+    }
+
+    /// `notFound` → `not-found`; already kebab-case stays as it is.
+    static func kebab(_ s: String) -> String {
+        var out = ""
+        for ch in s {
+            if ch.isUppercase {
+                if !out.isEmpty && out.last != "-" { out.append("-") }
+                out.append(Character(ch.lowercased()))
+            } else {
+                out.append(ch == "_" ? "-" : ch)
+            }
+        }
+        return out
     }
 
     static func describe(_ error: any Error) -> String {
