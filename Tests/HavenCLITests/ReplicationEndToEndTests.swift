@@ -73,6 +73,8 @@ import XenAPI
             #expect(e.code == "OPERATION_BLOCKED")
         }
         #expect(try s.diff().status == 0, "in sync right after")
+        let status = try s.haven(["status", "-f", s.config])
+        #expect(status.stdout.contains("REPLICA OF") && status.stdout.contains("replica-web"), "\(status.stdout)")
 
         // Three incrementals after guest writes.
         for i in 1...3 {

@@ -38,7 +38,6 @@ struct ReplicasListCommand: AsyncParsableCommand {
             return
         }
         let f = ISO8601DateFormatter()
-        func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count + 1), withPad: " ", startingAt: 0) }
         print(pad("POLICY", 12) + pad("VM", 14) + pad("REPLICA", 20) + pad("TARGET", 10) + pad("LAST SYNC (UTC)", 22) + pad("LAG", 8) + pad("POINTS", 8) + "STATE")
         for r in list {
             print(pad(r.policy, 12) + pad(r.vm, 14) + pad(r.replica.isEmpty ? r.replicaUUID : r.replica, 20) + pad(r.targetPool, 10)

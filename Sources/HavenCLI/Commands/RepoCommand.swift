@@ -602,7 +602,10 @@ struct StatusCommand: AsyncParsableCommand {
                                 lastBackup: last, lastBackupID: newest?.id, nextDue: next, rpoMet: met, versions: mine.count))
             }
         }
-        let missed = rows.contains { !$0.rpoMet && !$0.suspended }
+        // Replicas: last sync, lag behind the schedule, restore points, state (as `haven replicas list`).
+        let replicas = try engine.catalog.view().replicas.isEmpty ? [] : try await engine.replicas(now: now)
+        let lagging = replicas.contains { ($0.lagSeconds ?? 0) > 0 && $0.state != "failed over" }
+        let missed = rows.contains { !$0.rpoMet && !$0.suspended } || lagging
         if output == .json {
             struct Out: Encodable {
                 var formatVersion = 2
@@ -610,8 +613,9 @@ struct StatusCommand: AsyncParsableCommand {
                 var rpoMissed: Bool
                 var unreachablePools: [String]
                 var vms: [Row]
+                var replicas: [ReplicaStatus]
             }
-            print(try jsonText(encodable: Out(time: now, rpoMissed: missed, unreachablePools: fromCatalog.sorted(), vms: rows)))
+            print(try jsonText(encodable: Out(time: now, rpoMissed: missed, unreachablePools: fromCatalog.sorted(), vms: rows, replicas: replicas)))
         } else {
             let f = DateFormatter()
             f.dateFormat = "yyyy-MM-dd HH:mm"
@@ -627,6 +631,16 @@ struct StatusCommand: AsyncParsableCommand {
                 let next = r.suspended ? "-" : r.nextDue.map { $0 <= now ? "now" : f.string(from: $0) } ?? "-"
                 print(pad(r.pool, 10) + pad(r.vm, 16) + pad(r.policy, 16) + pad(r.suspended ? "yes" : "no", 10) + pad(r.lastAttempt?.result ?? "-", 12)
                       + pad(last, 28) + pad(next, 18) + pad(String(r.versions), 9) + (r.rpoMet ? "met" : "MISSED"))
+            }
+            if !replicas.isEmpty {
+                print("")
+                print(pad("REPLICA OF", 16) + pad("POLICY", 12) + pad("REPLICA", 20) + pad("TARGET", 10) + pad("LAST SYNC (UTC)", 28) + pad("LAG", 9)
+                      + pad("POINTS", 8) + "STATE")
+                for r in replicas {
+                    print(pad(r.vm, 16) + pad(r.policy, 12) + pad(r.replica.isEmpty ? r.replicaUUID : r.replica, 20) + pad(r.targetPool, 10)
+                          + pad(r.lastSync.map { "\(f.string(from: $0)) (\(age($0)))" } ?? "never", 28)
+                          + pad(r.lagSeconds.map { $0 > 0 ? humanDuration($0) : "none" } ?? "-", 9) + pad(r.restorePoints.map(String.init) ?? "-", 8) + r.state)
+                }
             }
         }
         if check && missed { throw HavenExit.rpoMissed }
