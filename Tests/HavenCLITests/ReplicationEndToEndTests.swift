@@ -163,6 +163,31 @@ import XenAPI
         #expect(try s.diff().status == 0)
     }
 
+    @Test func aSyncKilledMidwayLeavesNothingTheNextRunDoesNotFind() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy(), srs: Self.srs)
+        let c = s.client()
+        #expect(try s.apply().status == 0)
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "5", "--seed", "12"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        #expect(try s.simControl(["fault", "--rule", "latency:VDI.get_nbd_info:3s@count=1"]).status == 0)
+        let events = s.dir.appendingPathComponent("events.jsonl")
+        let apply = try s.startApply(events: events)
+        #expect(s.waitForEvent(events) { $0["event"] as? String == "started" && $0["action"] as? String == "replicate" })
+        usleep(1_500_000)
+        kill(apply.processIdentifier, SIGKILL)
+        apply.waitUntilExit()
+        usleep(2_000_000)
+        let left = try await c.records(VMRecord.self).values.filter { $0.isASnapshot && $0.otherConfig["haven.role"] == "replication-snapshot" }
+        #expect(left.count == 1, "the killed sync left its marked source snapshot")
+        let diff = try s.diff()
+        #expect(diff.stdout.contains("left over from a replication sync that did not finish"), "\(diff.stdout)")
+        let run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let after = try await c.records(VMRecord.self).values.filter { $0.isASnapshot && $0.otherConfig["haven.role"] == "replication-snapshot" }
+        #expect(after.isEmpty)
+        try await expectEqualDisks(s, c, "after the sync that followed the kill")
+    }
+
     @Test func aMissingNetworkMappingIsAPlanError() throws {
         let vms = """
                   - name: web
