@@ -46,7 +46,7 @@ import Testing
     }
 
     @Test func officialPythonSDKDrivesAWholeCBTCycle() throws {
-        let sim = try RunningSim(prefix: "127.77.\(getpid() % 200)")
+        let sim = try RunningSim(prefix: "127.240.\(getpid() % 200)")
         let script = HavenBinary.packageRoot.appendingPathComponent("Tests/HavenCLITests/Referee/xenapi_cbt_cycle.py").path
         let (status, out) = try runTool("python3", [script, sim.state.path, HavenBinary.path, sim.dir.path])
         #expect(status == 0, "\(out)")
@@ -54,7 +54,7 @@ import Testing
     }
 
     @Test func simulatorStopsOnSIGTERMAndKeepsItsState() throws {
-        let sim = try RunningSim(prefix: "127.78.\(getpid() % 200)")
+        let sim = try RunningSim(prefix: "127.241.\(getpid() % 200)")
         let endpoints = try Data(contentsOf: sim.state.appendingPathComponent("endpoints.json"))
         let list = try #require(try JSONSerialization.jsonObject(with: endpoints) as? [[String: Any]])
         #expect(list.first?["name"] as? String == "referee")

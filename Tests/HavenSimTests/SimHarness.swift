@@ -22,7 +22,8 @@ final class SimHarness: @unchecked Sendable {
     init(_ worldTemplate: String) throws {
         let n = Self.counter.add(1, ordering: .relaxed).newValue
         octet = n
-        let prefix = "127.\(100 + Int(getpid()) % 100).\(n)"
+        // 127.100-149: disjoint from the CLI scenarios (150-239), engine (20-39) and data (60-99) tests in one process.
+        let prefix = "127.\(100 + Int(getpid()) % 50).\(n)"
         let yaml = worldTemplate.replacingOccurrences(of: "{A}", with: prefix)
         state = FileManager.default.temporaryDirectory.appendingPathComponent("haven-sim-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
