@@ -55,7 +55,7 @@ import Testing
         #expect(prunes.count == 4)
         #expect(prunes.allSatisfy { $0.requires == [backup.key] }, "no version is pruned when the backup that replaces it fails")
         let gc = try #require(p.actions.first { $0.kind == .gc })
-        #expect(Set(gc.after) == Set(prunes.map(\.key)))
+        #expect(Set(gc.after) == Set(prunes.map(\.key) + [backup.key]), "GC waits for the prunes and for every backup into the repository")
         // Every dependency names an action of the plan.
         let keys = Set(p.actions.map(\.key))
         #expect(p.actions.allSatisfy { a in a.requires.allSatisfy(keys.contains) && a.after.allSatisfy(keys.contains) })

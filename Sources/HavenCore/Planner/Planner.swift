@@ -153,10 +153,16 @@ extension Planner {
             }
             if scope == nil { orphanedReplicas() }
             for (repo, list) in prunes.sorted(by: { $0.key < $1.key }) {
-                guard let target = repositoriesByName[repo] ?? catalogRepository(repo) else { continue }
+                guard let target = repositoriesByName[repo] else { continue }
                 let pool = list.first?.pool ?? ""
+                // After every backup into the same repository too: GC needs the lock exclusive, and a
+                // backup holds it shared until its commit.
+                let writers = actions.compactMap { a -> ActionKey? in
+                    if case .backup(let b) = a.action, b.repository.name == repo { return a.key }
+                    return nil
+                }
                 add(PlannedAction(key: ActionKey(.gc, pool: pool, subject: repo), action: .gc(GCJob(repository: target, safetyWindowSeconds: 3_600)),
-                                  reason: "versions were pruned; their unshared chunks can go", after: list))
+                                  reason: "versions were pruned; their unshared chunks can go", after: list + writers))
             }
             if scope == nil {
                 cleanup()
@@ -173,9 +179,6 @@ extension Planner {
             }
             return true
         }
-
-        /// A repository no longer declared is not written to; its versions are only forgotten by hand.
-        func catalogRepository(_ name: String) -> RepositoryTarget? { nil }
 
         /// Every name, uuid or tag of a selector that matches nothing in its pool.
         mutating func selectorWarnings(_ policy: BackupPolicy, _ pool: ObservedPool) {

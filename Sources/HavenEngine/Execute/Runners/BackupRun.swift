@@ -271,9 +271,8 @@ struct BackupRun {
                                          previous: previous, changed: changed)
         let reporter = ProgressThrottle(action: action, disk: disk.name, emit: ctx.emitEvent)
         let version = try await blocking {
-            try repo.withLock(exclusive: false) {
-                try DiskBackup(repository: repo).run(request) { p in reporter.report(p.bytesDone, p.bytesTotal) }
-            }
+            // The run's write session already holds the repository lock (shared) until the commit.
+            try DiskBackup(repository: repo).run(request) { p in reporter.report(p.bytesDone, p.bytesTotal) }
         }
         reporter.finish()
         return (version, fallback)
@@ -293,9 +292,8 @@ struct BackupRun {
         let request = DiskBackup.Request(key: "xva", name: "\(vm.nameLabel).xva", vdiUUID: "", sourceSnapshotVDI: snapshotUUID, source: source)
         let reporter = ProgressThrottle(action: action, disk: "xva", emit: ctx.emitEvent)
         let version = try await blocking {
-            try repo.withLock(exclusive: false) {
-                try DiskBackup(repository: repo).run(request) { p in reporter.report(p.bytesDone, p.bytesTotal) }
-            }
+            // The run's write session already holds the repository lock (shared) until the commit.
+            try DiskBackup(repository: repo).run(request) { p in reporter.report(p.bytesDone, p.bytesTotal) }
         }
         reporter.finish()
         return version

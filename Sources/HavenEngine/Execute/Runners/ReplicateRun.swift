@@ -220,13 +220,12 @@ struct ReplicateRun {
         let vms = try await target.records(VMRecord.self)
         let points = vms.filter { $0.value.isASnapshot && $0.value.snapshotOf == replica.ref && $0.value.otherConfig[OwnershipMarks.role] == "restore-point" }
             .sorted { $0.value.snapshotTime > $1.value.snapshotTime }
-        guard let (latest, latestRecord) = points.first else { return [:] }
+        guard let latestRecord = points.first?.value else { return [:] }
         var pointDisks: [String: VDIRef] = [:]
         for vbd in latestRecord.vbds {
             let b = try await target.record(vbd)
             if b.type == "Disk", !b.vdi.isNull { pointDisks[b.userdevice] = b.vdi }
         }
-        _ = latest
         var out: [String: Set<Int>] = [:]
         for (key, vdi) in replica.disks {
             guard let from = pointDisks[key] else { continue }
