@@ -12,7 +12,7 @@ import XenAPI
 /// delta upload, the simulator's writes): the simulator's `VM.snapshot` copies every allocated
 /// byte of the disk (twice per sync: the source snapshot and the restore point), where xapi's is
 /// a metadata operation, so the whole action's time is printed but not compared.
-func benchReplication(sizeGiB: Int, haven: String) async throws -> [String: Double] {
+func benchReplication(sizeGiB: Int, havenPath: String) async throws -> [String: Double] {
     let dir = URL(fileURLWithPath: ".bench/replication").standardizedFileURL
     try? FileManager.default.removeItem(at: dir)
     try FileManager.default.createDirectory(at: dir.appendingPathComponent("config"), withIntermediateDirectories: true)
@@ -58,7 +58,7 @@ func benchReplication(sizeGiB: Int, haven: String) async throws -> [String: Doub
     let t0 = Date()
     func haven(_ args: [String], now: Date) throws -> (Int32, String, String, Double) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: haven)
+        p.executableURL = URL(fileURLWithPath: havenPath)
         p.arguments = args
         var env = ProcessInfo.processInfo.environment
         env["BENCH_PASSWORD"] = "bench"

@@ -21,6 +21,6 @@ if wants("data") {
 }
 if wants("replication") {
     let haven = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("haven").path
-    results.merge(try await benchReplication(sizeGiB: Int(ProcessInfo.processInfo.environment["HAVEN_BENCH_GIB"] ?? "") ?? 4, haven: haven)) { _, b in b }
+    results.merge(try await benchReplication(sizeGiB: Int(ProcessInfo.processInfo.environment["HAVEN_BENCH_GIB"] ?? "") ?? 4, havenPath: haven)) { _, b in b }
 }
 try mergeResults(results)

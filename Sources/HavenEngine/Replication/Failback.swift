@@ -85,10 +85,11 @@ struct FailbackRun {
                   originalInfo.uuid == disk.originalVDI, replicaDisks[disk.key]?.1.uuid == disk.replicaVDI else {
                 throw EngineError(.action, vmName, "disk \(disk.key) of \(vmName) or of its replica changed since the plan")
             }
-            let c = try await ctx.limiters(sourcePool).transfers.with {
-                try await sendBack(disk, snapVDI: snapVDI, snapInfo: snapInfo, originalVDI: originalVDI, notes: &notes)
+            let (c, said) = try await ctx.limiters(sourcePool).transfers.with {
+                try await sendBack(disk, snapVDI: snapVDI, snapInfo: snapInfo, originalVDI: originalVDI)
             }
             counters = counters + c
+            notes += said
         }
 
         // 3. The original as it is now: the next sync's anchors.
@@ -133,7 +134,8 @@ struct FailbackRun {
 
     /// Per disk: blocks changed on either side since they were last equal, read from the
     /// replica's snapshot over NBD (on the target pool), written onto the original's VDI.
-    func sendBack(_ disk: FailbackDiskJob, snapVDI: VDIRef, snapInfo: VDIRecord, originalVDI: VDIRef, notes: inout [String]) async throws -> CopyCounters {
+    func sendBack(_ disk: FailbackDiskJob, snapVDI: VDIRef, snapInfo: VDIRecord, originalVDI: VDIRef) async throws -> (CopyCounters, [String]) {
+        var notes: [String] = []
         let size = snapInfo.virtualSize
         let total = Int((size + Int64(ChangedBlocks.blockSize) - 1) / Int64(ChangedBlocks.blockSize))
         var wanted = Set<Int>()
@@ -155,7 +157,7 @@ struct FailbackRun {
             }
         }
         if every { wanted = Set(0..<total) }
-        guard !wanted.isEmpty else { return CopyCounters() }
+        guard !wanted.isEmpty else { return (CopyCounters(), notes) }
         let settings = ctx.settings(job.targetPool)
         guard let info = try await target.nbdInfo(snapVDI).first else {
             throw EngineError(.action, disk.name, "no NBD server on \(job.targetPool) for the replica's disk \(disk.key): fail-back reads over NBD")
@@ -171,7 +173,7 @@ struct FailbackRun {
         }
         let (written, sent) = try await staged.send(blocks: blocks, to: source, vdi: originalVDI)
         log("disk \(disk.key): wrote \(blocks.count) blocks of 64 KiB (\(written) bytes) onto the original")
-        return CopyCounters(read: written, written: written, sent: sent)
+        return (CopyCounters(read: written, written: written, sent: sent), notes)
     }
 
     func retireFailoverAnchors(vm: String) async throws {

@@ -78,7 +78,8 @@ struct ReplicateRun {
             let rewriteNow = rewrite
             // singlePass: the repository is held shared from the first chunk to the commit.
             let pass = try job.singlePass.map { SinglePass(repo: try ctx.repository($0.repository), base: $0.baseBackup) }
-            let session = try await pass.map { p in try await blocking { try p.repo.beginWriteSession(lockTimeout: 600) } }
+            var session: WriteSession?
+            if let repo = pass?.repo { session = try await blocking { try repo.beginWriteSession(lockTimeout: 600) } }
             defer { session?.close() }
             var versions: [DiskVersion] = []
             for disk in job.disks {
