@@ -225,6 +225,30 @@ import XenAPI
         }
     }
 
+    /// A sync that dies inside the repository write (HAVEN_CRASH_AT: the first durable step of
+    /// the singlePass write) commits no version and has not written the replica yet; the next run
+    /// does both.
+    @Test func aSinglePassSyncKilledInTheRepositoryWriteLeavesNoVersionAndTheReplicaAsItWas() async throws {
+        let s = try Scenario(vms: R.vms, policy: R.policy(keep: 2, extra: "  singlePass: {repository: local}"), srs: R.srs)
+        let c = s.client()
+        #expect(try s.apply().status == 0)
+        let (rep, _) = try #require(try await replicas(c).first)
+        var before: [String] = []
+        for v in try await c.diskVDIs(rep) { before.append(try s.sha(s.diskFile(try await c.record(v).uuid))) }
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "6", "--seed", "66"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        let run = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": "1"])
+        #expect(run.status == 99, "\(run.stdout)\(run.stderr)")
+        #expect(try s.backups().count == 1, "no half version")
+        var after: [String] = []
+        for v in try await c.diskVDIs(rep) { after.append(try s.sha(s.diskFile(try await c.record(v).uuid))) }
+        #expect(after == before, "the replica was not written")
+        let next = try s.apply()
+        #expect(next.status == 0, "\(next.stdout)\(next.stderr)")
+        try await expectEqual(s, c, "the run after the kill")
+        #expect(try s.backups().count == 2)
+    }
+
     @Test(arguments: ["replica-created", "replica-disk-created"])
     func aReplicaLeftByAKilledInitialSyncIsFoundAndRemoved(step: String) async throws {
         let s = try Scenario(vms: R.vms, policy: R.policy(), srs: R.srs)
