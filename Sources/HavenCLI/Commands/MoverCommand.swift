@@ -42,6 +42,8 @@ struct MoverCommand: ParsableCommand {
     @Option(name: .customLong("parent-pid"), help: .hidden)
     var parentPID: Int32?
 
+    func validate() throws { _ = try Self.parseListen(listen) }
+
     func run() throws {
         if let parentPID, haven_exit_with_parent(parentPID) != 0 { throw CLIError("the parent process \(parentPID) is gone") }
         let (host, port) = try Self.parseListen(listen)

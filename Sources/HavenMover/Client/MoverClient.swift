@@ -211,12 +211,10 @@ public final class MoverClient: Sendable {
             throw MoverError(.invalidArgument, "disk \(disk)", "blocksPerHash must be 1...4096, not \(blocksPerHash)")
         }
         var out: [RangeHash] = []
+        // Runs arrive whole, so a resumed request starts where the last complete run ended and
+        // the runs line up with those of an unbroken one.
         try resumable(disk: disk, range: range, hook: hook, lastDone: { out.last.map { $0.range.end - 1 } ?? -1 }) { c, part in
-            // A resumed request starts on a run boundary, so the runs line up with an unbroken one.
-            let base = range?.first ?? 0
-            let aligned = part.first - (part.first - base) % Int64(blocksPerHash)
-            out.removeAll { $0.range.first >= aligned }
-            out += try c.hashes(disk: disk, range: part.from(aligned).first == aligned ? BlockRange(first: aligned, count: part.end - aligned) : part, blocksPerHash: blocksPerHash)
+            out += try c.hashes(disk: disk, range: part, blocksPerHash: blocksPerHash)
         } resumed: {}
         return out
     }

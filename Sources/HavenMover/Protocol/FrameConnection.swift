@@ -61,13 +61,13 @@ final class FrameConnection: @unchecked Sendable {
 
     /// The next frame; throws `connection` at end of stream, `badFrame` for a hostile one.
     func receive() throws -> Frame {
-        let header = try readExactly(4)
+        let header = Array(try readExactly(4))
         let length = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
         guard length >= 1 else { throw MoverError(.badFrame, context, "an empty frame") }
         guard length <= MoverProtocol.maxFrame else {
             throw MoverError(.badFrame, context, "a frame of \(length) bytes exceeds the limit of \(MoverProtocol.maxFrame)")
         }
-        let body = try readExactly(length)
+        let body = Array(try readExactly(length))
         guard let type = FrameType(rawValue: body[0]) else { throw MoverError(.badFrame, context, "unknown frame type \(body[0])") }
         return Frame(type: type, payload: Array(body[1...]))
     }

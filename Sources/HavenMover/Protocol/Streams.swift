@@ -1,5 +1,3 @@
-import Crypto
-
 /// The blocks a request selects: every block of a range, or those of the range whose bit is
 /// set in a bitmap rebased at the range's first block.
 struct BlockSelection: Sequence {
@@ -28,8 +26,6 @@ struct BlockSelection: Sequence {
             return nil
         }
     }
-
-    static func encode(_ range: BlockRange, _ blocks: ChangedBlocks?) -> [UInt8]? { blocks?.slice(range) }
 }
 
 /// The request every streaming command starts with (READ, WRITE, PUSH, PULL share it).
@@ -241,8 +237,4 @@ enum BlockStream {
         s.lastAcknowledged = try r.i64()
         return s
     }
-}
-
-enum Hashing {
-    static func sha256(_ bytes: UnsafeRawBufferPointer) -> [UInt8] { Array(SHA256.hash(data: bytes)) }
 }

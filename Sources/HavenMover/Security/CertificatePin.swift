@@ -1,4 +1,9 @@
 import CSSL
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The SHA-256 of a mover's certificate (DER). haven's client refuses a mover whose
 /// certificate does not hash to its pin; there is no chain to validate (self-signed).
@@ -39,8 +44,3 @@ public struct CertificatePin: Sendable, Hashable, CustomStringConvertible, Codab
     public var hex: String { sha256.map { String(format: "%02X", $0) }.joined(separator: ":") }
     public var description: String { "sha256:\(hex)" }
 }
-
-#if canImport(Glibc)
-    import Glibc
-#endif
-import Foundation

@@ -85,7 +85,7 @@ public struct MoverCredentials: Sendable, CustomStringConvertible {
         var key: UnsafeMutablePointer<CChar>?
         var error = [CChar](repeating: 0, count: 256)
         guard haven_make_self_signed(name, Int32(days), &cert, &key, &error, error.count) == 0, let cert, let key else {
-            throw MoverError(.internal, "mover credentials for \(name)", String(cString: error))
+            throw MoverError(.internal, "mover credentials for \(name)", cString(error))
         }
         defer {
             // The key text is wiped before it is freed: nothing of it lingers in freed memory.

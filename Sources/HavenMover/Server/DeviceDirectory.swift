@@ -52,7 +52,7 @@ final class BlockDevice {
         }
         var st = stat()
         fstat(fd, &st)
-        isRegularFile = (st.st_mode & S_IFMT) == S_IFREG
+        isRegularFile = (st.st_mode & mode_t(S_IFMT)) == mode_t(S_IFREG)
         if isRegularFile {
             size = Int64(st.st_size)
         } else {

@@ -96,15 +96,16 @@ public final class MoverServer: Sendable {
             var peer = sockaddr_in()
             var len = socklen_t(MemoryLayout<sockaddr_in>.size)
             let fd = withUnsafeMutablePointer(to: &peer) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept4(listenFD, $0, &len, Int32(SOCK_CLOEXEC.rawValue)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(listenFD, $0, &len) }
             }
             if fd < 0 {
                 if errno == EINTR || errno == ECONNABORTED { continue }
                 return
             }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             var ip = [CChar](repeating: 0, count: 64)
             inet_ntop(AF_INET, &peer.sin_addr, &ip, socklen_t(ip.count))
-            let source = String(cString: ip)
+            let source = cString(ip)
             if let allowed = configuration.allowedSources, !allowed.contains(source) {
                 // A reset, as a firewall's reject would give, before any byte of TLS.
                 var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
@@ -115,7 +116,8 @@ public final class MoverServer: Sendable {
             }
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            let thread = Thread { [self] in serve(fd, source: "\(source):\(UInt16(bigEndian: peer.sin_port))") }
+            let label = "\(source):\(UInt16(bigEndian: peer.sin_port))"
+            let thread = Thread { [self] in serve(fd, source: label) }
             thread.stackSize = 1 << 20
             thread.start()
         }

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 
 /// One client connection on the server: HELLO with a valid token first, then commands until
@@ -419,5 +420,3 @@ struct SHA256Stream {
     mutating func update(_ bytes: UnsafeRawBufferPointer) { hasher.update(bufferPointer: bytes) }
     func finish() -> [UInt8] { Array(hasher.finalize()) }
 }
-
-import Crypto

@@ -91,6 +91,11 @@ enum Sockets {
         guard rc == 0 else { return "?" }
         var ip = [CChar](repeating: 0, count: 64)
         inet_ntop(AF_INET, &peer.sin_addr, &ip, socklen_t(ip.count))
-        return "\(String(cString: ip)):\(UInt16(bigEndian: peer.sin_port))"
+        return "\(cString(ip)):\(UInt16(bigEndian: peer.sin_port))"
     }
+}
+
+/// The text of a NUL-terminated C buffer.
+func cString(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }

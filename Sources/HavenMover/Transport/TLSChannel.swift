@@ -60,7 +60,7 @@ final class TLSServerIdentity: @unchecked Sendable {
     init(certificatePEM: String, privateKeyPEM: String) throws {
         var error = [CChar](repeating: 0, count: 256)
         guard let ctx = haven_tls_server_new_pem(certificatePEM, privateKeyPEM, &error, error.count) else {
-            throw MoverError(.invalidArgument, "mover credentials", String(cString: error))
+            throw MoverError(.invalidArgument, "mover credentials", cString(error))
         }
         raw = ctx
     }
@@ -84,7 +84,7 @@ final class TLSClientContext: @unchecked Sendable {
 
     static let shared: TLSClientContext = {
         var error = [CChar](repeating: 0, count: 256)
-        guard let ctx = haven_tls_client_new(&error, error.count) else { fatalError("OpenSSL: \(String(cString: error))") }
+        guard let ctx = haven_tls_client_new(&error, error.count) else { fatalError("OpenSSL: \(cString(error))") }
         return TLSClientContext(raw: ctx)
     }()
 

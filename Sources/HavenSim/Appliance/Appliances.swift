@@ -207,7 +207,7 @@ extension SimPool {
             if denyInbound { args += ["--allow-inbound-from", "127.0.0.1"] }
             if haveChannel { args += ["--change-report-fd", "3"] }
             do {
-                let p = try ChildProcess(executable: Self.moverExecutable, arguments: args, stderrPath: log, inherit: haveChannel ? [(pair[1], 3)] : [])
+                let p = try ChildProcess(executable: Self.moverExecutable, arguments: args, stderrPath: log, inherit: haveChannel ? [(parent: pair[1], child: Int32(3))] : [])
                 guest.process = p
                 for _ in 0..<1000 where access(ready, F_OK) != 0 && p.isRunning { usleep(10_000) }
             } catch {
