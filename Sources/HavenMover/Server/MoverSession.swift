@@ -35,13 +35,17 @@ final class MoverSession {
                     return
                 } catch let e as MoverError {
                     conn.sendError(e)
+                    config.log?("\(conn.context): \(frame.type) failed: \(e.code): \(e.message)")
                     // After a refused command the connection stays usable; after a broken
                     // stream or a bad frame nothing it says can be trusted.
                     if inStream || ![MoverError.Code.forbidden, .noSuchDisk, .outOfRange, .invalidArgument].contains(e.code) { return }
                 }
             }
         } catch let e as MoverError {
-            if e.code != .connection { conn.sendError(e) }
+            if e.code != .connection {
+                conn.sendError(e)
+                config.log?("\(conn.context): \(e.code): \(e.message)")
+            }
         } catch {
             conn.sendError(MoverError(.internal, "", "\(error)"))
         }
