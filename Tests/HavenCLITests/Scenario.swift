@@ -17,7 +17,9 @@ final class Scenario: @unchecked Sendable {
     var simState: URL { dir.appendingPathComponent("sim") }
     var repository: String { dir.appendingPathComponent("repo").path }
 
-    /// `vms` and `policy` are YAML fragments; `poolExtra` goes into the world's pool.
+    /// `vms` and `policy` are YAML fragments; `poolExtra` goes into the world's pool. `{P}` in the
+    /// world stands for the scenario's address prefix (appliances: static prefix.50-99, DHCP
+    /// prefix.200-249).
     init(vms: String, policy: String, poolExtra: String = "", networks: String = "[{name: net0, purpose: [nbd]}]",
          srs: String = "[{name: Local storage, type: ext, size: 64Gi}]") throws {
         let n = Self.counter.add(1, ordering: .relaxed).newValue
@@ -39,7 +41,7 @@ final class Scenario: @unchecked Sendable {
                 vms:
             \(vms)
             """
-        try world.write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
+        try world.replacingOccurrences(of: "{P}", with: prefix).write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
         try """
             apiVersion: haven/v1
             kind: Pool
