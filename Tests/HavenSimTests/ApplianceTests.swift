@@ -52,7 +52,7 @@ import Testing
         return XenAPIClient(url: ep.hosts[0].url, credentials: XenCredentials(username: ep.username, password: ep.password), tls: .caFile(ep.caFile))
     }
 
-    func templateRef(_ c: XenAPIClient, _ name: String) async throws -> VMRef {
+    func template(_ c: XenAPIClient, _ name: String) async throws -> VMRef {
         let all = try await c.records(VMRecord.self)
         return all.first { $0.value.nameLabel == name && $0.value.isATemplate && !$0.value.isASnapshot }!.key
     }
@@ -60,7 +60,7 @@ import Testing
     /// A clone of the appliance template with credentials (and a static address) in xenstore_data.
     func appliance(_ c: XenAPIClient, name: String, ip: String?, template: String = "abd") async throws -> (VMRef, MoverCredentials) {
         // As `xe vm-install` does it: clone, provision, no longer a template.
-        let vm = try await c.clone(try await templateRef(c, template), name: name)
+        let vm = try await c.clone(try await self.template(c, template), name: name)
         try await c.provision(vm)
         try await c.setIsATemplate(vm, false)
         let creds = try MoverCredentials.generate(name: name)
