@@ -1,6 +1,7 @@
 import Foundation
 import HavenCatalog
 import HavenCore
+import HavenSpec
 import XenAPI
 
 #if canImport(Glibc)
