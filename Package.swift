@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "HavenSpec", targets: ["HavenSpec"]),
         .library(name: "XenAPI", targets: ["XenAPI"]),
         .library(name: "HavenData", targets: ["HavenData"]),
+        .library(name: "HavenMover", targets: ["HavenMover"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
@@ -56,10 +57,17 @@ let package = Package(
             name: "DiskFormats",
             swiftSettings: swiftSettings
         ),
+        // `haven mover`, the program inside a data-mover appliance, and haven's client of it:
+        // a framed protocol over TLS (OpenSSL through CSSL), pinned certificates, job tokens.
+        .target(
+            name: "HavenMover",
+            dependencies: ["CSSL", "CHavenSystem", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         // The simulated pool (`haven sim`): xapi's object model, RPC, HTTP data paths, CBT, NBD via nbdkit.
         .target(
             name: "HavenSim",
-            dependencies: ["XenAPI", "DiskFormats", "CSSL", .product(name: "Yams", package: "Yams")],
+            dependencies: ["XenAPI", "DiskFormats", "CSSL", "HavenMover", .product(name: "Yams", package: "Yams")],
             swiftSettings: swiftSettings
         ),
         .target(name: "CNBD", linkerSettings: [.linkedLibrary("nbd")]),
@@ -119,6 +127,8 @@ let package = Package(
                 "HavenCatalog",
                 "HavenEngine",
                 "HavenDaemon",
+                "HavenMover",
+                "CHavenSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -150,9 +160,15 @@ let package = Package(
             dependencies: ["HavenData", "DiskFormats"],
             swiftSettings: swiftSettings
         ),
+        // The mover protocol through real TLS on loopback (127.40-59).
+        .testTarget(
+            name: "HavenMoverTests",
+            dependencies: ["HavenMover"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "HavenSimTests",
-            dependencies: ["HavenSim", "XenAPI", "DiskFormats"],
+            dependencies: ["HavenSim", "HavenMover", "XenAPI", "DiskFormats"],
             swiftSettings: swiftSettings
         ),
         // Runners and the scheduler against an in-process `haven sim` (real nbdkit).

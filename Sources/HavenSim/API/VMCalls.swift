@@ -126,6 +126,11 @@ extension SimPool {
         }
         if let of = f["snapshot_of"]?.stringValue, db.get(of) != nil { db.removeFromSet(of, "snapshots", vm) }
         if let m = f["metrics"]?.stringValue, db.get(m, "VM_metrics") != nil { db.remove(m) }
+        deleteGuestMetrics(vm)
+        if isAppliance(vm) {
+            releaseLeases(vm)
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent("appliances/\(f["uuid"]?.stringValue ?? "-")"))
+        }
         db.remove(vm)
     }
 
@@ -176,13 +181,19 @@ extension SimPool {
         case "start", "start_on":
             try checkOperation(c, vm, op, allowed: ["Halted"])
             try validateBootParameters(c, vm)
+            // xapi drops the guest metrics at start (a clone's would be wrong); the guest agent
+            // reports fresh ones.
+            deleteGuestMetrics(vm)
             powerOn(vm)
+            startAppliance(vm)
         case "clean_shutdown":
             try checkOperation(c, vm, "clean_shutdown", allowed: ["Running"])
             powerOff(vm)
+            stopAppliance(vm)
         default:
             try checkOperation(c, vm, "hard_shutdown", allowed: ["Running", "Paused", "Suspended"])
             powerOff(vm)
+            stopAppliance(vm)
         }
         refreshAllowedOperations(vm)
     }
