@@ -130,8 +130,8 @@ extension World {
         #expect(jobs.map(\.name) == ["haven-abd-1", "haven-abd-2", "haven-abd-3", "haven-abd-4", "haven-abd-5"])
         #expect(jobs.map { $0.address.ip ?? "dhcp" } == ["127.0.77.50", "127.0.77.51", "127.0.77.52", "dhcp", "dhcp"])
         #expect(jobs.allSatisfy { $0.templateUUID == "tpl-uuid" && $0.srUUID == "sr1" && $0.network == "net0" && $0.memory == 128 << 20 })
-        #expect(jobs[0].address.xenstoreData == ["vm-data/haven/ip": "127.0.77.50", "vm-data/haven/netmask": "255.255.255.0"])
-        #expect(jobs[4].address.xenstoreData.isEmpty)
+        #expect(jobs[0].address == ApplianceAddress(ip: "127.0.77.50", netmask: "255.255.255.0", gateway: nil, dns: []))
+        #expect(jobs[4].address == ApplianceAddress(ip: nil, netmask: nil, gateway: nil, dns: []))
         let reason = p.actions.first { $0.kind == .provisionAppliance }!.reason
         #expect(reason.contains("5 planned transfers through AppliancePool abd need 5 appliances at once"), "\(reason)")
         #expect(reason.contains("0 idle exist"))

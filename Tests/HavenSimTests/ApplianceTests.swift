@@ -60,7 +60,7 @@ import Testing
     /// A clone of the appliance template with credentials (and a static address) in xenstore_data.
     func appliance(_ c: XenAPIClient, name: String, ip: String?, template: String = "abd") async throws -> (VMRef, MoverCredentials) {
         // As `xe vm-install` does it: clone, provision, no longer a template.
-        let vm = try await c.clone(try await template(c, template), name: name)
+        let vm = try await c.clone(try await self.template(c, template), name: name)
         try await c.provision(vm)
         try await c.setIsATemplate(vm, false)
         let creds = try MoverCredentials.generate(name: name)

@@ -195,10 +195,3 @@ public enum OwnershipMarks {
     public static let applianceDiskRole = "appliance-disk"
 }
 
-/// The `xenstore_data` keys an appliance reads its settings from (`vm-data/haven/…` in xenstore).
-public enum ApplianceXenstore {
-    public static let ip = "vm-data/haven/ip"
-    public static let netmask = "vm-data/haven/netmask"
-    public static let gateway = "vm-data/haven/gateway"
-    public static let dns = "vm-data/haven/dns"
-}

@@ -70,16 +70,6 @@ public struct ApplianceAddress: Sendable, Codable, Hashable {
     }
 
     public var isStatic: Bool { ip != nil }
-
-    /// The `vm-data/haven/…` keys of `xenstore_data` (nothing for DHCP: the guest asks the network).
-    public var xenstoreData: [String: String] {
-        guard let ip else { return [:] }
-        var d = [ApplianceXenstore.ip: ip]
-        if let netmask { d[ApplianceXenstore.netmask] = netmask }
-        if let gateway { d[ApplianceXenstore.gateway] = gateway }
-        if !dns.isEmpty { d[ApplianceXenstore.dns] = dns.joined(separator: " ") }
-        return d
-    }
 }
 
 /// One appliance to provision: clone `template` onto the SR, one VIF on `network`, `memory`,

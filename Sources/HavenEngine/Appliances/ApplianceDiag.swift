@@ -1,6 +1,7 @@
 import Foundation
 import HavenCatalog
 import HavenCore
+import HavenMover
 import HavenSpec
 import XenAPI
 
@@ -63,17 +64,29 @@ extension Engine {
                 continue
             }
             out += nameResolution(ap)
+            let myPeers = peerAppliancePools(of: ap.name)
             for a in mine {
+                // A check that cannot run because an earlier one failed still gets its line.
+                func skip(_ checks: [String], _ why: String) {
+                    for c in checks { out.append(ApplianceCheck(a.name, c, .skipped, "not checked: \(why)")) }
+                }
+                let later = ["appliance-to-haven"] + (myPeers.isEmpty ? [] : ["peer"])
                 let address = addressCheck(a)
                 out.append(address)
-                guard address.status == .ok, let ip = a.address else { continue }
+                guard address.status == .ok, let ip = a.address else {
+                    skip(["haven-to-appliance"] + later, "the appliance has no address")
+                    continue
+                }
                 let record = view.appliances.first { $0.pool == poolName && $0.uuid == a.uuid }
                 let key = state.readApplianceKey(pool: poolName, uuid: a.uuid) ?? []
                 let reach = await havenToAppliance(a, ip, pin: record?.pin ?? "", key: key)
                 out.append(reach)
-                guard reach.status == .ok else { continue }
+                guard reach.status == .ok else {
+                    skip(later, "haven cannot talk to the appliance's mover")
+                    continue
+                }
                 out.append(await applianceToHaven(a, ip, pin: record?.pin ?? "", key: key))
-                for peer in peers where peerAppliancePools(of: ap.name).contains(where: { $0.name == peer.name }) {
+                for peer in myPeers {
                     out.append(await peerCheck(a, ip, pin: record?.pin ?? "", key: key, peer: peer, observed: observed, view: view))
                 }
             }
@@ -139,7 +152,7 @@ extension Engine {
         }
         do {
             let id = try await MoverSeam.identify(host: ip, port: port, pin: pin, tokenKey: key)
-            return ApplianceCheck(a.name, "haven-to-appliance", .ok, "\(ip):\(port): TLS, certificate matches the pin, token accepted; mover \(id.name) \(id.version)")
+            return ApplianceCheck(a.name, "haven-to-appliance", .ok, "\(ip):\(port): TLS, certificate matches the pin, token accepted; mover \(id.name) (\(id.softwareVersion))")
         } catch {
             let (detail, fix) = MoverSeam.explain(error, host: ip, port: port, from: "haven")
             return ApplianceCheck(a.name, "haven-to-appliance", .failed, detail, fix: fix)
@@ -150,8 +163,6 @@ extension Engine {
         do {
             let said = try await MoverSeam.probeBack(host: ip, port: MoverSeam.port, pin: pin, tokenKey: key)
             return ApplianceCheck(a.name, "appliance-to-haven", .ok, said)
-        } catch let e as MoverSeam.NotOffered {
-            return ApplianceCheck(a.name, "appliance-to-haven", .skipped, e.message)
         } catch {
             let (detail, fix) = MoverSeam.explain(error, host: ip, port: MoverSeam.port, from: a.name)
             return ApplianceCheck(a.name, "appliance-to-haven", .failed, detail, fix: fix)
@@ -169,11 +180,10 @@ extension Engine {
                                   fix: "`haven apply` provisions appliances on pool \(peer.spec.pool.value) when abd replication needs them")
         }
         let otherPin = view.appliances.first { $0.pool == pool.name && $0.uuid == other.uuid }?.pin ?? ""
+        let otherKey = state.readApplianceKey(pool: pool.name, uuid: other.uuid) ?? []
         do {
-            let said = try await MoverSeam.probePeer(host: ip, port: MoverSeam.port, pin: pin, tokenKey: key, peer: otherIP, peerPin: otherPin)
+            let said = try await MoverSeam.probePeer(host: ip, port: MoverSeam.port, pin: pin, tokenKey: key, peer: otherIP, peerPin: otherPin, peerKey: otherKey)
             return ApplianceCheck(subject, "peer", .ok, "\(a.name) (\(ip)) → \(other.name) (\(otherIP)): \(said)")
-        } catch let e as MoverSeam.NotOffered {
-            return ApplianceCheck(subject, "peer", .skipped, e.message)
         } catch {
             let (detail, fix) = MoverSeam.explain(error, host: otherIP, port: MoverSeam.port, from: a.name)
             return ApplianceCheck(subject, "peer", .failed, detail, fix: fix)

@@ -1,6 +1,7 @@
 import Foundation
 import HavenCatalog
 import HavenCore
+import HavenMover
 import HavenSpec
 import XenAPI
 
@@ -32,7 +33,8 @@ public actor ApplianceLeases {
     let holder = "pid \(getpid())"
 
     private var members: [String: [ApplianceInfo]] = [:]
-    private var loaded: Set<String> = []
+    /// One read of the pool per AppliancePool; concurrent first leases wait for the same one.
+    private var loading: [String: Task<Void, any Error>] = [:]
     private var busy: Set<String> = []
     /// Held by another process (its lease is in the catalog): skipped.
     private var elsewhere: Set<String> = []
@@ -104,8 +106,10 @@ public actor ApplianceLeases {
                     continue
                 }
             }
-            let mine = (members[appliancePool] ?? []).filter { busy.contains($0.uuid) }
-            if mine.isEmpty && inFlight[appliancePool, default: 0] == 0 {
+            // Given back while this lease was looking: take it on the next turn.
+            let usable = (members[appliancePool] ?? []).filter { !elsewhere.contains($0.uuid) }
+            if usable.contains(where: { !busy.contains($0.uuid) }) { continue }
+            if usable.isEmpty && inFlight[appliancePool, default: 0] == 0 {
                 let others = (members[appliancePool] ?? []).filter { elsewhere.contains($0.uuid) }.map(\.name)
                 throw EngineError(.action, appliancePool, others.isEmpty
                     ? "AppliancePool \(appliancePool) has no appliance and cannot make one: every static address is taken and dhcpFallback is off"
@@ -174,7 +178,18 @@ public actor ApplianceLeases {
 
     /// This haven's appliances of the AppliancePool on its pool (marked and in the inventory). Two calls.
     private func load(_ s: AppliancePoolSettings) async throws {
-        guard loaded.insert(s.name).inserted else { return }
+        if let t = loading[s.name] { return try await t.value }
+        let t = Task { try await self.read(s) }
+        loading[s.name] = t
+        do {
+            try await t.value
+        } catch {
+            loading[s.name] = nil
+            throw error
+        }
+    }
+
+    private func read(_ s: AppliancePoolSettings) async throws {
         let client = try provisioner(s.pool).client
         let vms = try await client.records(VMRecord.self)
         let metrics = try await client.records(VMGuestMetricsRecord.self)
@@ -183,7 +198,7 @@ public actor ApplianceLeases {
         for (_, vm) in vms where vm.isRealVM && inventory.contains(vm.uuid) && vm.otherConfig[OwnershipMarks.owner] == instance
             && vm.otherConfig[OwnershipMarks.role] == OwnershipMarks.applianceRole && vm.otherConfig[OwnershipMarks.appliancePool] == s.name {
             guard !(members[s.name] ?? []).contains(where: { $0.uuid == vm.uuid }) else { continue }
-            let given = vm.xenstoreData[ApplianceXenstore.ip]
+            let given = vm.xenstoreData[MoverXenstore.ip]
             let reported = metrics[vm.guestMetrics]?.addresses ?? []
             let record = view.appliances.first { $0.pool == s.pool && $0.uuid == vm.uuid }
             members[s.name, default: []].append(ApplianceInfo(
@@ -212,7 +227,7 @@ public actor ApplianceLeases {
         for (_, vm) in vms where vm.isRealVM {
             let isAppliance = vm.otherConfig[OwnershipMarks.role] == OwnershipMarks.applianceRole
             if isAppliance { names.insert(vm.nameLabel) }
-            for a in (metrics[vm.guestMetrics]?.addresses ?? []) + (isAppliance ? [vm.xenstoreData[ApplianceXenstore.ip]].compactMap { $0 } : []) {
+            for a in (metrics[vm.guestMetrics]?.addresses ?? []) + (isAppliance ? [vm.xenstoreData[MoverXenstore.ip]].compactMap { $0 } : []) {
                 if let ip = IPAddress.parse(a), taken[ip] == nil { taken[ip] = vm.nameLabel }
             }
         }

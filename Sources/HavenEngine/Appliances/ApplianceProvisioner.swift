@@ -1,6 +1,7 @@
 import Foundation
 import HavenCatalog
 import HavenCore
+import HavenMover
 import XenAPI
 
 /// An appliance haven can lease: where it answers and how it is checked.
@@ -91,7 +92,8 @@ struct ApplianceProvisioner: Sendable {
         }
         let credentials = try MoverSeam.newCredentials(name: job.name)
         if !credentials.tokenKey.isEmpty { try state.writeApplianceKey(credentials.tokenKey, pool: pool, uuid: record.uuid) }
-        try await client.setXenstoreData(vm, job.address.xenstoreData.merging(credentials.xenstoreData) { a, _ in a })
+        let network = MoverSeam.networkData(ip: job.address.ip, netmask: job.address.netmask, gateway: job.address.gateway, dns: job.address.dns)
+        try await client.setXenstoreData(vm, network.merging(credentials.xenstoreData) { a, _ in a })
         try catalog.setAppliance(ApplianceRecord(pool: pool, uuid: record.uuid, name: job.name, appliancePool: job.appliancePool,
                                                  staticAddress: job.address.ip ?? "", pin: credentials.pin, createdAt: now))
     }
@@ -111,7 +113,7 @@ struct ApplianceProvisioner: Sendable {
         let vms = try await client.records(VMRecord.self)
         let metrics = try await client.records(VMGuestMetricsRecord.self)
         for (_, vm) in vms where vm.isRealVM {
-            if vm.xenstoreData[ApplianceXenstore.ip] == ip, vm.otherConfig[OwnershipMarks.role] == OwnershipMarks.applianceRole {
+            if vm.xenstoreData[MoverXenstore.ip] == ip, vm.otherConfig[OwnershipMarks.role] == OwnershipMarks.applianceRole {
                 throw EngineError(.action, name, "address \(ip) is already given to appliance \(vm.nameLabel); the next plan picks another")
             }
             if metrics[vm.guestMetrics]?.addresses.contains(ip) == true {
@@ -144,7 +146,7 @@ struct ApplianceProvisioner: Sendable {
     /// Starts a halted appliance of haven's and waits for its address.
     func start(_ t: ApplianceTarget) async throws -> ApplianceInfo {
         let (vm, record) = try await ownedAppliance(t)
-        let given = record.xenstoreData[ApplianceXenstore.ip]
+        let given = record.xenstoreData[MoverXenstore.ip]
         if record.powerState != .running { try await withRetry(on: log) { try await client.start(vm) } }
         let address = try await waitForAddress(vm, name: t.name, expected: given)
         let pin = try catalog.view().appliances.first { $0.pool == pool && $0.uuid == t.uuid }?.pin ?? ""

@@ -1,5 +1,6 @@
 import Foundation
 import HavenCore
+import HavenMover
 import XenAPI
 
 /// Reads a pool into an `ObservedPool` with one `get_all_records` per class: the number of calls
@@ -45,7 +46,7 @@ public enum Observer {
                     .compactMap { vdis[$0.vdi] }.filter { $0.otherConfig[OwnershipMarks.role] != OwnershipMarks.applianceDiskRole }.map(\.uuid).sorted()
                 appliances.append(ObservedAppliance(
                     uuid: vm.uuid, name: vm.nameLabel, powerState: vm.powerState.rawValue, owner: vm.otherConfig[OwnershipMarks.owner] ?? "",
-                    appliancePool: vm.otherConfig[OwnershipMarks.appliancePool] ?? "", staticAddress: vm.xenstoreData[ApplianceXenstore.ip],
+                    appliancePool: vm.otherConfig[OwnershipMarks.appliancePool] ?? "", staticAddress: vm.xenstoreData[MoverXenstore.ip],
                     addresses: addresses, foreignDisks: foreign))
                 continue
             }
