@@ -94,7 +94,7 @@ let package = Package(
         // The engine: observes pools, executes plans (XenAPI, data plane, catalog), restores VMs.
         .target(
             name: "HavenEngine",
-            dependencies: ["HavenSpec", "HavenCore", "HavenCatalog", "HavenData", "XenAPI", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["HavenSpec", "HavenCore", "HavenCatalog", "HavenData", "HavenMover", "XenAPI", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // The long-running service: config watcher, reconcile loop, pool event watchers, HTTP
@@ -174,7 +174,7 @@ let package = Package(
         // Runners and the scheduler against an in-process `haven sim` (real nbdkit).
         .testTarget(
             name: "HavenEngineTests",
-            dependencies: ["HavenEngine", "HavenCore", "HavenSpec", "HavenCatalog", "HavenSim", "XenAPI"],
+            dependencies: ["HavenEngine", "HavenCore", "HavenSpec", "HavenCatalog", "HavenSim", "HavenMover", "XenAPI"],
             swiftSettings: swiftSettings
         ),
         // The daemon's pieces in process: config reload, schedule, metrics text, status page.

@@ -87,6 +87,25 @@ public final class Catalog: Sendable {
                 t.primaryKey(["pool", "name"])
             }
         }
+        m.registerMigration("v6-appliances") { db in
+            try db.create(table: "appliance") { t in
+                t.column("pool", .text).notNull()
+                t.column("uuid", .text).notNull()
+                t.column("name", .text).notNull()
+                t.column("appliancePool", .text).notNull()
+                t.column("staticAddress", .text).notNull()
+                t.column("pin", .text).notNull()
+                t.column("createdAt", .datetime).notNull()
+                t.primaryKey(["pool", "uuid"])
+            }
+            try db.create(table: "applianceLease") { t in
+                t.column("pool", .text).notNull()
+                t.column("uuid", .text).notNull()
+                t.column("holder", .text).notNull()
+                t.column("since", .datetime).notNull()
+                t.primaryKey(["pool", "uuid"])
+            }
+        }
         return m
     }
 
@@ -94,7 +113,8 @@ public final class Catalog: Sendable {
         try db.read { db in
             CatalogView(
                 backups: try BackupRecord.fetchAll(db), anchors: try Anchor.fetchAll(db), inventory: try OwnedObject.fetchAll(db),
-                cbtMarks: try CBTMark.fetchAll(db), replicas: try ReplicaRecord.fetchAll(db), intents: try SnapshotIntent.fetchAll(db))
+                cbtMarks: try CBTMark.fetchAll(db), replicas: try ReplicaRecord.fetchAll(db), intents: try SnapshotIntent.fetchAll(db),
+                appliances: try ApplianceRecord.fetchAll(db), leases: try ApplianceLeaseRecord.fetchAll(db))
         }
     }
 
@@ -123,6 +143,28 @@ public final class Catalog: Sendable {
         _ = try db.write { try ReplicaRecord.filter(Column("policy") == policy && Column("sourcePool") == sourcePool && Column("sourceVM") == sourceVM).deleteAll($0) }
     }
 
+    public func setAppliance(_ a: ApplianceRecord) throws { try db.write { try a.save($0) } }
+    public func removeAppliance(pool: String, uuid: String) throws {
+        _ = try db.write { db in
+            try ApplianceRecord.filter(Column("pool") == pool && Column("uuid") == uuid).deleteAll(db)
+            try ApplianceLeaseRecord.filter(Column("pool") == pool && Column("uuid") == uuid).deleteAll(db)
+        }
+    }
+
+    /// Takes the lease of an appliance: false when someone holds it already.
+    public func lease(_ l: ApplianceLeaseRecord) throws -> Bool {
+        try db.write { db in
+            if try ApplianceLeaseRecord.filter(Column("pool") == l.pool && Column("uuid") == l.uuid).fetchCount(db) > 0 { return false }
+            try l.insert(db)
+            return true
+        }
+    }
+    public func release(pool: String, uuid: String, holder: String) throws {
+        _ = try db.write {
+            try ApplianceLeaseRecord.filter(Column("pool") == pool && Column("uuid") == uuid && Column("holder") == holder).deleteAll($0)
+        }
+    }
+
     /// Replaces everything (used by rebuild).
     public func replaceAll(with view: CatalogView) throws {
         try db.write { db in
@@ -134,6 +176,10 @@ public final class Catalog: Sendable {
             for a in view.anchors { try a.insert(db) }
             for o in view.inventory { try o.insert(db) }
             for c in view.cbtMarks { try c.insert(db) }
+            if !view.appliances.isEmpty {
+                try ApplianceRecord.deleteAll(db)
+                for a in view.appliances { try a.insert(db) }
+            }
             // Replicas are not in any repository: a rebuild keeps what the catalog knew of them.
             if !view.replicas.isEmpty {
                 try ReplicaRecord.deleteAll(db)
@@ -160,4 +206,10 @@ extension ReplicaRecord: FetchableRecord, PersistableRecord, TableRecord {
 }
 extension SnapshotIntent: FetchableRecord, PersistableRecord, TableRecord {
     public static var databaseTableName: String { "snapshotIntent" }
+}
+extension ApplianceRecord: FetchableRecord, PersistableRecord, TableRecord {
+    public static var databaseTableName: String { "appliance" }
+}
+extension ApplianceLeaseRecord: FetchableRecord, PersistableRecord, TableRecord {
+    public static var databaseTableName: String { "applianceLease" }
 }

@@ -64,7 +64,8 @@ public final class Engine: Sendable {
 
     /// Reads each pool on its own: one that cannot be read is reported in `unreachable` and the
     /// others are still observed (one pool down never stops the backups of the rest).
-    public func observe(pools: [String]? = nil) async -> Observation {
+    /// `guestMetrics`: read guests' addresses on every pool, not only those with an AppliancePool.
+    public func observe(pools: [String]? = nil, guestMetrics: Bool = false) async -> Observation {
         var out = Observation()
         let names = pools ?? desired.pools.map(\.name)
         await withTaskGroup(of: (String, Result<ObservedPool, any Error>).self) { g in
@@ -74,7 +75,8 @@ public final class Engine: Sendable {
                     continue
                 }
                 guard let c = sessions.client(name) else { continue }
-                g.addTask { (name, await Result(catching: { try await Observer.observe(c, name: name) })) }
+                let metrics = guestMetrics || desired.appliancePools.contains { $0.spec.pool.value == name }
+                g.addTask { (name, await Result(catching: { try await Observer.observe(c, name: name, guestMetrics: metrics) })) }
             }
             for await (name, r) in g {
                 switch r {
@@ -107,6 +109,15 @@ public final class Engine: Sendable {
     }
 
     public func logout() async { await sessions.logoutAll() }
+
+    /// Appliance leases outside a plan's execution (tests, diagnostics): the AppliancePools as
+    /// the configuration declares them.
+    public func applianceLeases(now: @escaping @Sendable () -> Date = { Date() }) -> ApplianceLeases {
+        let settings = Dictionary(uniqueKeysWithValues: desired.appliancePools.map { ($0.name, AppliancePoolSettings($0)) })
+        let logger = self.logger
+        return ApplianceLeases(settings: settings, sessions: sessions, catalog: catalog, state: state, instance: instance, now: now,
+                               log: { logger.info("\($0)") })
+    }
 
     /// Runs `body`, then logs every session out, whether `body` returned, threw or was cancelled.
     public func withSessions<T: Sendable>(_ body: () async throws -> T) async throws -> T {
@@ -154,7 +165,7 @@ public struct TargetScope: Sendable {
         }
     }
 
-    static func didYouMean(_ word: String, _ candidates: [String]) -> String {
+    public static func didYouMean(_ word: String, _ candidates: [String]) -> String {
         closestMatch(word, candidates).map { "; did you mean '\($0)'?" } ?? ""
     }
 

@@ -10,9 +10,16 @@ public struct CatalogView: Sendable, Codable {
     public var replicas: [ReplicaRecord] = []
     /// Snapshots haven asked for and has not yet marked as its own (a run that died in VM.snapshot leaves one).
     public var intents: [SnapshotIntent] = []
+    /// The appliances haven provisioned: address, how it was given, certificate pin.
+    public var appliances: [ApplianceRecord] = []
+    /// Appliances a transfer holds right now (in use: never removed).
+    public var leases: [ApplianceLeaseRecord] = []
 
     public init(backups: [BackupRecord] = [], anchors: [Anchor] = [], inventory: [OwnedObject] = [], cbtMarks: [CBTMark] = [],
-                replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = []) {
+                replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = [], appliances: [ApplianceRecord] = [],
+                leases: [ApplianceLeaseRecord] = []) {
+        self.appliances = appliances
+        self.leases = leases
         self.replicas = replicas
         self.intents = intents
         self.backups = backups
@@ -174,5 +181,51 @@ public struct SnapshotIntent: Sendable, Codable, Hashable {
         self.policy = policy
         self.name = name
         self.requestedAt = requestedAt
+    }
+}
+
+/// The catalog key of an AppliancePool's owned objects, apart from policies of the same name.
+public func applianceOwnerKey(_ appliancePool: String) -> String { "appliance:\(appliancePool)" }
+
+/// An appliance haven provisioned. The certificate pin is not a secret (it names the mover's
+/// certificate); the token key never is in the catalog.
+public struct ApplianceRecord: Sendable, Codable, Hashable {
+    public var pool: String
+    public var uuid: String
+    public var name: String
+    public var appliancePool: String
+    /// The static address it was given; "" when it takes one from DHCP.
+    public var staticAddress: String
+    /// SHA-256 of the mover's certificate (DER), as `sha256:` + hex.
+    public var pin: String
+    public var createdAt: Date
+
+    public init(pool: String, uuid: String, name: String, appliancePool: String, staticAddress: String, pin: String, createdAt: Date) {
+        self.pool = pool
+        self.uuid = uuid
+        self.name = name
+        self.appliancePool = appliancePool
+        self.staticAddress = staticAddress
+        self.pin = pin
+        self.createdAt = createdAt
+    }
+
+    public var isStatic: Bool { !staticAddress.isEmpty }
+}
+
+/// "This appliance is in use by that run": written when a transfer leases it, removed when it
+/// is given back. A lease whose holder process is gone is stale and cleared.
+public struct ApplianceLeaseRecord: Sendable, Codable, Hashable {
+    public var pool: String
+    public var uuid: String
+    /// `pid N`: the process holding it.
+    public var holder: String
+    public var since: Date
+
+    public init(pool: String, uuid: String, holder: String, since: Date) {
+        self.pool = pool
+        self.uuid = uuid
+        self.holder = holder
+        self.since = since
     }
 }

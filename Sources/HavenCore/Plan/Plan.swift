@@ -5,7 +5,7 @@ import Foundation
 /// needs (repository, hooks, NBD settings; per-pool limits in `pools`), so executing a plan never
 /// re-reads the configuration. Versioned JSON (`formatVersion`).
 public struct Plan: Sendable, Codable {
-    public static let currentFormatVersion = 2
+    public static let currentFormatVersion = 3
 
     public var formatVersion = Plan.currentFormatVersion
     public var generatedAt: Date
@@ -17,17 +17,35 @@ public struct Plan: Sendable, Codable {
     public var scope: PlanScope
     /// Per pool: the settings execution needs (limits, NBD).
     public var pools: [String: PoolSettings]
+    /// Per AppliancePool on a pool in scope: what leasing an appliance needs (provisioning more).
+    public var appliancePools: [String: AppliancePoolSettings]
     public var actions: [PlannedAction]
     public var warnings: [PlanWarning]
 
-    public init(generatedAt: Date, fingerprint: String, scope: PlanScope, pools: [String: PoolSettings], actions: [PlannedAction],
-                warnings: [PlanWarning]) {
+    public init(generatedAt: Date, fingerprint: String, scope: PlanScope, pools: [String: PoolSettings],
+                appliancePools: [String: AppliancePoolSettings] = [:], actions: [PlannedAction], warnings: [PlanWarning]) {
         self.generatedAt = generatedAt
         self.fingerprint = fingerprint
         self.scope = scope
         self.pools = pools
+        self.appliancePools = appliancePools
         self.actions = actions
         self.warnings = warnings
+    }
+
+    enum CodingKeys: String, CodingKey { case formatVersion, generatedAt, fingerprint, scope, pools, appliancePools, actions, warnings }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        formatVersion = try c.decode(Int.self, forKey: .formatVersion)
+        generatedAt = try c.decode(Date.self, forKey: .generatedAt)
+        fingerprint = try c.decode(String.self, forKey: .fingerprint)
+        scope = try c.decode(PlanScope.self, forKey: .scope)
+        pools = try c.decode([String: PoolSettings].self, forKey: .pools)
+        // Absent from plans of format 2, which are then refused by their version, not by a decoding error.
+        appliancePools = try c.decodeIfPresent([String: AppliancePoolSettings].self, forKey: .appliancePools) ?? [:]
+        actions = try c.decode([PlannedAction].self, forKey: .actions)
+        warnings = try c.decode([PlanWarning].self, forKey: .warnings)
     }
 
     public var summary: Summary {
@@ -116,12 +134,19 @@ public struct PlanWarning: Sendable, Codable, Hashable {
         case replicaKept = "replica-kept"
         case notBuilt = "not-built"
         case unprovenSnapshot = "unproven-snapshot"
+        case noApplianceTemplate = "no-appliance-template"
+        case noApplianceSR = "no-appliance-sr"
+        case noApplianceNetwork = "no-appliance-network"
+        /// Fewer appliances can be made than the planned transfers need: some wait.
+        case applianceAddressesExhausted = "appliance-addresses-exhausted"
+        /// An appliance to remove is in use: it stays until it is idle.
+        case applianceInUse = "appliance-in-use"
     }
 
     /// A plan error: the run exits 2 (what else is planned still runs).
     public var isError: Bool {
         switch code {
-        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt: true
+        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt, .noApplianceTemplate, .noApplianceSR, .noApplianceNetwork: true
         default: false
         }
     }
@@ -145,6 +170,8 @@ public struct PlanWarning: Sendable, Codable, Hashable {
 /// The kinds of action, in the order a person reads them.
 public enum ActionKind: String, Sendable, Codable, Hashable, CaseIterable, Comparable {
     case enableCBT = "enable-cbt"
+    case provisionAppliance = "provision-appliance"
+    case startAppliance = "start-appliance"
     case backup
     case replicate
     case deleteSnapshot = "delete-snapshot"
@@ -152,14 +179,14 @@ public enum ActionKind: String, Sendable, Codable, Hashable, CaseIterable, Compa
     case retireAnchor = "retire-anchor"
     case prune
     case gc
+    case removeAppliance = "remove-appliance"
     case disableCBT = "disable-cbt"
 
     public var symbol: String {
         switch self {
-        case .backup: "+"
-        case .replicate: "+"
-        case .enableCBT, .disableCBT: "~"
-        case .deleteSnapshot, .retireAnchor, .prune, .gc: "-"
+        case .backup, .replicate, .provisionAppliance: "+"
+        case .enableCBT, .disableCBT, .startAppliance: "~"
+        case .deleteSnapshot, .retireAnchor, .prune, .gc, .removeAppliance: "-"
         case .purgeSnapshotData: "~"
         }
     }
@@ -396,6 +423,9 @@ public struct GCJob: Sendable, Codable, Hashable {
 
 /// What an action does, with its payload.
 public enum Action: Sendable, Hashable {
+    case provisionAppliance(ApplianceProvision)
+    case startAppliance(ApplianceTarget)
+    case removeAppliance(ApplianceTarget)
     case enableCBT(CBTChange)
     case disableCBT(CBTChange)
     case backup(BackupJob)
@@ -409,6 +439,9 @@ public enum Action: Sendable, Hashable {
 
     public var kind: ActionKind {
         switch self {
+        case .provisionAppliance: .provisionAppliance
+        case .startAppliance: .startAppliance
+        case .removeAppliance: .removeAppliance
         case .enableCBT: .enableCBT
         case .disableCBT: .disableCBT
         case .backup: .backup
@@ -475,6 +508,11 @@ public struct PlannedAction: Sendable, Hashable {
         case .purgeSnapshotData(let r): return "destroy the data of snapshot disk \(r.label), keeping its CBT metadata"
         case .prune(let p): return "prune backup \(p.version) from \(p.repository.name)"
         case .gc(let g): return "collect garbage in repository \(g.repository.name)"
+        case .provisionAppliance(let p):
+            return "provision appliance \(p.name) (AppliancePool \(p.appliancePool)) from template \(p.template) on SR \(p.srName), network \(p.network), "
+                + "\(p.memory / 1_048_576) MiB, \(p.address.ip.map { "static address \($0)" } ?? "address from DHCP")"
+        case .startAppliance(let t): return "start appliance \(t.name) (AppliancePool \(t.appliancePool))"
+        case .removeAppliance(let t): return "remove appliance \(t.name) (AppliancePool \(t.appliancePool)) and its disks"
         }
     }
 }
@@ -483,6 +521,7 @@ extension PlannedAction: Codable {
     enum CodingKeys: String, CodingKey {
         case key, kind, pool, policy, vm, vmUUID, reason, requires, after, headline, symbol
         case enableCBT, disableCBT, backup, replicate, deleteSnapshot, purgeSnapshotData, retireAnchor, prune, gc
+        case provisionAppliance, startAppliance, removeAppliance
         // Flattened for readers of `diff --output json` (ignored when decoding).
         case method, disks, skippedDisks, repository, target
     }
@@ -534,6 +573,15 @@ extension PlannedAction: Codable {
             try c.encode(p, forKey: .gc)
             try c.encode(p.repository.name, forKey: .target)
             try c.encode(p.repository.name, forKey: .repository)
+        case .provisionAppliance(let p):
+            try c.encode(p, forKey: .provisionAppliance)
+            try c.encode(p.name, forKey: .target)
+        case .startAppliance(let p):
+            try c.encode(p, forKey: .startAppliance)
+            try c.encode(p.uuid, forKey: .target)
+        case .removeAppliance(let p):
+            try c.encode(p, forKey: .removeAppliance)
+            try c.encode(p.uuid, forKey: .target)
         }
     }
 
@@ -556,6 +604,9 @@ extension PlannedAction: Codable {
         case .purgeSnapshotData: action = .purgeSnapshotData(try c.decode(OwnedRemoval.self, forKey: .purgeSnapshotData))
         case .prune: action = .prune(try c.decode(PruneJob.self, forKey: .prune))
         case .gc: action = .gc(try c.decode(GCJob.self, forKey: .gc))
+        case .provisionAppliance: action = .provisionAppliance(try c.decode(ApplianceProvision.self, forKey: .provisionAppliance))
+        case .startAppliance: action = .startAppliance(try c.decode(ApplianceTarget.self, forKey: .startAppliance))
+        case .removeAppliance: action = .removeAppliance(try c.decode(ApplianceTarget.self, forKey: .removeAppliance))
         }
     }
 }

@@ -29,7 +29,7 @@ public struct Planner: Sendable {
         }
         let scopeOut = PlanScope(pools: Array(Set(observed.keys).union(unreachable.keys)).sorted(), policies: scope.map { $0.sorted() })
         return Plan(generatedAt: now, fingerprint: fingerprint(desired: desired, observed: observed, catalog: catalog), scope: scopeOut,
-                    pools: settings, actions: ctx.sortedActions(), warnings: ctx.warnings)
+                    pools: settings, appliancePools: ctx.appliancePools, actions: ctx.sortedActions(), warnings: ctx.warnings)
     }
 
     /// Covers the desired state (canonical, without source locations), every observed pool and
@@ -44,6 +44,7 @@ public struct Planner: Sendable {
             var o = observed[name]!
             o.vms.sort { $0.uuid < $1.uuid }
             o.snapshots.sort { $0.uuid < $1.uuid }
+            o.appliances.sort { $0.uuid < $1.uuid }
             f.add(name)
             f.add(String(decoding: (try? encoder.encode(o)) ?? Data(), as: UTF8.self))
         }
@@ -52,6 +53,8 @@ public struct Planner: Sendable {
         c.anchors.sort { ($0.pool, $0.snapshotVDI, $0.policy) < ($1.pool, $1.snapshotVDI, $1.policy) }
         c.inventory.sort { ($0.pool, $0.uuid) < ($1.pool, $1.uuid) }
         c.cbtMarks.sort { ($0.pool, $0.vdiUUID) < ($1.pool, $1.vdiUUID) }
+        c.appliances.sort { ($0.pool, $0.uuid) < ($1.pool, $1.uuid) }
+        c.leases.sort { ($0.pool, $0.uuid) < ($1.pool, $1.uuid) }
         f.add(String(decoding: (try? encoder.encode(c)) ?? Data(), as: UTF8.self))
         return f.hex
     }
@@ -82,6 +85,8 @@ extension Planner {
         var repositoriesByName: [String: RepositoryTarget] = [:]
         /// Per pool and VM uuid: the actions that must come before CBT is switched off.
         var anchorRetirements: [String: [ActionKey]] = [:]
+        /// The AppliancePools of observed pools, as execution needs them.
+        var appliancePools: [String: AppliancePoolSettings] = [:]
 
         // Indexes built once: planning 10,000 VMs must not scan the catalog per VM.
         let backupsByKey: [String: [BackupRecord]]
@@ -152,6 +157,7 @@ extension Planner {
                 replication(r)
             }
             if scope == nil { orphanedReplicas() }
+            appliances()
             for (repo, list) in prunes.sorted(by: { $0.key < $1.key }) {
                 guard let target = repositoriesByName[repo] else { continue }
                 let pool = list.first?.pool ?? ""
@@ -164,10 +170,7 @@ extension Planner {
                 add(PlannedAction(key: ActionKey(.gc, pool: pool, subject: repo), action: .gc(GCJob(repository: target, safetyWindowSeconds: 3_600)),
                                   reason: "versions were pruned; their unshared chunks can go", after: list + writers))
             }
-            if scope == nil {
-                cleanup()
-                notActedOn()
-            }
+            if scope == nil { cleanup() }
         }
 
         /// A haven replica is selected by its name or uuid only, never by `all` or a tag: backing up or
@@ -202,15 +205,6 @@ extension Planner {
             for e in sel.exclude where !names.contains(e) && !uuids.contains(e.lowercased()) {
                 warn(.noMatch, pool.name, "exclude-\(policy.name)-\(e)", resource: "BackupPolicy/\(policy.name)",
                      "BackupPolicy \(policy.name): spec.vms.exclude names '\(e)', which is no VM of pool \(pool.name)", reason: "check spec.vms.exclude")
-            }
-        }
-
-        /// Kinds the engine does not act on yet are said, not silently ignored.
-        mutating func notActedOn() {
-            for a in desired.appliancePools {
-                warn(.notActedOn, a.spec.pool.value, "appl-\(a.name)", resource: "AppliancePool/\(a.name)",
-                     "AppliancePool \(a.name) is not acted on yet: data-mover appliances are not built in this version of haven",
-                     reason: "no appliance is provisioned; backups read disks over NBD or /export_raw_vdi")
             }
         }
 
@@ -528,7 +522,8 @@ extension Planner {
             for (poolName, pool) in observed.sorted(by: { $0.key < $1.key }) {
                 let covers = covered[poolName] ?? []
                 // Replicas, their restore points and replication's anchors are the replication's own business.
-                for o in (inventoryByPool[poolName] ?? []) where !covers.contains(o.vmUUID) && !o.policy.hasPrefix("replication:") {
+                for o in (inventoryByPool[poolName] ?? []) where !covers.contains(o.vmUUID) && !o.policy.hasPrefix("replication:")
+                    && !o.policy.hasPrefix("appliance:") {
                     guard owned(poolName, o.cls, o.uuid, in: pool) else { continue }
                     let vm = VMIdentity(uuid: o.vmUUID, name: pool.vms.first { $0.uuid == o.vmUUID }?.name ?? o.vmUUID)
                     let why = "the VM is no longer covered by any backup policy (its backups stay until retention or `haven backups forget`)"

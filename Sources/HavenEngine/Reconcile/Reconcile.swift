@@ -46,6 +46,8 @@ extension Engine {
             try await withPoolLocks(request.scope.pools.sorted(), timeout: request.lockTimeout) {
                 let observation = await observe(pools: request.scope.pools)
                 try clearStaleIntents(observation, now: request.now())
+                // This run holds every pool's lock in scope: a lease left by a process that is gone is stale.
+                try ApplianceLeases.clearStale(catalog)
                 let plan: Plan
                 if let saved = request.savedPlan {
                     guard saved.formatVersion == Plan.currentFormatVersion else {
@@ -61,7 +63,7 @@ extension Engine {
                     // moment it was made, and must come out the same, action for action. A plan edited
                     // by hand (another version to prune, another repository path) is refused.
                     let again = try self.plan(observation, now: saved.generatedAt, scope: request.scope.policies)
-                    guard again.actions == saved.actions, again.pools == saved.pools else {
+                    guard again.actions == saved.actions, again.pools == saved.pools, again.appliancePools == saved.appliancePools else {
                         throw EngineError(.stale, "plan", "the saved plan does not match what the configuration, the pools and the catalog give (it was edited, or made by another version of haven); run `haven diff --out` again")
                     }
                     plan = again
