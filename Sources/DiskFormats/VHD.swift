@@ -75,7 +75,7 @@ public enum VHD {
         return f
     }
 
-    static func dynamicHeader(entries: Int) -> [UInt8] {
+    static func dynamicHeader(entries: Int, blockSize: Int = blockSize) -> [UInt8] {
         var h = [UInt8](repeating: 0, count: headerSize)
         h.putASCII("cxsparse", at: 0)
         h.putBE(UInt64.max, at: 8)  // data offset: unused
@@ -93,17 +93,23 @@ public enum VHD {
         public let size: UInt64
         public let present: [Int]
         public let entries: Int
+        /// Bytes of data per block: 2 MiB as XenServer writes them; any power of two from 4 KiB
+        /// (the header says it, and vhd-tool takes it from there).
+        public let blockSize: Int
         let batBytes: Int
 
-        public init(size: UInt64, presentBlocks: [Int]) {
+        public init(size: UInt64, presentBlocks: [Int], blockSize: Int = VHD.blockSize) {
             self.size = size
-            self.entries = Int((size + UInt64(VHD.blockSize) - 1) / UInt64(VHD.blockSize))
+            self.blockSize = blockSize
+            self.entries = Int((size + UInt64(blockSize) - 1) / UInt64(blockSize))
             self.present = presentBlocks.sorted()
             self.batBytes = (entries * 4 + 511) / 512 * 512
         }
 
         var dataStart: Int { VHD.footerSize + VHD.headerSize + batBytes }
-        var perBlock: Int { VHD.bitmapSize + VHD.blockSize }
+        /// The sector bitmap before each block: one bit per sector, rounded up to a whole sector.
+        var bitmapBytes: Int { (blockSize / VHD.sectorSize / 8 + VHD.sectorSize - 1) / VHD.sectorSize * VHD.sectorSize }
+        var perBlock: Int { bitmapBytes + blockSize }
 
         /// Total bytes of the file.
         public var fileSize: Int64 { Int64(dataStart + present.count * perBlock + VHD.footerSize) }
@@ -111,7 +117,7 @@ public enum VHD {
         /// Footer, dynamic header and BAT: everything before the first block.
         public func head(uniqueID: [UInt8] = Array(repeating: 0x5a, count: 16), timestamp: Date = Date()) -> [UInt8] {
             var out = VHD.footer(size: size, uniqueID: uniqueID, timestamp: timestamp)
-            out += VHD.dynamicHeader(entries: entries)
+            out += VHD.dynamicHeader(entries: entries, blockSize: blockSize)
             var bat = [UInt8](repeating: 0xff, count: batBytes)
             for (n, block) in present.enumerated() {
                 bat.putBE(UInt32((dataStart + n * perBlock) / VHD.sectorSize), at: block * 4)
@@ -120,7 +126,7 @@ public enum VHD {
         }
 
         /// The sector bitmap that precedes each block: every sector present.
-        public var blockBitmap: [UInt8] { [UInt8](repeating: 0xff, count: VHD.bitmapSize) }
+        public var blockBitmap: [UInt8] { [UInt8](repeating: 0xff, count: bitmapBytes) }
 
         public func tail(uniqueID: [UInt8] = Array(repeating: 0x5a, count: 16), timestamp: Date = Date()) -> [UInt8] {
             VHD.footer(size: size, uniqueID: uniqueID, timestamp: timestamp)

@@ -92,11 +92,12 @@ public final class Engine: Sendable {
     }
 
     /// `now` is taken to the whole second, as a saved plan records it: the same plan can be made again from it.
-    public func plan(_ observation: Observation, now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil) throws -> Plan {
+    public func plan(_ observation: Observation, now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil,
+                     failback: FailbackRequest? = nil) throws -> Plan {
         let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
         try checkRepositoryKeys(scope: scope)
         return Planner(instance: instance).plan(desired: desired, observed: observation.pools, unreachable: observation.unreachable,
-                                         catalog: try catalog.view(), now: now, scope: scope, force: force)
+                                         catalog: try catalog.view(), now: now, scope: scope, force: force, failback: failback)
     }
 
     public func fingerprint(_ observation: Observation) throws -> String {

@@ -165,6 +165,15 @@ public struct ReplicaRecord: Sendable, Codable, Hashable {
 /// The catalog key replication uses for anchors and owned objects, apart from BackupPolicies of the same name.
 public func replicationOwnerKey(_ policy: String) -> String { "replication:\(policy)" }
 
+/// The catalog key of the CBT anchors a failover records on the replica's disks (for fail-back).
+public func failoverAnchorKey(_ policy: String) -> String { "failover:\(policy)" }
+
+/// Names of the catalog intents recorded before `VM.create` of a replica start with this.
+public let replicaIntentPrefix = "replica "
+
+/// On a failed-over replica: the failover went to a restore point older than the last sync.
+public let failoverBehindMark = "haven.failover-behind"
+
 /// "Snapshot of VM X named N requested at T": recorded before `VM.snapshot` is called and cleared
 /// once the snapshot carries haven's mark, so a snapshot made by a call whose caller died can be
 /// proven haven's (by VM, name and time) and adopted or removed.

@@ -12,10 +12,11 @@ public struct Planner: Sendable {
     /// `unreachable`: pools that could not be read, with why; they are reported and left alone.
     /// Pools in neither are outside the plan's scope.
     public func plan(desired: DesiredState, observed: [String: ObservedPool], unreachable: [String: String] = [:], catalog: CatalogView,
-                     now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil) -> Plan {
+                     now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil, failback: FailbackRequest? = nil) -> Plan {
         var ctx = Context(planner: self, desired: desired, observed: observed, catalog: catalog, now: now)
         ctx.scope = scope
         ctx.force = force
+        ctx.failback = failback
         for (pool, why) in unreachable.sorted(by: { $0.key < $1.key }) {
             ctx.warn(.poolUnreachable, pool, "pool-unreachable", resource: "Pool/\(pool)",
                      "pool \(pool) cannot be read: \(why); nothing is planned for it", reason: "the other pools are planned and applied on their own")
@@ -78,6 +79,8 @@ extension Planner {
         var scope: Set<String>?
         /// `haven backup now`: backups planned whatever the schedule.
         var force: ForceBackup?
+        /// `haven failback`: this replica's fail-back is planned without `reverse: true`.
+        var failback: FailbackRequest?
         /// Backup keys planned so far, by "vm uuid \0 policy" (retention and clean-up look them up).
         var plannedBackups: [String: ActionKey] = [:]
         /// Prunes planned, by repository name.

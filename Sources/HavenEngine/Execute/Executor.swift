@@ -111,6 +111,9 @@ public struct Executor: Sendable {
         case .backup(let job): return try await BackupRun(ctx: ctx, action: a, job: job, client: try ctx.client(a.pool)).run()
         case .replicate(let job):
             return try await ReplicateRun(ctx: ctx, action: a, job: job, source: try ctx.client(a.pool), target: try ctx.client(job.targetPool)).run()
+        case .failback(let job):
+            return try await FailbackRun(ctx: ctx, action: a, job: job, source: try ctx.client(a.pool), target: try ctx.client(job.targetPool)).run()
+        case .removeReplica(let r): return try await RemoveReplicaRun(ctx: ctx, action: a, job: r, client: try ctx.client(a.pool)).run()
         case .deleteSnapshot(let r): return try await RemovalRunner.snapshot(a, r, ctx)
         case .retireAnchor(let r): return try await RemovalRunner.anchor(a, r, ctx)
         case .purgeSnapshotData(let r): return try await RemovalRunner.purge(a, r, ctx)

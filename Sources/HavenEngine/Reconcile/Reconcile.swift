@@ -12,10 +12,13 @@ public struct ReconcileRequest: Sendable {
     public var now: @Sendable () -> Date
     /// `haven backup now`: plan backups whatever the schedule (never with a saved plan).
     public var forceBackup: ForceBackup?
+    /// `haven failback`: plan this replica's fail-back without `reverse: true`.
+    public var failback: FailbackRequest?
 
     public init(scope: TargetScope, savedPlan: Plan? = nil, lockTimeout: Double? = 0, now: @escaping @Sendable () -> Date = { Date() },
-                forceBackup: ForceBackup? = nil) {
+                forceBackup: ForceBackup? = nil, failback: FailbackRequest? = nil) {
         self.scope = scope
+        self.failback = failback
         self.forceBackup = forceBackup
         self.savedPlan = savedPlan
         self.lockTimeout = lockTimeout
@@ -68,7 +71,7 @@ extension Engine {
                     }
                     plan = again
                 } else {
-                    plan = try self.plan(observation, now: request.now(), scope: request.scope.policies, force: request.forceBackup)
+                    plan = try self.plan(observation, now: request.now(), scope: request.scope.policies, force: request.forceBackup, failback: request.failback)
                 }
                 if plan.isEmpty {
                     return ReconcileReport(plan: plan, approved: true, result: ExecutionResult(), unreachable: observation.unreachable)
