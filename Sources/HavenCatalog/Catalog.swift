@@ -87,6 +87,9 @@ public final class Catalog: Sendable {
                 t.primaryKey(["pool", "name"])
             }
         }
+        m.registerMigration("v6-anchor-kind") { db in
+            try db.alter(table: "anchor") { t in t.add(column: "kind", .text).notNull().defaults(to: AnchorKind.cbt.rawValue) }
+        }
         return m
     }
 
@@ -146,6 +149,7 @@ public final class Catalog: Sendable {
 extension BackupRecord: FetchableRecord, PersistableRecord, TableRecord {
     public static var databaseTableName: String { "backup" }
 }
+extension AnchorKind: DatabaseValueConvertible {}
 extension Anchor: FetchableRecord, PersistableRecord, TableRecord {
     public static var databaseTableName: String { "anchor" }
 }

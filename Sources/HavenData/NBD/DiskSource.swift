@@ -20,6 +20,13 @@ public protocol DiskSource: Sendable {
     var size: Int64 { get }
     var label: String { get }
     func read(_ jobs: [ReadJob], buffers: BufferPool, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws
+    /// True for a source that itself knows what changed since a base (a VHD delta): it ignores
+    /// the jobs and delivers only the changed ranges.
+    var deliversChangesOnly: Bool { get }
+}
+
+extension DiskSource {
+    public var deliversChangesOnly: Bool { false }
 }
 
 /// A chunk-sized buffer handed between threads; freed when the last owner lets go.
