@@ -2,4 +2,8 @@
 #include <unistd.h>
 #include "csystem.h"
 
-int haven_syncfs(int fd) { return syncfs(fd); }
+#include <fcntl.h>
+
+int haven_start_writeback(int fd, off_t offset, off_t length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
+}

@@ -103,6 +103,7 @@ public struct DiskBackup: Sendable {
                 defer { workerGroup.leave() }
                 let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
                 defer { scratch.deallocate() }
+                let codec = ChunkCodec(chunkSize: chunkSize)
                 while let (job, buffer) = queue.pop() {
                     defer { pool.release(buffer) }
                     do {
@@ -115,7 +116,7 @@ public struct DiskBackup: Sendable {
                             if oldID.isZero {
                                 whole.initializeMemory(as: UInt8.self, repeating: 0)
                             } else {
-                                let n = try repo.getChunk(oldID, into: whole)
+                                let n = try repo.getChunk(oldID, into: whole, codec: codec)
                                 if n < length { (whole.baseAddress! + n).initializeMemory(as: UInt8.self, repeating: 0, count: length - n) }
                             }
                             for r in job.ranges {
@@ -128,7 +129,7 @@ public struct DiskBackup: Sendable {
                         var stored = 0
                         if !data.isZero {
                             id = repo.chunkID(of: data)
-                            stored = try repo.putChunk(id, data)
+                            stored = try repo.putChunk(id, data, codec: codec)
                         }
                         let done = state.withLock { s -> Int64 in
                             s.entries[job.chunk] = id
