@@ -148,6 +148,9 @@ extension BackupRepository {
                 report.deletedChunks += dead.count
                 report.deletedBytes += deadBytes
             }
+            // The removals made durable: an index that came back after a crash would name a pack
+            // that may be gone.
+            if report.deletedChunks > 0 { try syncDirectory(indexDir.path) }
             if rewritten { try index.load() }
             for name in (try? FileManager.default.contentsOfDirectory(atPath: tmpDir.path)) ?? [] {
                 let path = tmpDir.appendingPathComponent(name).path
