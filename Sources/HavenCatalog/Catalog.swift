@@ -106,6 +106,9 @@ public final class Catalog: Sendable {
                 t.primaryKey(["pool", "uuid"])
             }
         }
+        m.registerMigration("v7-anchor-kind") { db in
+            try db.alter(table: "anchor") { t in t.add(column: "kind", .text).notNull().defaults(to: AnchorKind.cbt.rawValue) }
+        }
         return m
     }
 
@@ -192,6 +195,7 @@ public final class Catalog: Sendable {
 extension BackupRecord: FetchableRecord, PersistableRecord, TableRecord {
     public static var databaseTableName: String { "backup" }
 }
+extension AnchorKind: DatabaseValueConvertible {}
 extension Anchor: FetchableRecord, PersistableRecord, TableRecord {
     public static var databaseTableName: String { "anchor" }
 }

@@ -60,7 +60,13 @@ public struct BackupRecord: Sendable, Codable, Hashable {
     }
 }
 
-/// The CBT anchor of one disk: the snapshot VDI the next incremental compares against, and the
+/// What an anchor is: CBT metadata (`list_changed_blocks` compares against it), or a delta base
+/// (a snapshot disk kept with its data, which `/export_raw_vdi?format=vhd&base=` compares against).
+public enum AnchorKind: String, Sendable, Codable, Hashable {
+    case cbt, delta
+}
+
+/// The anchor of one disk: the snapshot VDI the next incremental compares against, and the
 /// backup version it matches.
 public struct Anchor: Sendable, Codable, Hashable {
     public var pool: String
@@ -74,9 +80,11 @@ public struct Anchor: Sendable, Codable, Hashable {
     public var backupID: String
     /// Data destroyed: only CBT metadata is left on the pool.
     public var dataDestroyed: Bool
+    public var kind: AnchorKind
 
     public init(pool: String, policy: String, vmUUID: String, diskKey: String, sourceVDI: String, snapshotVM: String, snapshotVDI: String,
-                backupID: String, dataDestroyed: Bool) {
+                backupID: String, dataDestroyed: Bool, kind: AnchorKind = .cbt) {
+        self.kind = kind
         self.pool = pool
         self.policy = policy
         self.vmUUID = vmUUID

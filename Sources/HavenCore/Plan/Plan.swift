@@ -267,6 +267,9 @@ public struct HookJob: Sendable, Codable, Hashable {
 public enum BackupMethod: String, Sendable, Codable, Hashable {
     /// Changed blocks since the anchor, over NBD.
     case cbtIncremental = "cbt-incremental"
+    /// The 2 MiB blocks that differ from the previous backup's snapshot (kept on the pool as the
+    /// delta base), as a VHD through `/export_raw_vdi?format=vhd&base=…`: incrementals without CBT.
+    case deltaIncremental = "delta-incremental"
     /// The whole disk over NBD; the repository deduplicates.
     case fullNBD = "full-nbd"
     /// The whole disk through `/export_raw_vdi` (no NBD network).
@@ -282,7 +285,8 @@ public struct DiskJob: Sendable, Codable, Hashable {
     public var vdiUUID: String
     public var name: String
     public var size: Int64
-    /// For an incremental: the anchor's snapshot VDI and the version it matches.
+    /// For an incremental: the anchor's snapshot VDI (CBT metadata, or the delta base with its
+    /// data) and the version it matches.
     public var anchorVDI: String?
     public var baseBackup: String?
 
@@ -302,16 +306,20 @@ public struct BackupJob: Sendable, Codable, Hashable {
     public var repository: RepositoryTarget
     public var disks: [DiskJob]
     public var skippedDisks: [String]
-    /// Keep the snapshot disks as CBT anchors (data destroyed) for the next incremental.
+    /// Keep the snapshot disks as anchors for the next incremental: CBT metadata (data
+    /// destroyed), or with `deltaBases` the disks whole, as the bases of VHD deltas.
     public var keepAnchors: Bool
+    /// The anchors kept are delta bases (the snapshot's disks with their data), not CBT metadata.
+    public var deltaBases: Bool?
     public var purgeSnapshotData: Bool
     public var quiesce: String
     public var preSnapshot: HookJob?
     public var postSnapshot: HookJob?
 
     public init(method: BackupMethod, repository: RepositoryTarget, disks: [DiskJob], skippedDisks: [String], keepAnchors: Bool,
-                purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?) {
+                deltaBases: Bool = false, purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?) {
         self.method = method
+        self.deltaBases = deltaBases ? true : nil
         self.repository = repository
         self.disks = disks
         self.skippedDisks = skippedDisks
@@ -583,6 +591,7 @@ public struct PlannedAction: Sendable, Hashable {
             let what: String
             switch b.method {
             case .cbtIncremental: what = "incremental backup (changed blocks over NBD)"
+            case .deltaIncremental: what = "incremental backup (VHD delta through /export_raw_vdi)"
             case .fullNBD: what = "full backup over NBD"
             case .fullExport: what = "full backup through /export_raw_vdi"
             case .xva: what = "XVA export"

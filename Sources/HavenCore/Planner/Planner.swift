@@ -271,17 +271,15 @@ extension Planner {
                      reason: "add purpose nbd to a network (network.add_purpose) to read changed blocks over NBD")
             }
             let wantsCBT = spec.cbt && spec.method != .xva
+            // Without CBT, `auto` reads VHD deltas against the previous backup's snapshot.
+            let fallback = spec.method == .auto
+                ? "backups read VHD deltas against the previous backup's snapshot, kept on the pool" : "every backup is a full read"
             if wantsCBT && !pool.hasCBTAPI {
-                warn(.preCBTPool, poolName, "api", "pool \(poolName) speaks XenAPI \(pool.apiVersion), before CBT (2.8): every backup is a full read",
+                warn(.preCBTPool, poolName, "api", "pool \(poolName) speaks XenAPI \(pool.apiVersion), before CBT (2.8): \(fallback)",
                      reason: "CBT needs XenServer 7.3 / XCP-ng 7.4 or later")
             } else if wantsCBT && !pool.cbtLicensed {
-                warn(.noCBTLicence, poolName, "licence", "pool \(poolName) has no CBT licence (restrict_cbt): every backup is a full read",
+                warn(.noCBTLicence, poolName, "licence", "pool \(poolName) has no CBT licence (restrict_cbt): \(fallback)",
                      reason: "CBT needs a licence on XenServer (XCP-ng includes it)")
-            }
-            if spec.method == .delta {
-                warn(.methodNotBuilt, poolName, "delta-\(policy.name)", resource: "BackupPolicy/\(policy.name)",
-                     "BackupPolicy \(policy.name): method delta (rolling-snapshot VHD deltas) is not built yet: disks are read whole",
-                     reason: "the repository deduplicates whole reads; only changed chunks are stored")
             }
             let selected = pool.vms.filter { Self.selects(spec.vms, $0) }
                 .sorted { ($0.name, $0.uuid) < ($1.name, $1.uuid) }
@@ -325,7 +323,7 @@ extension Planner {
                         }
                     }
                 } else if wantsCBT && !disks.isEmpty && pool.hasCBTAPI && pool.cbtLicensed {
-                    warn(.srWithoutCBT, poolName, "sr-cbt-\(vm.uuid)", "VM \(vm.name): an SR of its disks does not support CBT; its backups are full reads",
+                    warn(.srWithoutCBT, poolName, "sr-cbt-\(vm.uuid)", "VM \(vm.name): an SR of its disks does not support CBT; its backups are \(spec.method == .auto ? "VHD deltas" : "full reads")",
                          reason: "CBT needs a VHD-based SR (ext, nfs, lvm…)")
                 }
                 let key = "\(poolName)\u{0}\(policy.name)\u{0}\(vm.uuid)"
@@ -335,7 +333,10 @@ extension Planner {
                     plannedBackup(policy, repo, pool, identity, disks, skipped, cbtPossible: cbtPossible, reason: reason, key: key,
                                   history: history, enables: enables)
                 } else if !cbtPossible {
-                    retireAnchors(policy, pool, identity, because: wantsCBT ? "CBT cannot be used for this VM any more" : "the policy no longer uses CBT (cbt: false or method: xva)")
+                    // Delta bases stay while VHD deltas are the method; CBT anchors serve nothing now.
+                    let deltas = (spec.method == .auto || spec.method == .delta) && spec.snapshotRetention > 0
+                    retireAnchors(policy, pool, identity, because: wantsCBT ? "CBT cannot be used for this VM any more" : "the policy no longer uses CBT (cbt: false or method: xva)",
+                                  keeping: deltas ? .delta : nil)
                 }
                 retention(policy, identity, history: history)
                 snapshotRetention(policy, pool, identity)
@@ -348,8 +349,9 @@ extension Planner {
 
         /// The anchors of a VM that no longer serve an incremental: removed (planned, shown), so no
         /// CBT metadata of haven's is left behind and a later re-enable starts a clean chain.
-        mutating func retireAnchors(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: VMIdentity, because why: String, requires: [ActionKey] = []) {
-            for a in anchorsByKey["\(pool.name)\u{0}\(policy.name)\u{0}\(vm.uuid)"] ?? [] {
+        mutating func retireAnchors(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: VMIdentity, because why: String, requires: [ActionKey] = [],
+                                    keeping kept: AnchorKind? = nil) {
+            for a in anchorsByKey["\(pool.name)\u{0}\(policy.name)\u{0}\(vm.uuid)"] ?? [] where a.kind != kept {
                 guard pool.vdis[a.snapshotVDI] != nil, owned(pool.name, "VDI", a.snapshotVDI, in: pool) else { continue }
                 // The disk of a snapshot kept by snapshotRetention goes with its snapshot.
                 if !a.dataDestroyed && pool.snapshots.contains(where: { $0.uuid == a.snapshotVM }) { continue }
@@ -367,11 +369,64 @@ extension Planner {
             var method: BackupMethod
             var why = reason
             var planned: [DiskJob] = []
+            var deltaBases = false
             let anchors = anchorsByKey[key] ?? []
             let backupIDs = Set(history.map(\.id))
             if spec.method == .xva {
                 method = .xva
                 planned = disks.map { DiskJob(key: $0.0.userdevice, vdiUUID: $0.1.uuid, name: $0.1.name, size: $0.1.size) }
+            } else if spec.method == .delta || (spec.method == .auto && !cbtPossible) {
+                // No CBT: a VHD delta against the previous backup's snapshot disk, kept on the
+                // pool for it (the delta base).
+                // Why not CBT, in a clause ("full, because …") and in a few words ("incremental (VHD delta, …)").
+                let (without, short): (String, String)
+                if spec.method == .delta { (without, short) = ("method: delta", "method: delta") } else if !spec.cbt {
+                    (without, short) = ("cbt: false", "cbt: false")
+                } else if !pool.hasCBTAPI {
+                    (without, short) = ("the pool predates CBT (API \(pool.apiVersion))", "API \(pool.apiVersion) predates CBT")
+                } else if !pool.cbtLicensed {
+                    (without, short) = ("CBT is not licensed", "no CBT licence")
+                } else { (without, short) = ("an SR does not support CBT", "an SR without CBT") }
+                var fullBecause: String?
+                if spec.snapshotRetention == 0 {
+                    fullBecause = "snapshotRetention is 0, so no snapshot is kept as a delta base"
+                }
+                for (d, vdi) in disks {
+                    var disk = DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
+                    if fullBecause == nil {
+                        let anchor = anchors.first { $0.diskKey == d.userdevice && $0.kind == .delta }
+                        if anchor == nil {
+                            fullBecause = history.isEmpty ? "this is the first backup with VHD deltas" : "no delta base is kept for disk \(d.userdevice)"
+                        } else if let a = anchor, a.sourceVDI != vdi.uuid {
+                            fullBecause = "disk \(d.userdevice) is another VDI than at the last backup"
+                        } else if let a = anchor, pool.vdis[a.snapshotVDI] == nil {
+                            fullBecause = "the delta base of disk \(d.userdevice) was deleted"
+                        } else if let a = anchor, pool.vdis[a.snapshotVDI]?.type == "cbt_metadata" {
+                            fullBecause = "the delta base of disk \(d.userdevice) holds no data"
+                        } else if let a = anchor, pool.vdis[a.snapshotVDI]?.size != vdi.size {
+                            fullBecause = "disk \(d.userdevice) was resized since its delta base"
+                        } else if let a = anchor, !backupIDs.contains(a.backupID) {
+                            fullBecause = "the backup the delta base of disk \(d.userdevice) belongs to is gone"
+                        } else if let a = anchor {
+                            disk.anchorVDI = a.snapshotVDI
+                            disk.baseBackup = a.backupID
+                        }
+                    }
+                    planned.append(disk)
+                }
+                if let force, force.full, force.forces(policy.name) { fullBecause = "--full was asked" }
+                if let fullBecause {
+                    for i in planned.indices {
+                        planned[i].anchorVDI = nil
+                        planned[i].baseBackup = nil
+                    }
+                    method = pool.nbdAvailable ? .fullNBD : .fullExport
+                    why += spec.method == .delta ? "; full, because \(fullBecause)" : "; full, because \(without) and \(fullBecause)"
+                } else {
+                    method = .deltaIncremental
+                    why += "; incremental (VHD delta, \(short))"
+                }
+                deltaBases = spec.snapshotRetention > 0
             } else {
                 var fullBecause: String?
                 if !cbtPossible {
@@ -382,7 +437,7 @@ extension Planner {
                 for (d, vdi) in disks {
                     var disk = DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
                     if fullBecause == nil {
-                        let anchor = anchors.first { $0.diskKey == d.userdevice }
+                        let anchor = anchors.first { $0.diskKey == d.userdevice && $0.kind == .cbt }
                         if !vdi.cbtEnabled {
                             fullBecause = history.isEmpty
                                 ? "first backup with CBT" : "CBT was re-enabled on disk \(d.userdevice) (it was off, so no changed blocks are known)"
@@ -416,9 +471,12 @@ extension Planner {
                     if !pool.nbdAvailable { why += "; full, because there is no NBD network to read changed blocks through" }
                 }
             }
-            let keepAnchors = cbtPossible && method != .xva
-            if keepAnchors && spec.purgeSnapshotData { why += "; afterwards the snapshot's data is destroyed and only its CBT metadata kept" }
-            let job = BackupJob(method: method, repository: repo, disks: planned, skippedDisks: skipped, keepAnchors: keepAnchors,
+            let keepAnchors = (cbtPossible && method != .xva) || deltaBases
+            if keepAnchors && spec.purgeSnapshotData {
+                why += deltaBases ? "; afterwards the snapshot VM is removed and its disks are kept as the next delta's base"
+                    : "; afterwards the snapshot's data is destroyed and only its CBT metadata kept"
+            }
+            let job = BackupJob(method: method, repository: repo, disks: planned, skippedDisks: skipped, keepAnchors: keepAnchors, deltaBases: deltaBases,
                                 purgeSnapshotData: spec.purgeSnapshotData, quiesce: spec.quiesce.rawValue,
                                 preSnapshot: Self.hook(spec.hooks.preSnapshot), postSnapshot: Self.hook(spec.hooks.postSnapshot))
             let backupKey = ActionKey(.backup, pool: pool.name, subject: vm.uuid, policy: policy.name)
@@ -426,7 +484,7 @@ extension Planner {
             plannedBackups["\(vm.uuid)\u{0}\(policy.name)"] = backupKey
             // The anchors this backup replaces go once it succeeded; if it fails they stay.
             retireAnchors(policy, pool, vm, because: keepAnchors ? "replaced by the new anchor once the backup succeeds"
-                              : "not needed once the backup succeeds (it keeps no CBT anchor)", requires: [backupKey])
+                              : "not needed once the backup succeeds (it keeps no anchor)", requires: [backupKey])
         }
 
         /// Whether an object is haven's: in the inventory and carrying haven's mark on the pool.
@@ -461,7 +519,7 @@ extension Planner {
         /// hold the snapshot's full data. Shown and retried until done.
         mutating func pendingPurges(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: VMIdentity) {
             guard policy.spec.purgeSnapshotData else { return }
-            for a in anchorsByKey["\(pool.name)\u{0}\(policy.name)\u{0}\(vm.uuid)"] ?? [] where !a.dataDestroyed {
+            for a in anchorsByKey["\(pool.name)\u{0}\(policy.name)\u{0}\(vm.uuid)"] ?? [] where !a.dataDestroyed && a.kind == .cbt {
                 guard let vdi = pool.vdis[a.snapshotVDI], vdi.type != "cbt_metadata", owned(pool.name, "VDI", a.snapshotVDI, in: pool) else { continue }
                 // While its snapshot VM is there, the snapshot's removal comes first.
                 if pool.snapshots.contains(where: { $0.uuid == a.snapshotVM }) { continue }

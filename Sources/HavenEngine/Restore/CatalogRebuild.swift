@@ -6,7 +6,7 @@ import HavenSpec
 import XenAPI
 
 /// Rebuilds the catalog from what cannot be lost: the repositories' manifests (the backups) and
-/// the pools' ownership marks (snapshots, CBT anchors, CBT haven enabled).
+/// the pools' ownership marks (snapshots, CBT anchors, delta bases, CBT haven enabled).
 public enum CatalogRebuild {
     public static func rebuild(engine: Engine, repositories: [String: BackupRepository]) async throws -> CatalogView {
         var view = CatalogView()
@@ -49,7 +49,11 @@ public enum CatalogRebuild {
                 }
                 view.inventory.append(OwnedObject(pool: pool.name, cls: "VDI", uuid: vdi.uuid, role: vdi.otherConfig[OwnershipMarks.role] ?? "",
                                                   policy: policy, vmUUID: vmUUID, createdAt: Date()))
-                if vdi.cbtEnabled, !backupID.isEmpty, let vbd {
+                if vdi.otherConfig[OwnershipMarks.role] == "delta-base", vdi.type != "cbt_metadata", !backupID.isEmpty, let vbd {
+                    let snapshotVM = vbds.values.first { vdiUUID[$0.vdi] == vdi.uuid && vms[$0.vm]?.isASnapshot == true }.flatMap { vms[$0.vm]?.uuid } ?? ""
+                    view.anchors.append(Anchor(pool: pool.name, policy: policy, vmUUID: vmUUID, diskKey: vbd.userdevice, sourceVDI: sourceUUID,
+                                               snapshotVM: snapshotVM, snapshotVDI: vdi.uuid, backupID: backupID, dataDestroyed: false, kind: .delta))
+                } else if vdi.cbtEnabled, !backupID.isEmpty, let vbd {
                     view.anchors.append(Anchor(pool: pool.name, policy: policy, vmUUID: vmUUID, diskKey: vbd.userdevice, sourceVDI: sourceUUID,
                                                snapshotVM: "", snapshotVDI: vdi.uuid, backupID: backupID, dataDestroyed: vdi.type == "cbt_metadata"))
                 }
