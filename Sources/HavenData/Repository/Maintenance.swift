@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 
 /// What `verify` found.
@@ -142,9 +143,12 @@ extension BackupRepository {
                     releaseWriter(writer)
                     rewritten = true
                     try syncAll()
+                    CrashPoints.hit("gc pack rewritten")
                 }
                 unlink(indexPath(name))
+                CrashPoints.hit("gc index removed")
                 unlink(pack)
+                CrashPoints.hit("gc pack removed")
                 index.remove(packPath: pack)
                 report.deletedChunks += dead.count
                 report.deletedBytes += deadBytes
