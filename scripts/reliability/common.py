@@ -17,6 +17,10 @@ import tempfile
 import time
 import xmlrpc.client
 
+# pyenv's shim puts its interpreter's own bin directory first on PATH; nbdkit's embedded Python
+# (the simulator's NBD plugin) would then load that interpreter's standard library and fail.
+os.environ["PATH"] = ":".join(p for p in os.environ.get("PATH", "").split(":") if "/.pyenv/versions/" not in p)
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HAVEN = os.environ.get("HAVEN_BIN", os.path.join(ROOT, ".build", "debug", "haven"))
 
@@ -290,6 +294,14 @@ def check_orphans(scn, user_uuids, diff=None):
     if d.rc not in (0, 1):
         return ["haven diff failed: " + d.brief()]
     planned = strings_in(json.loads(d.out).get("actions", []))
+    # A snapshot's disks carry the marks their source had; they are covered by the snapshot VM
+    # they belong to (a restore point, a backup snapshot) when that VM is haven's.
+    vm_uuid = {ref: vm["uuid"] for ref, vm in pool["VM"].items()}
+    attached_to = {}
+    for vbd in pool["VBD"].values():
+        if vbd["VDI"] != "OpaqueRef:NULL":
+            attached_to.setdefault(vbd["VDI"], set()).add(vm_uuid.get(vbd["VM"], ""))
+    covered = cat["owned"] | planned
     for cls in ("VM", "VDI"):
         for ref, r in pool[cls].items():
             uuid = r["uuid"]
@@ -297,12 +309,14 @@ def check_orphans(scn, user_uuids, diff=None):
                 continue
             oc = r.get("other_config", {})
             owner = oc.get("haven.owner")
-            if owner and owner == instance and uuid not in cat["owned"] and uuid not in planned:
+            if owner and owner == instance and uuid not in covered and not (attached_to.get(ref, set()) & covered):
                 problems.append("%s %s (%s, role %s) carries haven's mark but is neither in the inventory nor planned"
                                 % (cls, uuid, r["name_label"], oc.get("haven.role")))
             if owner and instance and owner != instance:
                 problems.append("%s %s (%s) carries another owner mark %s" % (cls, uuid, r["name_label"], owner))
-            if cls == "VDI" and oc.get("haven.cbt") == instance and uuid not in cat["cbt"] and uuid not in planned:
+            # Snapshots copy their disk's other_config: only a live disk's CBT mark counts.
+            if (cls == "VDI" and oc.get("haven.cbt") == instance and not r["is_a_snapshot"] and r["type"] != "cbt_metadata"
+                    and uuid not in cat["cbt"] and uuid not in planned):
                 problems.append("VDI %s (%s) carries haven's CBT mark but is not in the catalog's CBT marks" % (uuid, r["name_label"]))
             if (cls == "VM" and r["is_a_snapshot"] and r["name_label"].startswith("haven ") and not owner
                     and uuid not in planned):

@@ -26,6 +26,9 @@ from world import Bench
 # planning, replication sync, snapshot clean-up and the catalog writes of all of them).
 OPERATIONS = [("apply", 8), ("backup-full", 2), ("repo-gc", 2), ("forget", 1), ("restore-file", 2), ("restore-pool", 2),
               ("catalog-rebuild", 1)]
+if os.environ.get("RELIABILITY_KILL_OPS"):
+    OPERATIONS = [(o, w) for o, w in OPERATIONS if o in os.environ["RELIABILITY_KILL_OPS"].split(",")]
+RECOVER_EVERY = int(os.environ.get("RELIABILITY_RECOVER_EVERY", "4"))
 REMOVES_VERSIONS = ("apply", "forget", "backup-full")
 
 
@@ -40,8 +43,9 @@ class Killed:
 
 
 class Sweep(Bench):
-    def __init__(self, res, root, seed, target, budget):
-        super().__init__(res, root, "killsweep", "kill-sweep")
+    def __init__(self, res, root, seed, target, budget, worker=0):
+        super().__init__(res, root, "killsweep-%d" % worker, "kill-sweep")
+        self.worker = worker
         self.seed, self.target, self.budget = seed, target, budget
         self.rng = random.Random(seed)
         self.steps = {}           # operation -> steps of its last clean run
@@ -165,7 +169,7 @@ class Sweep(Bench):
             return self.summary(start)
         self.note_versions(hashes, "apply", True)
         # Every operation's steps, learnt from one clean run each.
-        for op in ("backup-full", "apply", "repo-gc", "restore-file", "restore-pool", "catalog-rebuild"):
+        for op in [o for o, _ in OPERATIONS if o not in ("apply", "forget")]:
             a, h = self.prepare(op)
             r = self.clean_run(op, a)
             if r.rc != 0:
@@ -188,12 +192,12 @@ class Sweep(Bench):
                 continue
             label = k.point.split(" ", 1)[1] if k.how == "crash-at" else "SIGKILL at a random moment"
             self.labels[label] = self.labels.get(label, 0) + 1
-            self.kills.append({"operation": op, "how": k.how, "point": k.point})
-            context = "%s killed (%s %s)" % (op, k.how, k.point)
+            self.kills.append({"operation": op, "how": k.how, "point": k.point, "worker": self.worker, "seed": self.seed})
+            context = "worker %d: %s killed (%s %s)" % (self.worker, op, k.how, k.point)
             self.check_after(op, hashes, context)
-            # A later killed apply recovers first (and must not fail before its kill point); every
-            # third kill of an apply, and after any other operation, a clean apply must succeed.
-            if op != "apply" or len(self.kills) % 3 == 0:
+            # A later killed run recovers first (and must not fail before its kill point); after
+            # every fourth kill a clean apply must succeed and leave nothing to do.
+            if len(self.kills) % RECOVER_EVERY == 0:
                 self.recover(context)
             if len(self.res.failures) - failures_before > 25:
                 self.res.fail(self.section, "too many failures; the sweep stopped early")
@@ -214,16 +218,45 @@ class Sweep(Bench):
             "randomSigkills": len(self.kills) - at_points, "byOperation": by_op, "byStep": dict(sorted(self.labels.items())),
             "stepsPerCleanRun": self.steps, "cleanAppliesAfterKills": self.recoveries, "restoresCompared": self.restores,
             "versionsAtEnd": len(self.expected), "leftovers": self.leftovers, "seconds": round(time.monotonic() - start, 1),
-            "seed": self.seed,
+            "seed": self.seed, "killList": self.kills,
         }
 
 
-def run(res, root, seed, target=200, budget=900):
-    sweep = Sweep(res, root, seed, target, budget)
-    try:
-        summary = sweep.run()
-    finally:
-        sweep.scn.stop()
+def merge(parts):
+    out = {"workers": len(parts), "seed": parts[0]["seed"], "seconds": max(p["seconds"] for p in parts)}
+    out["killList"] = [k for p in parts for k in p["killList"]]
+    # The same step number of the same operation counts once, whichever pool it was killed on.
+    out["distinctKillPoints"] = len({(k["operation"], k["point"]) for k in out["killList"] if k["how"] == "crash-at"}) + sum(
+        1 for k in out["killList"] if k["how"] != "crash-at")
+    for key in ("kills", "crashPointKills", "randomSigkills", "cleanAppliesAfterKills", "restoresCompared",
+                "versionsAtEnd"):
+        out[key] = sum(p[key] for p in parts)
+    for key in ("byOperation", "byStep", "leftovers"):
+        merged = {}
+        for p in parts:
+            for k, v in p[key].items():
+                merged[k] = merged.get(k, 0) + v
+        out[key] = dict(sorted(merged.items()))
+    out["stepsPerCleanRun"] = parts[0]["stepsPerCleanRun"]
+    return out
+
+
+def run(res, root, seed, target=200, budget=900, workers=2):
+    """`workers` sweeps side by side, each on a pool of its own (seeds seed*100+i), sharing the
+    target number of kills."""
+    import concurrent.futures
+
+    def one(i):
+        sweep = Sweep(res, root, seed * 100 + i, (target + workers - 1 - i) // workers, budget, worker=i)
+        try:
+            return sweep.run()
+        finally:
+            sweep.scn.stop()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(one, range(workers)))
+    summary = merge(parts)
+    summary["seed"] = seed
     if summary["kills"] < target:
         res.fail("kill-sweep", "only %d kills within the time budget (%d s); %d wanted" % (summary["kills"], budget, target))
     return summary

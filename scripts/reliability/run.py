@@ -7,6 +7,7 @@ table, writes reliability-results.json, exits 1 when anything failed.
     scripts/reliability/run.py [--only kill,faults,fuzz,property,secrets] [--seed N]
 
 Knobs (environment): RELIABILITY_KILLS (200), RELIABILITY_KILL_BUDGET (seconds, 900),
+RELIABILITY_KILL_WORKERS (sweeps side by side, 3),
 RELIABILITY_FUZZ_SECONDS (per target, 60), RELIABILITY_FUZZ_RUNS (per target, 1000000),
 RELIABILITY_PROPERTY_SEEDS (40), RELIABILITY_DIR (scratch, .reliability).
 """
@@ -99,7 +100,8 @@ def main():
         import killsweep
         section("kill -9 sweep (seed %d)" % args.seed)
         results["killSweep"] = killsweep.run(res, scratch, args.seed, target=int(os.environ.get("RELIABILITY_KILLS", "200")),
-                                             budget=int(os.environ.get("RELIABILITY_KILL_BUDGET", "900")))
+                                             budget=int(os.environ.get("RELIABILITY_KILL_BUDGET", "900")),
+                                             workers=int(os.environ.get("RELIABILITY_KILL_WORKERS", "3")))
     if "faults" in only:
         import faults
         section("fault matrix (seed %d)" % args.seed)

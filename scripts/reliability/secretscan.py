@@ -136,6 +136,10 @@ def run(res, root):
             res.fail("secrets", "the hook did not run (nothing to check its environment with)")
         blobs.append(("the hooks' environment", hook_env))
         checked_files = len(blobs)
+        # The scan must be able to find a secret: the simulator's endpoints file holds the password.
+        control = open(os.path.join(scn.sim_state, "endpoints.json"), "rb").read()
+        if password.encode() not in control:
+            res.fail("secrets", "positive control: the password is not found in the simulator's endpoints.json; the scan is blind")
         secrets = [("pool password", password), ("token in haven's environment", token),
                    ("repository key (hex)", key_hex), ("repository key (bytes)", bytes.fromhex(key_hex)),
                    ("repository key (upper-case hex)", key_hex.upper())]

@@ -38,6 +38,12 @@ DOCS = [
 ]
 
 
+# What haven keeps on the pool between runs, by (class, role): a CBT anchor per protected disk
+# (web's two, app's one for the replication), the replica and its disk, `keep: 2` restore points
+# and their disks. After a successful apply anything beyond this is a leftover.
+AT_REST = {("VDI", "cbt-anchor"): 3, ("VM", "replica"): 1, ("VDI", "replica-disk"): 3, ("VM", "restore-point"): 2}
+
+
 class Bench:
     """One scenario of the protected world and what the harness knows it should hold."""
 
@@ -88,7 +94,9 @@ class Bench:
                         if changed or set(extra) - {"haven.cbt"}:
                             problems.append("%s: other_config changed %s %s" % (before["name_label"], sorted(changed), sorted(extra)))
                     continue
-                if k in ("snapshots", "allowed_operations", "current_operations"):
+                # xapi's own bookkeeping of relations: a snapshot taken of a VM becomes its
+                # `parent` and joins the `children` of the one before.
+                if k in ("snapshots", "allowed_operations", "current_operations", "parent", "children"):
                     continue
                 if now.get(k) != v:
                     problems.append("user object %s (%s): %s changed from %r to %r" % (uuid, before["name_label"], k, v, now.get(k)))
@@ -153,8 +161,11 @@ class Bench:
         self.disks = self.scn.source_disks(["web", "db"])
 
     def guest_writes(self, rng, counter):
+        """Guest writes on some of the protected VMs, then the clock moves on past every schedule;
+        returns the sources' hashes (what versions made next must restore to)."""
         for vm, seed in (("web", 1), ("db", 2), ("app", 3)):
-            self.scn.sim_control(["write", "--vm", vm, "--percent", str(rng.choice([2, 5, 12])), "--seed", str(counter * 10 + seed)])
+            if rng.random() < 0.6:
+                self.scn.sim_control(["write", "--vm", vm, "--percent", str(rng.choice([2, 5, 12])), "--seed", str(counter * 10 + seed)])
         self.scn.now += 3700
         return self.source_hashes()
 
@@ -168,5 +179,24 @@ class Bench:
             except ValueError:
                 actions = [d.brief()]
             problems.append("after a successful apply, diff still plans %s" % actions)
-        return problems + check_orphans(self.scn, self.user_uuids, diff=d)
+        return problems + check_orphans(self.scn, self.user_uuids, diff=d) + self.leftovers_at_rest()
+
+    def leftovers_at_rest(self):
+        """After a successful apply: nothing of haven's beyond what it keeps between runs, and no
+        snapshot without its mark (a look-alike of the user's excepted)."""
+        pool = self.scn.pool.snapshot_of_pool()
+        instance = self.scn.instance()
+        counts = {}
+        problems = []
+        for cls in ("VM", "VDI"):
+            for r in pool[cls].values():
+                if r["other_config"].get("haven.owner") == instance:
+                    key = (cls, r["other_config"].get("haven.role"))
+                    counts[key] = counts.get(key, 0) + 1
+                elif cls == "VM" and r["is_a_snapshot"] and r["uuid"] not in self.user_uuids:
+                    problems.append("leftover: snapshot %s (%s) without haven's mark" % (r["uuid"], r["name_label"]))
+        for key, n in sorted(counts.items(), key=str):
+            if n > AT_REST.get(key, 0):
+                problems.append("leftover: %d %s of role %s where %d stay between runs" % (n, key[0], key[1], AT_REST.get(key, 0)))
+        return problems
 
