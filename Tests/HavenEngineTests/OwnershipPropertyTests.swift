@@ -3,9 +3,9 @@ import HavenCore
 import HavenEngine
 import HavenSpec
 import Testing
-import XenAPI
 
 @testable import HavenSim
+@testable import XenAPI
 
 /// The ownership property, on random pools and random configurations: whatever haven is told to
 /// do, over several reconciles with guest writes, faults and cancelled runs between them, every
@@ -144,15 +144,22 @@ import XenAPI
         var diskOf: [String: String] = [:]
     }
 
+    /// The full records, as the pool sends them (every field, not only those the typed records keep).
     static func objects(_ c: XenAPIClient) async throws -> Objects {
+        func raw(_ cls: String) async throws -> [String: [String: XenValue]] {
+            (try await c.call(XenMethod.getAllRecords(cls), []).structValue ?? [:]).mapValues { $0.structValue ?? [:] }
+        }
         var o = Objects()
-        let vms = try await c.records(VMRecord.self)
-        let vdis = try await c.records(VDIRecord.self)
-        for r in vms.values { o.vms[r.uuid] = r.fields }
-        for r in vdis.values { o.vdis[r.uuid] = r.fields }
-        for r in try await c.records(VBDRecord.self).values {
-            o.vbds[r.uuid] = r.fields
-            if let vm = vms[r.vm], vm.isRealVM, let vdi = vdis[r.vdi] { o.diskOf[vdi.uuid] = vm.nameLabel }
+        let vms = try await raw("VM")
+        let vdis = try await raw("VDI")
+        for r in vms.values { o.vms[r["uuid"]?.stringValue ?? ""] = r }
+        for r in vdis.values { o.vdis[r["uuid"]?.stringValue ?? ""] = r }
+        for r in try await raw("VBD").values {
+            o.vbds[r["uuid"]?.stringValue ?? ""] = r
+            if let vm = vms[r["VM"]?.stringValue ?? ""], vm["is_a_snapshot"]?.boolValue == false, vm["is_a_template"]?.boolValue == false,
+               vm["is_control_domain"]?.boolValue == false, let vdi = vdis[r["VDI"]?.stringValue ?? ""] {
+                o.diskOf[vdi["uuid"]?.stringValue ?? ""] = vm["name_label"]?.stringValue ?? ""
+            }
         }
         return o
     }
