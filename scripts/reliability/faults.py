@@ -79,9 +79,13 @@ class Matrix(Bench):
         if r.rc == 0:
             return "survived", None
         if r.rc == 2:
-            lines = [ln for ln in (r.err + r.out).splitlines() if re.search(r"error|failed", ln, re.I)]
-            reason = lines[-1].strip() if lines else ""
-            if len(reason) < 12:
+            # The reason: the last line saying something failed. A bare xapi code (`haven:
+            # SR_FULL [3145728, 68719476736]`) or a few words is not a reason a user can act on.
+            lines = [ln.strip() for ln in (r.err + r.out).splitlines()
+                     if re.search(r"error|failed|cannot|refused|not ", ln, re.I) and not ln.lstrip().startswith("{")]
+            reason = lines[-1] if lines else ""
+            bare = re.fullmatch(r"(haven: )?(error: )?[A-Z0-9_]+( \[[^\]]*\])?", reason)
+            if bare or len(reason.split()) < 5:
                 return None, "exit 2 without a clear error: " + r.brief()
             return "failed cleanly: " + reason[:300], None
         return None, "crash or unexpected exit %s: %s" % (r.rc, r.brief())
