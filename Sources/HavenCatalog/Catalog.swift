@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 import GRDB
 import HavenCore
@@ -112,6 +113,13 @@ public final class Catalog: Sendable {
         return m
     }
 
+    /// One write transaction; once it is committed, a crash point (`HAVEN_CRASH_AT`).
+    func write<T>(_ label: String, _ body: (Database) throws -> T) throws -> T {
+        let result = try db.write(body)
+        CrashPoints.hit("catalog \(label)")
+        return result
+    }
+
     public func view() throws -> CatalogView {
         try db.read { db in
             CatalogView(
@@ -121,29 +129,29 @@ public final class Catalog: Sendable {
         }
     }
 
-    public func record(_ backup: BackupRecord) throws { try db.write { try backup.save($0) } }
-    public func forget(backup id: String) throws { _ = try db.write { try BackupRecord.deleteOne($0, key: id) } }
-    public func setAnchor(_ anchor: Anchor) throws { try db.write { try anchor.save($0) } }
+    public func record(_ backup: BackupRecord) throws { try write("record backup") { try backup.save($0) } }
+    public func forget(backup id: String) throws { _ = try write("forget backup") { try BackupRecord.deleteOne($0, key: id) } }
+    public func setAnchor(_ anchor: Anchor) throws { try write("set anchor") { try anchor.save($0) } }
     public func removeAnchor(pool: String, snapshotVDI: String) throws {
-        _ = try db.write { try Anchor.filter(Column("pool") == pool && Column("snapshotVDI") == snapshotVDI).deleteAll($0) }
+        _ = try write("remove anchor") { try Anchor.filter(Column("pool") == pool && Column("snapshotVDI") == snapshotVDI).deleteAll($0) }
     }
-    public func own(_ object: OwnedObject) throws { try db.write { try object.save($0) } }
+    public func own(_ object: OwnedObject) throws { try write("own") { try object.save($0) } }
     public func disown(pool: String, uuid: String) throws {
-        _ = try db.write { try OwnedObject.filter(Column("pool") == pool && Column("uuid") == uuid).deleteAll($0) }
+        _ = try write("disown") { try OwnedObject.filter(Column("pool") == pool && Column("uuid") == uuid).deleteAll($0) }
     }
-    public func markCBT(_ mark: CBTMark) throws { try db.write { try mark.save($0) } }
+    public func markCBT(_ mark: CBTMark) throws { try write("mark CBT") { try mark.save($0) } }
     public func unmarkCBT(pool: String, vdiUUID: String) throws {
-        _ = try db.write { try CBTMark.filter(Column("pool") == pool && Column("vdiUUID") == vdiUUID).deleteAll($0) }
+        _ = try write("unmark CBT") { try CBTMark.filter(Column("pool") == pool && Column("vdiUUID") == vdiUUID).deleteAll($0) }
     }
 
-    public func recordIntent(_ i: SnapshotIntent) throws { try db.write { try i.save($0) } }
+    public func recordIntent(_ i: SnapshotIntent) throws { try write("record intent") { try i.save($0) } }
     public func clearIntent(pool: String, name: String) throws {
-        _ = try db.write { try SnapshotIntent.filter(Column("pool") == pool && Column("name") == name).deleteAll($0) }
+        _ = try write("clear intent") { try SnapshotIntent.filter(Column("pool") == pool && Column("name") == name).deleteAll($0) }
     }
 
-    public func setReplica(_ r: ReplicaRecord) throws { try db.write { try r.save($0) } }
+    public func setReplica(_ r: ReplicaRecord) throws { try write("set replica") { try r.save($0) } }
     public func removeReplica(policy: String, sourcePool: String, sourceVM: String) throws {
-        _ = try db.write { try ReplicaRecord.filter(Column("policy") == policy && Column("sourcePool") == sourcePool && Column("sourceVM") == sourceVM).deleteAll($0) }
+        _ = try write("remove replica") { try ReplicaRecord.filter(Column("policy") == policy && Column("sourcePool") == sourcePool && Column("sourceVM") == sourceVM).deleteAll($0) }
     }
 
     public func setAppliance(_ a: ApplianceRecord) throws { try db.write { try a.save($0) } }
@@ -170,7 +178,7 @@ public final class Catalog: Sendable {
 
     /// Replaces everything (used by rebuild).
     public func replaceAll(with view: CatalogView) throws {
-        try db.write { db in
+        try write("replace all") { db in
             try BackupRecord.deleteAll(db)
             try Anchor.deleteAll(db)
             try OwnedObject.deleteAll(db)

@@ -341,6 +341,7 @@ extension Planner {
                 retention(policy, identity, history: history)
                 snapshotRetention(policy, pool, identity)
                 pendingPurges(policy, pool, identity)
+                strayAnchors(owner: policy.name, pool, identity)
             }
             for sr in fullSRs.sorted() {
                 warn(.srAlmostFull, poolName, "sr-\(sr)", "SR \(sr) is more than 90% full", reason: "snapshots need room; free space or move disks")
@@ -527,6 +528,24 @@ extension Planner {
                 if keys.contains(ActionKey(.retireAnchor, pool: pool.name, subject: a.snapshotVDI, policy: policy.name)) { continue }
                 add(PlannedAction(key: key, action: .purgeSnapshotData(OwnedRemoval(uuid: a.snapshotVDI, label: "\(vdi.name) (\(a.snapshotVDI), disk \(a.diskKey))")),
                                   vm: vm, reason: "the clean-up after backup \(a.backupID) did not finish: the disk still holds the snapshot's data"))
+            }
+        }
+
+        /// Anchors of this VM and owner (a backup policy, or `replication:NAME`) that the catalog no
+        /// longer counts as the anchor of any disk, and disks of snapshots that are gone: a run
+        /// recorded their replacement, or removed their snapshot, and was killed before it removed
+        /// them. Nothing else would ever plan them away.
+        mutating func strayAnchors(owner: String, _ pool: ObservedPool, _ vm: VMIdentity) {
+            let current = Set((anchorsByKey["\(pool.name)\u{0}\(owner)\u{0}\(vm.uuid)"] ?? []).map(\.snapshotVDI))
+            let ofSnapshots = Set(pool.snapshots.flatMap { $0.disks.map(\.vdiUUID) })
+            let roles: Set<String> = ["cbt-anchor", "snapshot-disk", "replication-snapshot-disk"]
+            for o in inventoryByPool[pool.name] ?? [] where o.cls == "VDI" && o.vmUUID == vm.uuid && o.policy == owner && roles.contains(o.role)
+                && !current.contains(o.uuid) && !ofSnapshots.contains(o.uuid) {
+                guard let vdi = pool.vdis[o.uuid], owned(pool.name, "VDI", o.uuid, in: pool) else { continue }
+                let key = ActionKey(.retireAnchor, pool: pool.name, subject: o.uuid, policy: owner)
+                guard !keys.contains(key) else { continue }
+                add(PlannedAction(key: key, action: .retireAnchor(OwnedRemoval(uuid: o.uuid, label: "\(o.uuid) (\(vdi.name))")), vm: vm,
+                                  reason: "left over: a run replaced this CBT anchor (or removed its snapshot) and stopped before removing it"))
             }
         }
 

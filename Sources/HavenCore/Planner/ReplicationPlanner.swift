@@ -111,6 +111,7 @@ extension Planner.Context {
                 add(PlannedAction(key: key, action: .enableCBT(CBTChange(disk: DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size))),
                                   vm: identity, reason: "ReplicationPolicy \(r.name) reads changed blocks"))
             }
+            strayAnchors(owner: owner, source, identity)
             guard let reason = dueReason(spec.schedule, last: record?.lastSync).map({ $0.replacingOccurrences(of: "never backed up", with: "never replicated").replacingOccurrences(of: "last backup", with: "last sync") }) else { continue }
             let anchors = anchorsByKey["\(sourceName)\u{0}\(owner)\u{0}\(vm.uuid)"] ?? []
             let replicaDisks = record?.diskMap ?? [:]

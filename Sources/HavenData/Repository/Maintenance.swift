@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 
 /// What `verify` found.
@@ -141,9 +142,12 @@ extension BackupRepository {
                     try writer.seal()
                     releaseWriter(writer)
                     rewritten = true
+                    CrashPoints.hit("gc pack rewritten")
                 }
                 unlink(indexPath(pack.name))
+                CrashPoints.hit("gc index removed")
                 unlink(pack.path)
+                CrashPoints.hit("gc pack removed")
                 index.removePack(named: pack.name)
                 report.deletedChunks += dead.count
                 report.deletedBytes += deadBytes

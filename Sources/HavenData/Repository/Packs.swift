@@ -1,4 +1,5 @@
 import CHavenSystem
+import CrashPoints
 import Foundation
 
 #if canImport(Glibc)

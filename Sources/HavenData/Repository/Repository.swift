@@ -1,4 +1,5 @@
 import CHavenSystem
+import CrashPoints
 import Crypto
 import Foundation
 import Synchronization
@@ -468,35 +469,4 @@ public enum DataWarnings {
 
     /// Every warning written so far, oldest first.
     public static var emitted: [String] { state.withLock { $0.emitted } }
-}
-
-/// Test instrumentation: with `HAVEN_CRASH_AT=N`, the process dies (`_exit`, no clean-up) at
-/// the Nth durable step of a write, so crash tests can stop a backup at a precise point.
-public enum CrashPoints {
-    static let limit: Int = Int(ProcessInfo.processInfo.environment["HAVEN_CRASH_AT"] ?? "") ?? 0
-    static let named: String? = ProcessInfo.processInfo.environment["HAVEN_CRASH_STEP"]
-
-    /// With `HAVEN_CRASH_STEP=label`, the process dies (`_exit`, no clean-up) when it reaches the
-    /// step of that name: crash tests stop a run between two steps of the pool's side (a replica
-    /// created but not yet recorded, an xva replica recorded but the old one not yet removed).
-    public static func step(_ label: String) {
-        guard let named, named == label else { return }
-        FileHandle.standardError.write(Data("haven: crash step \(label)\n".utf8))
-        _exit(99)
-    }
-    // Guarded by `lock`.
-    nonisolated(unsafe) static var count = 0
-    static let lock = NSLock()
-
-    static func hit(_ label: String) {
-        guard limit > 0 else { return }
-        lock.lock()
-        count += 1
-        let now = count
-        lock.unlock()
-        if now >= limit {
-            FileHandle.standardError.write(Data("haven: crash point \(now) (\(label))\n".utf8))
-            _exit(99)
-        }
-    }
 }

@@ -1,4 +1,5 @@
 import CHavenSystem
+import CrashPoints
 import DiskFormats
 import Foundation
 
@@ -127,6 +128,7 @@ public struct DiskRestore: Sendable {
             try body(fd, true)
             guard fsync(fd) == 0 else { throw DataError(.io, tmp, "fsync failed: \(String(cString: strerror(errno)))") }
             close(fd)
+            CrashPoints.hit("restored image written")
         } catch {
             close(fd)
             unlink(tmp)
@@ -142,6 +144,7 @@ public struct DiskRestore: Sendable {
             fsync(dfd)
             close(dfd)
         }
+        CrashPoints.hit("restored image renamed")
     }
 
     /// The size of the VHD `toVHDStream` produces (for a Content-Length upload).
