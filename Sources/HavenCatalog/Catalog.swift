@@ -87,6 +87,16 @@ public final class Catalog: Sendable {
                 t.primaryKey(["pool", "name"])
             }
         }
+        m.registerMigration("v6-suspensions") { db in
+            try db.create(table: "suspension") { t in
+                t.primaryKey("policy", .text)
+                t.column("at", .datetime).notNull()
+                t.column("by", .text).notNull()
+            }
+        }
+        m.registerMigration("v7-run-action-start") { db in
+            try db.alter(table: "runAction") { t in t.add(column: "startedAt", .datetime) }
+        }
         return m
     }
 
@@ -94,7 +104,8 @@ public final class Catalog: Sendable {
         try db.read { db in
             CatalogView(
                 backups: try BackupRecord.fetchAll(db), anchors: try Anchor.fetchAll(db), inventory: try OwnedObject.fetchAll(db),
-                cbtMarks: try CBTMark.fetchAll(db), replicas: try ReplicaRecord.fetchAll(db), intents: try SnapshotIntent.fetchAll(db))
+                cbtMarks: try CBTMark.fetchAll(db), replicas: try ReplicaRecord.fetchAll(db), intents: try SnapshotIntent.fetchAll(db),
+                suspensions: try Suspension.fetchAll(db))
         }
     }
 
@@ -121,6 +132,27 @@ public final class Catalog: Sendable {
     public func setReplica(_ r: ReplicaRecord) throws { try db.write { try r.save($0) } }
     public func removeReplica(policy: String, sourcePool: String, sourceVM: String) throws {
         _ = try db.write { try ReplicaRecord.filter(Column("policy") == policy && Column("sourcePool") == sourcePool && Column("sourceVM") == sourceVM).deleteAll($0) }
+    }
+
+    /// `haven suspend`: the policy plans nothing until resumed (kept across restarts; a running
+    /// daemon picks it up within seconds). Suspending twice keeps the first record.
+    @discardableResult
+    public func suspend(_ s: Suspension) throws -> Bool {
+        try db.write { db in
+            guard try Suspension.fetchOne(db, key: s.policy) == nil else { return false }
+            try s.insert(db)
+            return true
+        }
+    }
+
+    /// `haven resume`: false when the policy was not suspended by `haven suspend`.
+    @discardableResult
+    public func resume(policy: String) throws -> Bool {
+        try db.write { try Suspension.deleteOne($0, key: policy) }
+    }
+
+    public func suspensions() throws -> [Suspension] {
+        try db.read { try Suspension.order(Column("policy")).fetchAll($0) }
     }
 
     /// Replaces everything (used by rebuild).
@@ -160,4 +192,7 @@ extension ReplicaRecord: FetchableRecord, PersistableRecord, TableRecord {
 }
 extension SnapshotIntent: FetchableRecord, PersistableRecord, TableRecord {
     public static var databaseTableName: String { "snapshotIntent" }
+}
+extension Suspension: FetchableRecord, PersistableRecord, TableRecord {
+    public static var databaseTableName: String { "suspension" }
 }

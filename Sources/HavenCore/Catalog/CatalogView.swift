@@ -10,9 +10,12 @@ public struct CatalogView: Sendable, Codable {
     public var replicas: [ReplicaRecord] = []
     /// Snapshots haven asked for and has not yet marked as its own (a run that died in VM.snapshot leaves one).
     public var intents: [SnapshotIntent] = []
+    /// Policies suspended by `haven suspend` (an overlay over the YAML's `suspend:`).
+    public var suspensions: [Suspension] = []
 
     public init(backups: [BackupRecord] = [], anchors: [Anchor] = [], inventory: [OwnedObject] = [], cbtMarks: [CBTMark] = [],
-                replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = []) {
+                replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = [], suspensions: [Suspension] = []) {
+        self.suspensions = suspensions
         self.replicas = replicas
         self.intents = intents
         self.backups = backups
@@ -174,5 +177,20 @@ public struct SnapshotIntent: Sendable, Codable, Hashable {
         self.policy = policy
         self.name = name
         self.requestedAt = requestedAt
+    }
+}
+
+/// `haven suspend POLICY`: the policy (a BackupPolicy or ReplicationPolicy of that name) is
+/// treated as `suspend: true` until `haven resume`, whatever its YAML says.
+public struct Suspension: Sendable, Codable, Hashable {
+    public var policy: String
+    public var at: Date
+    /// Who asked, as the command line recorded it (user and host).
+    public var by: String
+
+    public init(policy: String, at: Date, by: String) {
+        self.policy = policy
+        self.at = at
+        self.by = by
     }
 }
