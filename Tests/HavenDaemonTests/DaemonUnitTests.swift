@@ -141,7 +141,7 @@ import Testing
         #expect(html.contains("class=\"rpo suspended\">suspended (haven suspend)<"))
         #expect(html.contains("failed: SR_FULL"))
         #expect(html.contains("haven.yaml:3:7: error: bad"))
-        #expect(html.contains("LAGGING 1 h") && html.contains("web-replica"), "replicas with their lag")
+        #expect(html.contains("LAGGING 60 min") && html.contains("web-replica"), "replicas with their lag")
         #expect(html.contains("<svg id=\"sizes\"") && html.contains("<svg id=\"durations\""), "two charts")
         #expect(html.components(separatedBy: "<rect ").count - 1 == 6, "two bars per backup")
         #expect(html.contains("30.0 s"), "the longest duration is named")

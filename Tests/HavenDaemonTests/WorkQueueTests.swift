@@ -113,6 +113,7 @@ import Testing
         #expect(q.nextWake == at(60), "an earlier time replaces a later one, never the reverse")
         #expect(q.next(now: at(59.999)) == nil)
         #expect(q.next(now: at(60))?.key == db)
+        q.done(db, now: at(61))
         #expect(q.nextWake == at(86_400))
         #expect(q.next(now: at(86_399)) == nil)
         #expect(q.next(now: at(86_400))?.key == web)
