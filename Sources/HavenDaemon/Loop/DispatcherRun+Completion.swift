@@ -113,6 +113,9 @@ extension DispatcherRun {
             }
             known[pool] = now
             index[pool] = PoolIndex(pool: observed, keys: Array(now), catalog: view ?? CatalogView())
+            if key.isHousekeeping && key.pool == pool && runAllAfterHousekeeping.remove(pool) != nil {
+                d.queue.mutate { q in for k in now.sorted() { q.add(k, now: Date()) } }
+            }
         }
     }
 }

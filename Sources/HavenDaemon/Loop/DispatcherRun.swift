@@ -22,6 +22,10 @@ final class DispatcherRun {
     var nextResync = Date.distantFuture
     /// Keys said to be due again right after a successful run (said once each).
     var warnedStillDue: Set<WorkKey> = []
+    /// Pools whose every key runs once its housekeeping has listed them: at start, on a new
+    /// configuration or suspension (the pools may have drifted meanwhile), as controller-runtime
+    /// reconciles every object of its first list.
+    var runAllAfterHousekeeping: Set<String> = []
 
     init(_ d: Dispatcher) { self.d = d }
 
@@ -55,20 +59,23 @@ final class DispatcherRun {
             known = known.filter { declared.contains($0.key) }
             index = index.filter { declared.contains($0.key) }
             suspensionGeneration = snap.suspensionGeneration
-            resyncAll()
+            resyncAll(everyKey: true)
             return
         }
         if snap.suspensionGeneration != suspensionGeneration, engine != nil {
             suspensionGeneration = snap.suspensionGeneration
             // The housekeeping lists the keys again without (or with) the suspended policies.
-            resyncAll()
+            resyncAll(everyKey: true)
         }
     }
 
-    /// Every pool's housekeeping now; the next one after the resync interval.
-    func resyncAll() {
+    /// Every pool's housekeeping now (and with `everyKey`, every key once it has listed them);
+    /// the next one after the resync interval, which only resets the timers.
+    func resyncAll(everyKey: Bool = false) {
         guard let engine else { return }
-        d.queue.mutate { q in for p in engine.desired.pools { q.add(.housekeeping(p.name), now: Date()) } }
+        let pools = engine.desired.pools.map(\.name)
+        if everyKey { runAllAfterHousekeeping.formUnion(pools) }
+        d.queue.mutate { q in for p in pools { q.add(.housekeeping(p), now: Date()) } }
         nextResync = Date().addingTimeInterval(d.options.resyncInterval.seconds)
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import HavenEngine
 import HavenSpec
 import Logging
@@ -67,8 +68,9 @@ struct PoolWatchers: Service {
                 if reconnecting { inbox.resync(pool.name) }
                 reconnecting = false
                 while !Task.isCancelled {
-                    // A short long-poll: the call cannot be interrupted, so this bounds how long shutdown waits for it.
-                    let batch = try await client.events(of: Self.classes, token: token, timeout: 5)
+                    // The call itself cannot be interrupted: on shutdown it is abandoned (its reply is dropped).
+                    let current = token
+                    let batch = try await abandonable { try await client.events(of: Self.classes, token: current, timeout: 30) }
                     token = batch.token
                     let touched = batch.events.compactMap { refs.touched($0) }
                     guard !touched.isEmpty else { continue }
@@ -135,5 +137,43 @@ struct EventRefs {
             t.snapshotOf = r.isASnapshot ? uuids[r.snapshotOf.raw] : nil
             return t
         }
+    }
+}
+
+/// Runs `operation` and returns its result, or throws `CancellationError` as soon as the calling
+/// task is cancelled, leaving the operation to finish on its own (a blocking long-poll that
+/// would otherwise hold a graceful shutdown for its whole timeout).
+func abandonable<T: Sendable>(_ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+    let slot = ContinuationSlot<T>()
+    return try await withTaskCancellationHandler {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+            slot.set(c)
+            if Task.isCancelled {
+                slot.resume(with: .failure(CancellationError()))
+                return
+            }
+            Task {
+                let result: Result<T, any Error>
+                do { result = .success(try await operation()) } catch { result = .failure(error) }
+                slot.resume(with: result)
+            }
+        }
+    } onCancel: {
+        slot.resume(with: .failure(CancellationError()))
+    }
+}
+
+/// A continuation resumed once, by whichever comes first.
+final class ContinuationSlot<T: Sendable>: Sendable {
+    private let c = Mutex<CheckedContinuation<T, any Error>?>(nil)
+
+    func set(_ continuation: CheckedContinuation<T, any Error>) { c.withLock { $0 = continuation } }
+
+    func resume(with result: Result<T, any Error>) {
+        let taken = c.withLock { s -> CheckedContinuation<T, any Error>? in
+            defer { s = nil }
+            return s
+        }
+        taken?.resume(with: result)
     }
 }
