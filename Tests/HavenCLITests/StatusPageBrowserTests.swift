@@ -87,6 +87,8 @@ import Testing
         let png = try runTool("timeout", ["120", chromium] + flags + ["--screenshot=\(shot.path)", "--window-size=1280,900", url])
         #expect(png.status == 0, "chromium --screenshot: \(png.output.suffix(2000))")
         let data = try Data(contentsOf: shot)
+        // HAVEN_TEST_SCREENSHOT=PATH keeps a copy for a person to look at.
+        if let keep = ProcessInfo.processInfo.environment["HAVEN_TEST_SCREENSHOT"] { try? data.write(to: URL(fileURLWithPath: keep)) }
         #expect(data.count > 20_000, "a real page, not a blank image: \(data.count) bytes")
         #expect(data.prefix(8) == Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]), "a PNG")
         // IHDR: width and height, big-endian, at bytes 16 and 20.

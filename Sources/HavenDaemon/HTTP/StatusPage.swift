@@ -114,7 +114,8 @@ enum StatusPage {
         let backups = Array(all.suffix(60))
         guard !backups.isEmpty else { return "<p>No backup in the catalog yet.</p>" }
         let maxSize = Double(backups.map { max($0.size, $0.storedBytes) }.max() ?? 1).nonZero
-        let slot = (width - 2 * pad) / Double(backups.count)
+        // At most 40 px a backup: a few backups still read as bars, not as blocks.
+        let slot = min((width - 2 * pad) / Double(backups.count), 40)
         var bars = ""
         for (i, b) in backups.enumerated() {
             let x = pad + Double(i) * slot
@@ -136,7 +137,7 @@ enum StatusPage {
         guard !timings.isEmpty else { return "<p>No timed backup in the history yet.</p>" }
         let seconds = timings.map { t in t.startedAt.map { max(0, t.at.timeIntervalSince($0)) } ?? 0 }
         let maxT = (seconds.max() ?? 1).nonZero
-        let slot = (width - 2 * pad) / Double(timings.count)
+        let slot = min((width - 2 * pad) / Double(timings.count), 40)
         var points: [String] = []
         var dots = ""
         for (i, t) in timings.enumerated() {
