@@ -184,7 +184,7 @@ let package = Package(
         // The daemon's pieces in process: config reload, schedule, metrics text, status page.
         .testTarget(
             name: "HavenDaemonTests",
-            dependencies: ["HavenDaemon", "HavenSpec", "HavenCore", "HavenEngine", "HavenSim", "XenAPI"],
+            dependencies: ["HavenDaemon", "HavenSpec", "HavenCore", "HavenCatalog", "HavenEngine", "HavenSim", "XenAPI"],
             swiftSettings: swiftSettings
         ),
         // Drives the built `haven` binary end to end.

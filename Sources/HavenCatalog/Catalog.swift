@@ -110,6 +110,16 @@ public final class Catalog: Sendable {
         m.registerMigration("v7-anchor-kind") { db in
             try db.alter(table: "anchor") { t in t.add(column: "kind", .text).notNull().defaults(to: AnchorKind.cbt.rawValue) }
         }
+        m.registerMigration("v8-suspensions") { db in
+            try db.create(table: "suspension") { t in
+                t.primaryKey("policy", .text)
+                t.column("at", .datetime).notNull()
+                t.column("by", .text).notNull()
+            }
+        }
+        m.registerMigration("v9-run-action-start") { db in
+            try db.alter(table: "runAction") { t in t.add(column: "startedAt", .datetime) }
+        }
         return m
     }
 
@@ -125,7 +135,8 @@ public final class Catalog: Sendable {
             CatalogView(
                 backups: try BackupRecord.fetchAll(db), anchors: try Anchor.fetchAll(db), inventory: try OwnedObject.fetchAll(db),
                 cbtMarks: try CBTMark.fetchAll(db), replicas: try ReplicaRecord.fetchAll(db), intents: try SnapshotIntent.fetchAll(db),
-                appliances: try ApplianceRecord.fetchAll(db), leases: try ApplianceLeaseRecord.fetchAll(db))
+                appliances: try ApplianceRecord.fetchAll(db), leases: try ApplianceLeaseRecord.fetchAll(db),
+                suspensions: try Suspension.fetchAll(db))
         }
     }
 
@@ -176,6 +187,27 @@ public final class Catalog: Sendable {
         }
     }
 
+    /// `haven suspend`: the policy plans nothing until resumed (kept across restarts; a running
+    /// daemon picks it up within seconds). Suspending twice keeps the first record.
+    @discardableResult
+    public func suspend(_ s: Suspension) throws -> Bool {
+        try db.write { db in
+            guard try Suspension.fetchOne(db, key: s.policy) == nil else { return false }
+            try s.insert(db)
+            return true
+        }
+    }
+
+    /// `haven resume`: false when the policy was not suspended by `haven suspend`.
+    @discardableResult
+    public func resume(policy: String) throws -> Bool {
+        try db.write { try Suspension.deleteOne($0, key: policy) }
+    }
+
+    public func suspensions() throws -> [Suspension] {
+        try db.read { try Suspension.order(Column("policy")).fetchAll($0) }
+    }
+
     /// Replaces everything (used by rebuild).
     public func replaceAll(with view: CatalogView) throws {
         try write("replace all") { db in
@@ -224,4 +256,7 @@ extension ApplianceRecord: FetchableRecord, PersistableRecord, TableRecord {
 }
 extension ApplianceLeaseRecord: FetchableRecord, PersistableRecord, TableRecord {
     public static var databaseTableName: String { "applianceLease" }
+}
+extension Suspension: FetchableRecord, PersistableRecord, TableRecord {
+    public static var databaseTableName: String { "suspension" }
 }

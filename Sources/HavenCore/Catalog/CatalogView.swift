@@ -14,12 +14,15 @@ public struct CatalogView: Sendable, Codable {
     public var appliances: [ApplianceRecord] = []
     /// Appliances a transfer holds right now (in use: never removed).
     public var leases: [ApplianceLeaseRecord] = []
+    /// Policies suspended by `haven suspend` (an overlay over the YAML's `suspend:`).
+    public var suspensions: [Suspension] = []
 
     public init(backups: [BackupRecord] = [], anchors: [Anchor] = [], inventory: [OwnedObject] = [], cbtMarks: [CBTMark] = [],
                 replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = [], appliances: [ApplianceRecord] = [],
-                leases: [ApplianceLeaseRecord] = []) {
+                leases: [ApplianceLeaseRecord] = [], suspensions: [Suspension] = []) {
         self.appliances = appliances
         self.leases = leases
+        self.suspensions = suspensions
         self.replicas = replicas
         self.intents = intents
         self.backups = backups
@@ -244,5 +247,20 @@ public struct ApplianceLeaseRecord: Sendable, Codable, Hashable {
         self.uuid = uuid
         self.holder = holder
         self.since = since
+    }
+}
+
+/// `haven suspend POLICY`: the policy (a BackupPolicy or ReplicationPolicy of that name) is
+/// treated as `suspend: true` until `haven resume`, whatever its YAML says.
+public struct Suspension: Sendable, Codable, Hashable {
+    public var policy: String
+    public var at: Date
+    /// Who asked, as the command line recorded it (user and host).
+    public var by: String
+
+    public init(policy: String, at: Date, by: String) {
+        self.policy = policy
+        self.at = at
+        self.by = by
     }
 }

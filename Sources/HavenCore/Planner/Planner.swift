@@ -11,12 +11,18 @@ public struct Planner: Sendable {
     /// `scope`: when set, only these BackupPolicies are planned and nothing is cleaned up (`--target`).
     /// `unreachable`: pools that could not be read, with why; they are reported and left alone.
     /// Pools in neither are outside the plan's scope.
+    /// `keys`: when set, only the actions of these (policy, VM) keys (and what they require) are
+    /// planned, and clean-up only when it asks for housekeeping: what the daemon's work queue runs.
+    /// Policies suspended in the catalog (`haven suspend`) are planned as `suspend: true`.
     public func plan(desired: DesiredState, observed: [String: ObservedPool], unreachable: [String: String] = [:], catalog: CatalogView,
-                     now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil, failback: FailbackRequest? = nil) -> Plan {
+                     now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil, failback: FailbackRequest? = nil,
+                     keys: KeyScope? = nil) -> Plan {
+        let desired = desired.suspending(catalog.suspensions)
         var ctx = Context(planner: self, desired: desired, observed: observed, catalog: catalog, now: now)
         ctx.scope = scope
         ctx.force = force
         ctx.failback = failback
+        ctx.keyScope = keys
         for (pool, why) in unreachable.sorted(by: { $0.key < $1.key }) {
             ctx.warn(.poolUnreachable, pool, "pool-unreachable", resource: "Pool/\(pool)",
                      "pool \(pool) cannot be read: \(why); nothing is planned for it", reason: "the other pools are planned and applied on their own")
@@ -77,6 +83,8 @@ extension Planner {
         /// Per pool, VDIs whose CBT some policy still wants.
         var wantedCBT: [String: Set<String>] = [:]
         var scope: Set<String>?
+        /// The daemon's (policy, VM) keys: nil plans every VM of the policies in scope.
+        var keyScope: KeyScope?
         /// `haven backup now`: backups planned whatever the schedule.
         var force: ForceBackup?
         /// `haven failback`: this replica's fail-back is planned without `reverse: true`.
@@ -159,7 +167,7 @@ extension Planner {
             for r in desired.replicationPolicies where !r.spec.suspend && (scope?.contains(r.name) ?? true) {
                 replication(r)
             }
-            if scope == nil { orphanedReplicas() }
+            if housekeeping { orphanedReplicas() }
             appliances()
             for (repo, list) in prunes.sorted(by: { $0.key < $1.key }) {
                 guard let target = repositoriesByName[repo] else { continue }
@@ -173,7 +181,19 @@ extension Planner {
                 add(PlannedAction(key: ActionKey(.gc, pool: pool, subject: repo), action: .gc(GCJob(repository: target, safetyWindowSeconds: 3_600)),
                                   reason: "versions were pruned; their unshared chunks can go", after: list + writers))
             }
-            if scope == nil { cleanup() }
+            if housekeeping {
+                cleanup()
+                notActedOn()
+            }
+        }
+
+        /// Clean-up runs with a whole-pool plan (no `--target` policy), and in the daemon only as
+        /// the pool's housekeeping key.
+        var housekeeping: Bool { scope == nil && (keyScope?.housekeeping ?? true) }
+
+        /// Whether this VM's actions for this policy are planned now.
+        func planned(_ kind: WorkKey.Kind, _ pool: String, _ policy: String, _ vm: String) -> Bool {
+            keyScope?.covers(kind, pool: pool, policy: policy, vm: vm) ?? true
         }
 
         /// A haven replica is selected by its name or uuid only, never by `all` or a tag: backing up or
@@ -311,6 +331,11 @@ extension Planner {
                 // CBT wanted and possible on every disk: switch it on where it is off.
                 let cbtPossible = wantsCBT && pool.hasCBTAPI && pool.cbtLicensed
                     && disks.allSatisfy { pool.srs[$0.1.srUUID]?.supportsCBT == true }
+                // Outside the daemon's keys: only what the clean-up must know (the CBT still wanted).
+                guard planned(.backup, poolName, policy.name, vm.uuid) else {
+                    if cbtPossible { for (_, vdi) in disks { wantedCBT[poolName, default: []].insert(vdi.uuid) } }
+                    continue
+                }
                 var enables: [ActionKey] = []
                 if cbtPossible {
                     for (d, vdi) in disks {

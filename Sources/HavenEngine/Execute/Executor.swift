@@ -23,7 +23,7 @@ public struct ExecutionContext: Sendable {
     public let appliances: ApplianceLeases
 
     init(sessions: PoolSessions, catalog: Catalog, state: StateDirectory, instance: String, plan: Plan, now: @escaping @Sendable () -> Date,
-         logger: Logger, emit: @escaping @Sendable (ExecutionEvent) -> Void) {
+         logger: Logger, emit: @escaping @Sendable (ExecutionEvent) -> Void, limiters: [String: PoolLimiters] = [:]) {
         self.sessions = sessions
         self.catalog = catalog
         self.state = state
@@ -32,8 +32,11 @@ public struct ExecutionContext: Sendable {
         self.now = now
         self.logger = logger
         emitEvent = emit
+        // The engine's limiters when it has them (shared by concurrent plans), else the plan's own.
         var limits: [String: PoolLimiters] = [:]
-        for (name, p) in plan.pools { limits[name] = PoolLimiters(snapshots: AsyncLimiter(p.snapshots), transfers: AsyncLimiter(p.transfers)) }
+        for (name, p) in plan.pools {
+            limits[name] = limiters[name] ?? PoolLimiters(snapshots: AsyncLimiter(p.snapshots), transfers: AsyncLimiter(p.transfers))
+        }
         self.limits = limits
         var l = logger
         l[metadataKey: "component"] = "appliances"
