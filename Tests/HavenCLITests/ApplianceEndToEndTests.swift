@@ -145,6 +145,13 @@ import XenAPI
         #expect(diag.stdout.contains("✔ haven-abd-1") && diag.stdout.contains("haven → appliance") && diag.stdout.contains("appliance → haven"), "\(diag.stdout)")
         #expect(!diag.stdout.contains("✘"), "\(diag.stdout)")
 
+        // A catalog rebuilt from the pools knows the appliances again, with the pins of the certificates haven made.
+        let pins = Dictionary(uniqueKeysWithValues: list.map { ($0["name"] as? String ?? "", $0["pin"] as? String ?? "") })
+        #expect(try s.haven(["catalog", "rebuild", "-f", s.config]).status == 0)
+        let rebuilt = try listJSON(s)
+        #expect(Dictionary(uniqueKeysWithValues: rebuilt.map { ($0["name"] as? String ?? "", $0["pin"] as? String ?? "") }) == pins)
+        #expect(try s.diff().status == 0, "after the rebuild nothing is planned for the appliances")
+
         // The next run: the backups are due again, and not one appliance is made.
         s.now = s.now.addingTimeInterval(25 * 3_600)
         run = try s.diff()
