@@ -186,6 +186,12 @@ import XenAPI
         await c.logout()
     }
 
+    @Test func theExampleIsValid() throws {
+        let run = try HavenBinary.run(["validate", "examples/appliances"])
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect(run.stdout.contains("abd           on lab: up to 5 × 128Mi from 'haven-abd'"), "\(run.stdout)")
+    }
+
     @Test func diagReportsADeniedPort() async throws {
         // Two AppliancePools used together by an abd ReplicationPolicy; each gets an appliance from a backup through it.
         let replication = """
