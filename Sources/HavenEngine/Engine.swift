@@ -49,6 +49,9 @@ public final class Engine: Sendable {
     public let instance: String
     public let sessions: PoolSessions
     public let logger: Logger
+    /// Per pool, the snapshot and transfer limits of its Pool spec, shared by every plan this
+    /// engine executes (the daemon runs several keys' plans at once).
+    let limiters: [String: PoolLimiters]
 
     /// Prepares sessions to every declared pool (lazily: nothing is contacted yet).
     public init(desired: DesiredState, state: StateDirectory, logger: Logger = Logger(label: "haven")) throws {
@@ -58,6 +61,11 @@ public final class Engine: Sendable {
         catalog = try state.catalog()
         instance = try state.instanceID()
         sessions = PoolSessions(desired: desired)
+        var limiters: [String: PoolLimiters] = [:]
+        for p in desired.pools {
+            limiters[p.name] = PoolLimiters(snapshots: AsyncLimiter(p.spec.limits.snapshots), transfers: AsyncLimiter(p.spec.limits.transfers))
+        }
+        self.limiters = limiters
     }
 
     public var clients: [String: XenAPIClient] { sessions.clients }
@@ -92,11 +100,12 @@ public final class Engine: Sendable {
     }
 
     /// `now` is taken to the whole second, as a saved plan records it: the same plan can be made again from it.
-    public func plan(_ observation: Observation, now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil) throws -> Plan {
+    public func plan(_ observation: Observation, now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil,
+                     failback: FailbackRequest? = nil, keys: KeyScope? = nil) throws -> Plan {
         let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
         try checkRepositoryKeys(scope: scope)
         return Planner(instance: instance).plan(desired: desired, observed: observation.pools, unreachable: observation.unreachable,
-                                         catalog: try catalog.view(), now: now, scope: scope, force: force)
+                                         catalog: try catalog.view(), now: now, scope: scope, force: force, failback: failback, keys: keys)
     }
 
     public func fingerprint(_ observation: Observation) throws -> String {
@@ -105,7 +114,7 @@ public final class Engine: Sendable {
 
     public func executor(plan: Plan, now: @escaping @Sendable () -> Date, emit: @escaping @Sendable (ExecutionEvent) -> Void) -> Executor {
         Executor(context: ExecutionContext(sessions: sessions, catalog: catalog, state: state, instance: instance, plan: plan, now: now,
-                                           logger: logger, emit: emit))
+                                           logger: logger, emit: emit, limiters: limiters))
     }
 
     public func logout() async { await sessions.logoutAll() }

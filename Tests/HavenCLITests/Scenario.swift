@@ -18,7 +18,8 @@ final class Scenario: @unchecked Sendable {
     var repository: String { dir.appendingPathComponent("repo").path }
 
     /// `vms` and `policy` are YAML fragments; `poolExtra` goes into the world's pool, `poolSpec`
-    /// into the Pool resource's spec. `{P}` in any of them stands for the scenario's /24 prefix.
+    /// into the Pool resource's spec. `{P}` in any of them stands for the scenario's address prefix
+    /// (appliances: static prefix.50-99, DHCP prefix.200-249).
     init(vms: String, policy: String, poolExtra: String = "", networks: String = "[{name: net0, purpose: [nbd]}]",
          srs: String = "[{name: Local storage, type: ext, size: 64Gi}]", poolSpec: String = "") throws {
         let n = Self.counter.add(1, ordering: .relaxed).newValue

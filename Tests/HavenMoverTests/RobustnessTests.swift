@@ -68,6 +68,27 @@ import Testing
         #expect(again.server.statistics.peakInFlight == MoverProtocol.maxWindow)
     }
 
+    @Test func cancellingATransferBreaksItsConnection() async throws {
+        let h = try MoverHarness()
+        try h.makeDisk("xvdb", size: Self.size)
+        let seen = ProgressLog()
+        let task = Task {
+            try await h.client(.read).readBlocks(disk: "xvdb") { b in
+                seen.add(b.index)
+                usleep(20_000)
+            }
+        }
+        while seen.values.count < 3 { try await Task.sleep(nanoseconds: 5_000_000) }
+        task.cancel()
+        do {
+            _ = try await task.value
+            Issue.record("a cancelled read finished")
+        } catch let e as MoverError {
+            #expect(e.code == .cancelled)
+        }
+        #expect(seen.values.count < 65)
+    }
+
     /// A raw TLS connection that speaks bytes of the test's choosing.
     func rawConnection(_ h: MoverHarness) throws -> FrameConnection {
         let channel = try TLSClientContext.shared.connect(host: h.host, port: 2811, pin: h.credentials.pin, source: nil, timeout: 5, ioTimeout: 10)

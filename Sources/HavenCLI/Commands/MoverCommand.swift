@@ -55,6 +55,9 @@ struct MoverCommand: ParsableCommand {
         if !allowInboundFrom.isEmpty { config.allowedSources = Set(allowInboundFrom) }
         if let changeReportFD { config.writeObserver = ChangeReportChannel(fd: changeReportFD) }
         config.softwareVersion = "haven \(HavenVersion.current)"
+        config.log = { line in
+            FileHandle.standardError.write(Data("\(ISO8601DateFormatter().string(from: Date())) \(line)\n".utf8))
+        }
         let server = try MoverServer(config)
         try server.start()
         let inbound = allowInboundFrom.isEmpty ? "" : " (inbound only from \(allowInboundFrom.joined(separator: ", ")))"

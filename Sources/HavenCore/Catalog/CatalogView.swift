@@ -14,12 +14,15 @@ public struct CatalogView: Sendable, Codable {
     public var appliances: [ApplianceRecord] = []
     /// Appliances a transfer holds right now (in use: never removed).
     public var leases: [ApplianceLeaseRecord] = []
+    /// Policies suspended by `haven suspend` (an overlay over the YAML's `suspend:`).
+    public var suspensions: [Suspension] = []
 
     public init(backups: [BackupRecord] = [], anchors: [Anchor] = [], inventory: [OwnedObject] = [], cbtMarks: [CBTMark] = [],
                 replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = [], appliances: [ApplianceRecord] = [],
-                leases: [ApplianceLeaseRecord] = []) {
+                leases: [ApplianceLeaseRecord] = [], suspensions: [Suspension] = []) {
         self.appliances = appliances
         self.leases = leases
+        self.suspensions = suspensions
         self.replicas = replicas
         self.intents = intents
         self.backups = backups
@@ -60,7 +63,13 @@ public struct BackupRecord: Sendable, Codable, Hashable {
     }
 }
 
-/// The CBT anchor of one disk: the snapshot VDI the next incremental compares against, and the
+/// What an anchor is: CBT metadata (`list_changed_blocks` compares against it), or a delta base
+/// (a snapshot disk kept with its data, which `/export_raw_vdi?format=vhd&base=` compares against).
+public enum AnchorKind: String, Sendable, Codable, Hashable {
+    case cbt, delta
+}
+
+/// The anchor of one disk: the snapshot VDI the next incremental compares against, and the
 /// backup version it matches.
 public struct Anchor: Sendable, Codable, Hashable {
     public var pool: String
@@ -74,9 +83,11 @@ public struct Anchor: Sendable, Codable, Hashable {
     public var backupID: String
     /// Data destroyed: only CBT metadata is left on the pool.
     public var dataDestroyed: Bool
+    public var kind: AnchorKind
 
     public init(pool: String, policy: String, vmUUID: String, diskKey: String, sourceVDI: String, snapshotVM: String, snapshotVDI: String,
-                backupID: String, dataDestroyed: Bool) {
+                backupID: String, dataDestroyed: Bool, kind: AnchorKind = .cbt) {
+        self.kind = kind
         self.pool = pool
         self.policy = policy
         self.vmUUID = vmUUID
@@ -165,6 +176,15 @@ public struct ReplicaRecord: Sendable, Codable, Hashable {
 /// The catalog key replication uses for anchors and owned objects, apart from BackupPolicies of the same name.
 public func replicationOwnerKey(_ policy: String) -> String { "replication:\(policy)" }
 
+/// The catalog key of the CBT anchors a failover records on the replica's disks (for fail-back).
+public func failoverAnchorKey(_ policy: String) -> String { "failover:\(policy)" }
+
+/// Names of the catalog intents recorded before `VM.create` of a replica start with this.
+public let replicaIntentPrefix = "replica "
+
+/// On a failed-over replica: the failover went to a restore point older than the last sync.
+public let failoverBehindMark = "haven.failover-behind"
+
 /// "Snapshot of VM X named N requested at T": recorded before `VM.snapshot` is called and cleared
 /// once the snapshot carries haven's mark, so a snapshot made by a call whose caller died can be
 /// proven haven's (by VM, name and time) and adopted or removed.
@@ -227,5 +247,20 @@ public struct ApplianceLeaseRecord: Sendable, Codable, Hashable {
         self.uuid = uuid
         self.holder = holder
         self.since = since
+    }
+}
+
+/// `haven suspend POLICY`: the policy (a BackupPolicy or ReplicationPolicy of that name) is
+/// treated as `suspend: true` until `haven resume`, whatever its YAML says.
+public struct Suspension: Sendable, Codable, Hashable {
+    public var policy: String
+    public var at: Date
+    /// Who asked, as the command line recorded it (user and host).
+    public var by: String
+
+    public init(policy: String, at: Date, by: String) {
+        self.policy = policy
+        self.at = at
+        self.by = by
     }
 }

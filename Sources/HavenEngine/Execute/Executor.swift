@@ -23,7 +23,7 @@ public struct ExecutionContext: Sendable {
     public let appliances: ApplianceLeases
 
     init(sessions: PoolSessions, catalog: Catalog, state: StateDirectory, instance: String, plan: Plan, now: @escaping @Sendable () -> Date,
-         logger: Logger, emit: @escaping @Sendable (ExecutionEvent) -> Void) {
+         logger: Logger, emit: @escaping @Sendable (ExecutionEvent) -> Void, limiters: [String: PoolLimiters] = [:]) {
         self.sessions = sessions
         self.catalog = catalog
         self.state = state
@@ -32,8 +32,11 @@ public struct ExecutionContext: Sendable {
         self.now = now
         self.logger = logger
         emitEvent = emit
+        // The engine's limiters when it has them (shared by concurrent plans), else the plan's own.
         var limits: [String: PoolLimiters] = [:]
-        for (name, p) in plan.pools { limits[name] = PoolLimiters(snapshots: AsyncLimiter(p.snapshots), transfers: AsyncLimiter(p.transfers)) }
+        for (name, p) in plan.pools {
+            limits[name] = limiters[name] ?? PoolLimiters(snapshots: AsyncLimiter(p.snapshots), transfers: AsyncLimiter(p.transfers))
+        }
         self.limits = limits
         var l = logger
         l[metadataKey: "component"] = "appliances"
@@ -111,6 +114,9 @@ public struct Executor: Sendable {
         case .backup(let job): return try await BackupRun(ctx: ctx, action: a, job: job, client: try ctx.client(a.pool)).run()
         case .replicate(let job):
             return try await ReplicateRun(ctx: ctx, action: a, job: job, source: try ctx.client(a.pool), target: try ctx.client(job.targetPool)).run()
+        case .failback(let job):
+            return try await FailbackRun(ctx: ctx, action: a, job: job, source: try ctx.client(a.pool), target: try ctx.client(job.targetPool)).run()
+        case .removeReplica(let r): return try await RemoveReplicaRun(ctx: ctx, action: a, job: r, client: try ctx.client(a.pool)).run()
         case .deleteSnapshot(let r): return try await RemovalRunner.snapshot(a, r, ctx)
         case .retireAnchor(let r): return try await RemovalRunner.anchor(a, r, ctx)
         case .purgeSnapshotData(let r): return try await RemovalRunner.purge(a, r, ctx)

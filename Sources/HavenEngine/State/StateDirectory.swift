@@ -82,6 +82,24 @@ public struct StateDirectory: Sendable {
         try? FileManager.default.removeItem(at: applianceKeyFile(pool: pool, uuid: uuid))
     }
 
+    /// Takes the pool's lock if it is free, and keeps it until `release` (the daemon holds a
+    /// pool's lock while any of its workers acts on the pool). Fails naming the holder otherwise.
+    public func tryPoolLock(_ pool: String) throws -> PoolLock {
+        let path = url.appendingPathComponent("locks/\(pool).lock").path
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw EngineError(.lock, pool, "cannot open \(path)") }
+        fchmod(fd, 0o600)
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            throw EngineError(.lock, pool, "another haven (\(holder)) is acting on pool \(pool)")
+        }
+        ftruncate(fd, 0)
+        let me = "pid \(getpid()), haven \(CommandLine.arguments.dropFirst().first ?? "")\n"
+        _ = me.withCString { write(fd, $0, strlen($0)) }
+        return PoolLock(fd: fd)
+    }
+
     /// Holds the pool's lock for the duration of `body`; waits up to `timeout` seconds (nil:
     /// forever), then fails naming the holder.
     public func withPoolLock<T>(_ pool: String, timeout: Double?, _ body: () async throws -> T) async throws -> T {
@@ -104,6 +122,19 @@ public struct StateDirectory: Sendable {
         _ = me.withCString { write(fd, $0, strlen($0)) }
         defer { flock(fd, LOCK_UN) }
         return try await body()
+    }
+}
+
+/// A pool's lock taken by `tryPoolLock`: closing the descriptor releases it (so does the
+/// kernel when the process dies).
+public final class PoolLock: Sendable {
+    let fd: Int32
+
+    init(fd: Int32) { self.fd = fd }
+
+    public func release() {
+        flock(fd, LOCK_UN)
+        close(fd)
     }
 }
 

@@ -67,9 +67,10 @@ final class FrameConnection: @unchecked Sendable {
         guard length <= MoverProtocol.maxFrame else {
             throw MoverError(.badFrame, context, "a frame of \(length) bytes exceeds the limit of \(MoverProtocol.maxFrame)")
         }
-        let body = Array(try readExactly(length))
-        guard let type = FrameType(rawValue: body[0]) else { throw MoverError(.badFrame, context, "unknown frame type \(body[0])") }
-        return Frame(type: type, payload: Array(body[1...]))
+        let code = try readExactly(1).first!
+        guard let type = FrameType(rawValue: code) else { throw MoverError(.badFrame, context, "unknown frame type \(code)") }
+        // One copy of the payload, out of the read buffer.
+        return Frame(type: type, payload: Array(try readExactly(length - 1)))
     }
 
     /// The next frame, which must be `type` (an ERROR frame from the peer is thrown as its error).

@@ -110,7 +110,7 @@ public struct MoverCredentials: Sendable, CustomStringConvertible {
             return v
         }
         try self.init(
-            name: data[MoverXenstore.name] ?? "", certificatePEM: try need(MoverXenstore.certificate),
+            name: (data[MoverXenstore.name] ?? "").trimmingCharacters(in: .whitespacesAndNewlines), certificatePEM: try need(MoverXenstore.certificate),
             privateKeyPEM: try need(MoverXenstore.privateKey), tokenKey: try MoverTokenKey(base64: try need(MoverXenstore.tokenKey)))
     }
 

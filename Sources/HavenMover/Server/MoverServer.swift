@@ -23,6 +23,9 @@ public struct MoverServerConfiguration: Sendable {
     /// A connection silent this long is closed.
     public var idleTimeout: Double = 300
     public var softwareVersion = "haven"
+    /// One line per refused connection, refused token and failed command: sources, job ids,
+    /// codes and messages, never a token or key.
+    public var log: (@Sendable (String) -> Void)?
     public var now: @Sendable () -> Date = { Date() }
 
     public init(credentials: MoverCredentials, host: String, port: Int = MoverProtocol.defaultPort, devices: DeviceDirectory) {
@@ -112,6 +115,7 @@ public final class MoverServer: Sendable {
                 setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
                 close(fd)
                 record { $0.connectionsRefused += 1 }
+                configuration.log?("refused a connection from \(source): inbound connections are allowed only from \(allowed.sorted().joined(separator: ", "))")
                 continue
             }
             var one: Int32 = 1
@@ -141,6 +145,7 @@ public final class MoverServer: Sendable {
         }
         guard admitted else {
             conn.sendError(MoverError(.busy, "", "the mover serves \(configuration.maxConnections) connections already"))
+            configuration.log?("\(source): refused, \(configuration.maxConnections) connections already")
             return
         }
         let session = MoverSession(server: self, conn: conn)

@@ -116,6 +116,8 @@ extension SimPool {
     func destroyVM(_ c: SimCall, _ vm: String) throws {
         try checkOperation(c, vm, "destroy", allowed: ["Halted", "Suspended"])
         let f = db.get(vm, "VM")!
+        // A destroyed appliance's DHCP leases go back to the pool (its VIFs and their MACs go).
+        if isAppliance(vm) { releaseLeases(vm) }
         for vbd in f["VBDs"]?.stringArray ?? [] {
             if let vdi = db.field(vbd, "VDI")?.stringValue { db.removeFromSet(vdi, "VBDs", vbd) }
             db.remove(vbd)
@@ -128,7 +130,6 @@ extension SimPool {
         if let m = f["metrics"]?.stringValue, db.get(m, "VM_metrics") != nil { db.remove(m) }
         deleteGuestMetrics(vm)
         if isAppliance(vm) {
-            releaseLeases(vm)
             try? FileManager.default.removeItem(at: directory.appendingPathComponent("appliances/\(f["uuid"]?.stringValue ?? "-")"))
         }
         db.remove(vm)

@@ -18,7 +18,6 @@ final class ApplianceGuest: @unchecked Sendable {
     var process: ChildProcess?
     /// Kernel device name → VDI ref of the disks the mover sees.
     var devices: [String: String] = [:]
-    var reportFD: Int32 = -1
 
     init(vm: String, address: String?, directory: URL) {
         self.vm = vm
@@ -216,7 +215,6 @@ extension SimPool {
         }
         if haveChannel {
             close(pair[1])
-            guest.reportFD = pair[0]
             let pool = self
             let fd = pair[0]
             let thread = Thread {

@@ -19,6 +19,15 @@ public struct XenMethod: Sendable, Hashable, CustomStringConvertible {
     public var description: String { name }
     public var asyncName: String { "Async.\(name)" }
 
+    /// True for a call that changes a pool's objects (not a read, a session, an event wait or a
+    /// task's own bookkeeping): such calls are crash points (`CrashPoints`).
+    public var changesPool: Bool {
+        let parts = name.split(separator: ".", maxSplits: 1)
+        guard parts.count == 2, !["session", "event", "task"].contains(parts[0]) else { return false }
+        let message = parts[1]
+        return !(message.hasPrefix("get_") || message == "list_changed_blocks")
+    }
+
     static func getAllRecords(_ cls: String) -> XenMethod { XenMethod("\(cls).get_all_records", 1) }
     static func getRecord(_ cls: String) -> XenMethod { XenMethod("\(cls).get_record", 2) }
 

@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 import Synchronization
 
@@ -179,6 +180,8 @@ public actor XenAPIClient {
     /// follows a master change (`HOST_IS_SLAVE`) once.
     public func call(_ method: XenMethod, _ params: [XenValue]) async throws -> XenValue {
         try await ensureSession()
+        let changes = method.changesPool
+        if changes { CrashPoints.hit("before xapi \(method.name)") }
         var attempt = 0
         while true {
             attempt += 1
@@ -186,7 +189,9 @@ public actor XenAPIClient {
             // before the retried call lands (a pool ending idle sessions aggressively, a heavily
             // loaded client); a third refusal is the answer.
             do {
-                return try await send(method, [.string(session ?? "")] + params)
+                let reply = try await send(method, [.string(session ?? "")] + params)
+                if changes { CrashPoints.hit("after xapi \(method.name)") }
+                return reply
             } catch let e as XenAPIError where attempt <= 2 && e.code == XenAPIError.Code.sessionInvalid {
                 session = nil
                 try await login()
@@ -201,7 +206,9 @@ public actor XenAPIClient {
     /// Starts `Async.<method>` and returns the task.
     public func callAsync(_ method: XenMethod, _ params: [XenValue]) async throws -> XenRef<TaskRecord> {
         try await ensureSession()
+        if method.changesPool { CrashPoints.hit("before xapi Async.\(method.name)") }
         let v = try await send(method, [.string(session ?? "")] + params, async: true)
+        if method.changesPool { CrashPoints.hit("after xapi Async.\(method.name)") }
         return XenRef(v.stringValue ?? "")
     }
 
