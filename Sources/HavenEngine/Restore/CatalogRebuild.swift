@@ -2,12 +2,13 @@ import Foundation
 import HavenCatalog
 import HavenCore
 import HavenData
+import HavenMover
 import HavenSpec
 import XenAPI
 
 /// Rebuilds the catalog from what cannot be lost: the repositories' manifests (the backups) and
 /// the pools' ownership marks (snapshots, replicas and their disks, CBT anchors of backups and of
-/// replications, delta bases, CBT haven enabled).
+/// replications, delta bases, CBT haven enabled, appliances and their disks).
 public enum CatalogRebuild {
     public static func rebuild(engine: Engine, repositories: [String: BackupRepository]) async throws -> CatalogView {
         var view = CatalogView()
@@ -48,7 +49,26 @@ public enum CatalogRebuild {
                                                   policy: vm.otherConfig[OwnershipMarks.policy] ?? "", vmUUID: vm.otherConfig[OwnershipMarks.source] ?? "",
                                                   createdAt: ISO8601DateFormatter().date(from: vm.otherConfig["haven.created"] ?? "") ?? Date()))
             }
-            for (ref, vdi) in vdis {
+            // Appliances: the VM, its own disks, and the pin of the certificate haven handed to it (public, in xenstore_data).
+            var applianceDisks = Set<String>()
+            for (_, vm) in vms where vm.isRealVM && vm.otherConfig[OwnershipMarks.owner] == engine.instance
+                && vm.otherConfig[OwnershipMarks.role] == OwnershipMarks.applianceRole {
+                let ap = vm.otherConfig[OwnershipMarks.appliancePool] ?? ""
+                let created = ISO8601DateFormatter().date(from: vm.otherConfig["haven.created"] ?? "") ?? Date()
+                view.inventory.append(OwnedObject(pool: poolName, cls: "VM", uuid: vm.uuid, role: OwnershipMarks.applianceRole, policy: applianceOwnerKey(ap),
+                                                  vmUUID: vm.uuid, createdAt: created))
+                for vbd in vm.vbds.compactMap({ vbds[$0] }) where !vbd.vdi.isNull {
+                    guard let v = vdis[vbd.vdi], v.otherConfig[OwnershipMarks.owner] == engine.instance,
+                          v.otherConfig[OwnershipMarks.role] == OwnershipMarks.applianceDiskRole else { continue }
+                    applianceDisks.insert(v.uuid)
+                    view.inventory.append(OwnedObject(pool: poolName, cls: "VDI", uuid: v.uuid, role: OwnershipMarks.applianceDiskRole,
+                                                      policy: applianceOwnerKey(ap), vmUUID: vm.uuid, createdAt: created))
+                }
+                let pin = vm.xenstoreData[MoverXenstore.certificate].flatMap { try? CertificatePin(certificatePEM: $0) }?.description ?? ""
+                view.appliances.append(ApplianceRecord(pool: poolName, uuid: vm.uuid, name: vm.nameLabel, appliancePool: ap,
+                                                       staticAddress: vm.xenstoreData[MoverXenstore.ip] ?? "", pin: pin, createdAt: created))
+            }
+            for (ref, vdi) in vdis where !applianceDisks.contains(vdi.uuid) {
                 // The VM a disk belongs to (the disk's current VBD on a VM that is not a snapshot).
                 let diskOf = { (uuid: String) in vbds.values.first { vdiUUID[$0.vdi] == uuid && vms[$0.vm]?.isRealVM == true } }
                 if vdi.otherConfig[OwnershipMarks.cbt] == engine.instance && !vdi.isASnapshot && vdi.type != "cbt_metadata" {
