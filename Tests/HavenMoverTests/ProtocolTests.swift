@@ -141,6 +141,14 @@ import Testing
         #expect(summary.blocks == 41 - 14)
     }
 
+    @Test func aServerOnPortZeroSaysWhichPortItGot() async throws {
+        let h = try MoverHarness(name: "abd-ephemeral") { $0.port = 0 }
+        let port = h.server.port
+        #expect(port > 0 && port != 2811)
+        let id = try await MoverClient(endpoint: MoverEndpoint(host: h.host, port: port, pin: h.credentials.pin), token: h.token()).identify()
+        #expect(id.address == "\(h.host):\(port)")
+    }
+
     @Test func probeReachesAPeer() async throws {
         let a = try MoverHarness(name: "abd-a")
         let b = try MoverHarness(name: "abd-b")

@@ -19,7 +19,15 @@ enum Sockets {
 
     static func errnoText() -> String { String(cString: strerror(errno)) }
 
-    /// A listening socket on `host:port`.
+    /// The port a socket is bound to (after listening on port 0).
+    static func boundPort(_ fd: Int32) -> Int {
+        var local = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let rc = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return rc == 0 ? Int(UInt16(bigEndian: local.sin_port)) : 0
+    }
+
+    /// A listening socket on `host:port` (port 0: one the kernel picks).
     static func listen(_ host: String, _ port: Int, backlog: Int32 = 64) throws -> Int32 {
         var addr = try address(host, port)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
