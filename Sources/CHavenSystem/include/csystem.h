@@ -8,4 +8,6 @@ int haven_syncfs(int fd);
 int haven_exit_with_parent(int parent);
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeros afterwards; -1 when unsupported.
 int haven_punch_hole(int fd, long long offset, long long length);
+/// ioctl(BLKROGET): 1 when the block device is read-only (a VBD plugged RO), 0 when not, -1 on error.
+int haven_block_device_readonly(int fd);
 #endif

@@ -66,20 +66,30 @@ enum Sockets {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         if rc != 0 {
-            guard errno == EINPROGRESS else { throw MoverError(.connection, "\(host):\(port)", "cannot connect: \(errnoText())") }
+            guard errno == EINPROGRESS else { throw connectError(host, port, errno) }
             var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
             let n = poll(&pfd, 1, Int32(max(1, timeout * 1000)))
             guard n > 0 else { throw MoverError(.connection, "\(host):\(port)", "no answer within \(Int(timeout)) s") }
             var err: Int32 = 0
             var len = socklen_t(MemoryLayout<Int32>.size)
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
-            guard err == 0 else { throw MoverError(.connection, "\(host):\(port)", "cannot connect: \(String(cString: strerror(err)))") }
+            guard err == 0 else { throw connectError(host, port, err) }
         }
         _ = fcntl(fd, F_SETFL, flags)
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         ok = true
         return fd
+    }
+
+    /// Says a refusal plainly: diagnostics tell "refused" (a firewall, no mover) from "unreachable".
+    static func connectError(_ host: String, _ port: Int, _ code: Int32) -> MoverError {
+        let text = String(cString: strerror(code))
+        switch code {
+        case ECONNREFUSED: return MoverError(.connection, "\(host):\(port)", "it refused the connection (\(text)): nothing listens there, or inbound connections are denied")
+        case ECONNRESET: return MoverError(.connection, "\(host):\(port)", "it refused the connection (\(text)): inbound connections denied?")
+        default: return MoverError(.connection, "\(host):\(port)", "cannot connect: \(text)")
+        }
     }
 
     /// Reads and writes that wait longer than `seconds` fail (a peer that went silent).

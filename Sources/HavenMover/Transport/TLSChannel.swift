@@ -99,7 +99,7 @@ final class TLSClientContext: @unchecked Sendable {
         guard let c = haven_tls_connect(raw, fd, &reason) else {
             Glibc.close(fd)
             if reason == ECONNRESET || reason == EPIPE {
-                throw MoverError(.connection, context, "the connection was reset before TLS: it refused the connection (inbound connections denied?)")
+                throw MoverError(.connection, context, "it refused the connection (reset before TLS): inbound connections denied?")
             }
             let why = reason == 0 ? "" : ": \(String(cString: strerror(reason)))"
             throw MoverError(.connection, context, "the TLS handshake failed (not a mover?)\(why)")
