@@ -23,3 +23,7 @@ int haven_block_device_readonly(int fd) {
     int ro = 0;
     return ioctl(fd, BLKROGET, &ro) == 0 ? (ro != 0) : -1;
 }
+
+int haven_start_writeback(int fd, off_t offset, off_t length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
+}
