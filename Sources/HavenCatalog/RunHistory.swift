@@ -42,10 +42,14 @@ public struct RunActionRecord: Sendable, Codable, Hashable, FetchableRecord, Per
     public var backupID: String?
     public var bytesRead: Int64?
     public var bytesStored: Int64?
+    /// When the action started (nil in records written before haven kept it).
+    public var startedAt: Date?
+    /// When it finished.
     public var at: Date
 
     public init(runID: Int64, actionKey: String, kind: String, pool: String, vm: String?, vmUUID: String?, policy: String?, result: String,
-                message: String, backupID: String? = nil, bytesRead: Int64? = nil, bytesStored: Int64? = nil, at: Date) {
+                message: String, backupID: String? = nil, bytesRead: Int64? = nil, bytesStored: Int64? = nil, startedAt: Date? = nil, at: Date) {
+        self.startedAt = startedAt
         self.runID = runID
         self.actionKey = actionKey
         self.kind = kind
@@ -94,17 +98,17 @@ enum RunHistory {
 extension Catalog {
     /// Records the start of a run; returns its id.
     public func startRun(command: String, at: Date) throws -> Int64 {
-        try db.write { db in
+        try write("start run") { db in
             var r = RunRecord(startedAt: at, command: command)
             try r.insert(db)
             return r.id ?? db.lastInsertedRowID
         }
     }
 
-    public func recordRunAction(_ a: RunActionRecord) throws { try db.write { try a.save($0) } }
+    public func recordRunAction(_ a: RunActionRecord) throws { try write("record run action") { try a.save($0) } }
 
     public func finishRun(_ id: Int64, at: Date, result: String, message: String = "") throws {
-        try db.write { db in
+        try write("finish run") { db in
             guard var r = try RunRecord.fetchOne(db, key: id) else { return }
             r.endedAt = at
             r.result = result
@@ -134,6 +138,15 @@ extension Catalog {
 
     public func runActions(_ id: Int64) throws -> [RunActionRecord] {
         try db.read { try RunActionRecord.filter(Column("runID") == id).order(Column("at"), Column("actionKey")).fetchAll($0) }
+    }
+
+    /// Backups that succeeded and whose start was recorded, oldest first (the status page's
+    /// chart of durations over time): at most `limit`, the newest ones.
+    public func backupTimings(limit: Int = 500) throws -> [RunActionRecord] {
+        try db.read { db in
+            try RunActionRecord.filter(Column("kind") == "backup" && Column("result") == "succeeded" && Column("startedAt") != nil)
+                .order(Column("at").desc).limit(limit).fetchAll(db).reversed()
+        }
     }
 
     /// Per VM and policy (key `pool \0 policy \0 vmUUID`), the last backup action that ran or was skipped.

@@ -4,10 +4,11 @@ import Metrics
 import Prometheus
 import ServiceLifecycle
 
-/// `haven daemon`: the configuration watcher, the pool event watchers, the reconcile loop and the
-/// HTTP endpoint as one ServiceGroup. SIGTERM or SIGINT shuts it down gracefully: the loop first
-/// (no new work; running transfers get the grace period, then stop at their next durable step),
-/// then the watchers, the HTTP endpoint last, so probes answer while transfers finish.
+/// `haven daemon`: the configuration watcher, the pool event watchers, the dispatcher of the
+/// work queue and the HTTP endpoint as one ServiceGroup. SIGTERM or SIGINT shuts it down
+/// gracefully: the dispatcher first (no new work; running transfers get the grace period, then
+/// stop at their next durable step), then the watchers, the HTTP endpoint last, so probes answer
+/// while transfers finish.
 public struct Daemon: Sendable {
     public let options: DaemonOptions
     public let logger: Logger
@@ -15,12 +16,16 @@ public struct Daemon: Sendable {
     public let store: ConfigStore
     public let state = DaemonState()
     let wake = WakeSignal()
+    let inbox: Inbox
+    let queue: WorkQueue
 
     public init(options: DaemonOptions, logger: Logger, metrics: DaemonMetrics = DaemonMetrics()) {
         self.options = options
         self.logger = logger
         self.metrics = metrics
         store = ConfigStore(directory: options.configDirectory)
+        inbox = Inbox(wake: wake)
+        queue = WorkQueue(metrics: metrics)
     }
 
     /// Routes swift-metrics (whatever the libraries record through it) into the same registry
@@ -33,18 +38,18 @@ public struct Daemon: Sendable {
     public func run() async throws {
         // A broken configuration at start is no reason to exit: the daemon waits (not ready) for a good one.
         reload(store: store, metrics: metrics, logger: logger, wake: nil)
-        let control = LoopControl()
-        let http = HTTPEndpoint.application(options: options, store: store, state: state, metrics: metrics, logger: logger)
+        let http = HTTPEndpoint.application(options: options, store: store, state: state, queue: queue, metrics: metrics, logger: logger)
         let watcher = ConfigWatcher(store: store, options: options, wake: wake, metrics: metrics, logger: logger)
-        let pools = PoolWatchers(store: store, wake: wake, metrics: metrics, state: state, logger: logger)
-        let loop = ReconcileLoop(store: store, options: options, wake: wake, metrics: metrics, state: state, control: control, logger: logger)
-        // Shut down in reverse order: the loop first, the HTTP endpoint last.
+        let pools = PoolWatchers(store: store, inbox: inbox, metrics: metrics, logger: logger)
+        let dispatcher = Dispatcher(store: store, options: options, wake: wake, inbox: inbox, queue: queue, metrics: metrics, state: state,
+                                    control: WorkerControl(), logger: logger)
+        // Shut down in reverse order: the dispatcher first, the HTTP endpoint last.
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: [
                 .init(service: http, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
                 .init(service: watcher, successTerminationBehavior: .ignore, failureTerminationBehavior: .gracefullyShutdownGroup),
                 .init(service: pools, successTerminationBehavior: .ignore, failureTerminationBehavior: .gracefullyShutdownGroup),
-                .init(service: loop, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+                .init(service: dispatcher, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger

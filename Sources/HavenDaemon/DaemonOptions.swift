@@ -13,14 +13,11 @@ public struct DaemonOptions: Sendable {
     public var shutdownGrace: Duration
     /// How often the configuration files' modification times are compared.
     public var configPollInterval: Duration = .seconds(2)
-    /// The longest the loop sleeps between two reconciles (a safety net for anything missed).
-    public var maxSleep: Duration = .seconds(60)
-    /// Events arriving in a burst (one snapshot is dozens) are folded into one reconcile.
-    public var eventDebounce: Duration = .seconds(1)
+    /// How often every pool's housekeeping is queued again, whatever the events said (a safety
+    /// net, as controller-runtime's resync period): it cleans up and resets every key's timer.
+    public var resyncInterval: Duration = .seconds(600)
     /// How long a standby daemon waits between two attempts at the daemon lock.
     public var standbyPoll: Duration = .seconds(1)
-    /// Longest backoff after a failed reconcile.
-    public var maxBackoff: Duration = .seconds(60)
 
     public init(configDirectory: String, statePath: String, listen: ListenAddress = ListenAddress(host: "127.0.0.1", port: 9810),
                 gitPullInterval: Duration? = nil, shutdownGrace: Duration = .seconds(300)) {

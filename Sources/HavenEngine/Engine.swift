@@ -49,6 +49,9 @@ public final class Engine: Sendable {
     public let instance: String
     public let sessions: PoolSessions
     public let logger: Logger
+    /// Per pool, the snapshot and transfer limits of its Pool spec, shared by every plan this
+    /// engine executes (the daemon runs several keys' plans at once).
+    let limiters: [String: PoolLimiters]
 
     /// Prepares sessions to every declared pool (lazily: nothing is contacted yet).
     public init(desired: DesiredState, state: StateDirectory, logger: Logger = Logger(label: "haven")) throws {
@@ -58,13 +61,19 @@ public final class Engine: Sendable {
         catalog = try state.catalog()
         instance = try state.instanceID()
         sessions = PoolSessions(desired: desired)
+        var limiters: [String: PoolLimiters] = [:]
+        for p in desired.pools {
+            limiters[p.name] = PoolLimiters(snapshots: AsyncLimiter(p.spec.limits.snapshots), transfers: AsyncLimiter(p.spec.limits.transfers))
+        }
+        self.limiters = limiters
     }
 
     public var clients: [String: XenAPIClient] { sessions.clients }
 
     /// Reads each pool on its own: one that cannot be read is reported in `unreachable` and the
     /// others are still observed (one pool down never stops the backups of the rest).
-    public func observe(pools: [String]? = nil) async -> Observation {
+    /// `guestMetrics`: read guests' addresses on every pool, not only those with an AppliancePool.
+    public func observe(pools: [String]? = nil, guestMetrics: Bool = false) async -> Observation {
         var out = Observation()
         let names = pools ?? desired.pools.map(\.name)
         await withTaskGroup(of: (String, Result<ObservedPool, any Error>).self) { g in
@@ -74,7 +83,8 @@ public final class Engine: Sendable {
                     continue
                 }
                 guard let c = sessions.client(name) else { continue }
-                g.addTask { (name, await Result(catching: { try await Observer.observe(c, name: name) })) }
+                let metrics = guestMetrics || desired.appliancePools.contains { $0.spec.pool.value == name }
+                g.addTask { (name, await Result(catching: { try await Observer.observe(c, name: name, guestMetrics: metrics) })) }
             }
             for await (name, r) in g {
                 switch r {
@@ -91,11 +101,11 @@ public final class Engine: Sendable {
 
     /// `now` is taken to the whole second, as a saved plan records it: the same plan can be made again from it.
     public func plan(_ observation: Observation, now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil,
-                     failback: FailbackRequest? = nil) throws -> Plan {
+                     failback: FailbackRequest? = nil, keys: KeyScope? = nil) throws -> Plan {
         let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
         try checkRepositoryKeys(scope: scope)
         return Planner(instance: instance).plan(desired: desired, observed: observation.pools, unreachable: observation.unreachable,
-                                         catalog: try catalog.view(), now: now, scope: scope, force: force, failback: failback)
+                                         catalog: try catalog.view(), now: now, scope: scope, force: force, failback: failback, keys: keys)
     }
 
     public func fingerprint(_ observation: Observation) throws -> String {
@@ -104,10 +114,19 @@ public final class Engine: Sendable {
 
     public func executor(plan: Plan, now: @escaping @Sendable () -> Date, emit: @escaping @Sendable (ExecutionEvent) -> Void) -> Executor {
         Executor(context: ExecutionContext(sessions: sessions, catalog: catalog, state: state, instance: instance, plan: plan, now: now,
-                                           logger: logger, emit: emit))
+                                           logger: logger, emit: emit, limiters: limiters))
     }
 
     public func logout() async { await sessions.logoutAll() }
+
+    /// Appliance leases outside a plan's execution (tests, diagnostics): the AppliancePools as
+    /// the configuration declares them.
+    public func applianceLeases(now: @escaping @Sendable () -> Date = { Date() }) -> ApplianceLeases {
+        let settings = Dictionary(uniqueKeysWithValues: desired.appliancePools.map { ($0.name, AppliancePoolSettings($0)) })
+        let logger = self.logger
+        return ApplianceLeases(settings: settings, sessions: sessions, catalog: catalog, state: state, instance: instance, now: now,
+                               log: { logger.info("\($0)") })
+    }
 
     /// Runs `body`, then logs every session out, whether `body` returned, threw or was cancelled.
     public func withSessions<T: Sendable>(_ body: () async throws -> T) async throws -> T {
@@ -155,7 +174,7 @@ public struct TargetScope: Sendable {
         }
     }
 
-    static func didYouMean(_ word: String, _ candidates: [String]) -> String {
+    public static func didYouMean(_ word: String, _ candidates: [String]) -> String {
         closestMatch(word, candidates).map { "; did you mean '\($0)'?" } ?? ""
     }
 

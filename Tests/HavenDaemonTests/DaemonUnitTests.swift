@@ -1,5 +1,7 @@
 import Foundation
+import HavenCatalog
 import HavenCore
+import HavenEngine
 import Testing
 
 @testable import HavenDaemon
@@ -94,57 +96,92 @@ import Testing
 }
 
 @Suite struct StatusRenderingTests {
-    static func report() -> StatusDocument {
-        let now = Date(timeIntervalSince1970: 1_700_000_000)
+    static let now = Date(timeIntervalSince1970: 1_700_000_000)
+
+    static func report() -> StatusReport {
         let rows = [
             StatusReport.Row(pool: "lab", vm: "web <1>", vmUUID: "u1", policy: "daily", suspended: false, lastAttempt: nil, lastBackup: now,
                              lastBackupID: "b1", nextDue: now.addingTimeInterval(86_400), rpoMet: true, versions: 1),
             StatusReport.Row(pool: "lab", vm: "db", vmUUID: "u2", policy: "daily", suspended: false,
                              lastAttempt: .init(at: now, result: "failed", message: "SR_FULL", run: 3, backupID: nil), lastBackup: nil,
                              lastBackupID: nil, nextDue: now, rpoMet: false, versions: 0),
+            StatusReport.Row(pool: "lab", vm: "mail", vmUUID: "u3", policy: "weekly", suspended: true, suspendedBy: "command", lastAttempt: nil,
+                             lastBackup: nil, lastBackupID: nil, nextDue: nil, rpoMet: false, versions: 0),
         ]
-        let config = StatusDocument.Config(directory: "/etc/haven", loaded: true, generation: 2, loadedAt: now,
-                                           errors: ["haven.yaml:3:7: error: bad"], errorAt: now)
-        var doc = StatusDocument(time: now, rpoMissed: true, unreachablePools: [], vms: rows,
-                                 daemon: .init(role: .active, reconciling: false, config: config, lastReconcile: nil, running: [], unreachablePools: [:]))
-        doc.backups = [BackupRecord(id: "b1", repository: "local", pool: "lab", policy: "daily", vmUUID: "u1", vmName: "web", createdAt: now,
-                                    kind: "full", size: 8 << 20, storedBytes: 2 << 20)]
-        return doc
+        let replica = ReplicaStatus(policy: "offsite", vm: "web <1>", sourcePool: "lab", targetPool: "dr", replica: "web-replica", replicaUUID: "r1",
+                                    lastSync: now.addingTimeInterval(-7_200), lagSeconds: 3_600, restorePoints: 2, powerState: "Halted", state: "ok")
+        return StatusReport(time: now, rpoMissed: true, unreachablePools: [], vms: rows, replicas: [replica])
+    }
+
+    static func model() -> StatusPage.Model {
+        let config = DaemonInfo.Config(directory: "/etc/haven", loaded: true, generation: 2, loadedAt: now, errors: ["haven.yaml:3:7: error: bad"],
+                                       errorAt: now)
+        let info = DaemonInfo(role: .active, config: config, suspensions: [Suspension(policy: "weekly", at: now, by: "ops@host")],
+                              queue: .init(depth: 0, processing: [], waiting: 3, nextWake: nil), lastReconcile: nil, running: [], unreachablePools: [:])
+        let backups = (0..<3).map { (i: Int) -> BackupRecord in
+            let stored: Int64 = i == 0 ? 8 << 20 : 1 << 20
+            return BackupRecord(id: "b\(i)", repository: "local", pool: "lab", policy: "daily", vmUUID: "u1", vmName: "web",
+                                createdAt: now.addingTimeInterval(Double(i) * 86_400), kind: i == 0 ? "full" : "incremental", size: 8 << 20,
+                                storedBytes: stored)
+        }
+        let timings = (0..<3).map { (i: Int) -> RunActionRecord in
+            let start = now.addingTimeInterval(Double(i) * 86_400)
+            let end = start.addingTimeInterval(Double(10 * (i + 1)))
+            return RunActionRecord(runID: Int64(i), actionKey: "backup/lab/u1@daily", kind: "backup", pool: "lab", vm: "web", vmUUID: "u1",
+                                   policy: "daily", result: "succeeded", message: "", startedAt: start, at: end)
+        }
+        return StatusPage.Model(report: report(), info: info, backups: backups, timings: timings, now: now)
     }
 
     @Test func thePageShowsEveryVMWithItsRPOInWordsAndColour() {
-        let html = StatusPage.html(Self.report())
+        let html = StatusPage.html(Self.model())
         #expect(html.contains("web &lt;1&gt;"), "names are escaped")
         #expect(html.contains("class=\"rpo met\">met<"))
         #expect(html.contains("class=\"rpo missed\">MISSED<"))
+        #expect(html.contains("class=\"rpo suspended\">suspended (haven suspend)<"))
         #expect(html.contains("failed: SR_FULL"))
         #expect(html.contains("haven.yaml:3:7: error: bad"))
-        #expect(html.contains("<svg"))
+        #expect(html.contains("LAGGING 60 min") && html.contains("web-replica"), "replicas with their lag")
+        #expect(html.contains("<svg id=\"sizes\"") && html.contains("<svg id=\"durations\""), "two charts")
+        #expect(html.components(separatedBy: "<rect ").count - 1 == 6, "two bars per backup")
+        #expect(html.contains("30.0 s"), "the longest duration is named")
         #expect(!html.contains("<script"))
     }
 
-    @Test func theStatusJSONKeepsTheStatusCommandsFields() throws {
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
-        let obj = try JSONSerialization.jsonObject(with: try encoder.encode(Self.report())) as? [String: Any]
+    @Test func theStatusJSONHasTheStatusCommandsFields() throws {
+        let obj = try JSONSerialization.jsonObject(with: Data(try Self.report().json().utf8)) as? [String: Any]
+        #expect(Set(obj?.keys.map { $0 } ?? []) == ["formatVersion", "time", "rpoMissed", "unreachablePools", "vms", "replicas"])
         #expect(obj?["formatVersion"] as? Int == 2)
         let vms = try #require(obj?["vms"] as? [[String: Any]])
         #expect(Set(vms[0].keys).isSuperset(of: ["pool", "vm", "vmUUID", "policy", "suspended", "lastBackup", "nextDue", "rpoMet", "versions"]))
-        #expect(((obj?["daemon"] as? [String: Any])?["config"] as? [String: Any])?["generation"] as? Int == 2)
+        #expect(vms[2]["suspendedBy"] as? String == "command")
     }
 
-    @Test func metricsCarryThePerVMSeries() {
+    @Test func metricsCarryThePerVMSeriesAndDropStaleOnes() {
         let m = DaemonMetrics()
-        let doc = Self.report()
-        m.status(StatusReport(time: doc.time, rpoMissed: true, unreachablePools: [], vms: doc.vms))
-        m.backup(pool: "lab", vm: "web", policy: "daily", seconds: 12, bytesRead: 100, bytesStored: 40)
-        m.reconciled("succeeded")
-        let text = m.render()
+        var r = Self.report()
+        m.status(r)
+        m.backup(pool: "lab", vm: "web <1>", policy: "daily", seconds: 12, bytesRead: 100, bytesStored: 40)
+        m.reconciled("succeeded", requeueAfter: true)
+        m.queue(depth: 2, longestRunning: 3, unfinished: 4)
+        var text = m.render()
         #expect(text.contains("haven_last_success_timestamp_seconds{pool=\"lab\",vm=\"web <1>\",policy=\"daily\"} 1700000000"))
         #expect(text.contains("haven_rpo_met{pool=\"lab\",vm=\"db\",policy=\"daily\"} 0"))
-        #expect(text.contains("haven_backup_duration_seconds_bucket{pool=\"lab\",vm=\"web\",policy=\"daily\",le=\"15.0\"} 1"))
-        #expect(text.contains("haven_bytes_stored_total{pool=\"lab\",vm=\"web\",policy=\"daily\"} 40"))
+        #expect(text.contains("haven_backup_duration_seconds_bucket{pool=\"lab\",vm=\"web <1>\",policy=\"daily\",le=\"15.0\"} 1"))
+        #expect(text.contains("haven_bytes_stored_total{pool=\"lab\",vm=\"web <1>\",policy=\"daily\"} 40"))
+        #expect(text.contains("haven_replica_lag_seconds{pool=\"lab\",vm=\"web <1>\",policy=\"offsite\",target=\"dr\"} 3600"))
         #expect(text.contains("haven_reconcile_total{result=\"succeeded\"} 1"))
-        #expect(text.contains("haven_workqueue_depth"))
+        #expect(text.contains("controller_runtime_reconcile_total{controller=\"haven\",result=\"requeue_after\"} 1"))
+        #expect(text.contains("workqueue_depth{name=\"haven\"} 2"))
+        #expect(text.contains("workqueue_unfinished_work_seconds{name=\"haven\"} 4"))
+        #expect(text.contains("workqueue_longest_running_processor_seconds{name=\"haven\"} 3"))
+
+        // web leaves the policy and the replica goes: their series go with them.
+        r.vms.removeFirst()
+        r.replicas = []
+        m.status(r)
+        text = m.render()
+        #expect(!text.contains("vm=\"web <1>\""), "stale series removed: \(text)")
+        #expect(text.contains("haven_rpo_met{pool=\"lab\",vm=\"db\",policy=\"daily\"} 0"))
     }
 }

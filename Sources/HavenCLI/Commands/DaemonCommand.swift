@@ -51,8 +51,8 @@ struct DaemonCommand: AsyncParsableCommand {
         var options = DaemonOptions(configDirectory: config, statePath: state ?? StateDirectory.defaultPath, listen: try ListenAddress(parsing: listen),
                                     gitPullInterval: try gitPull.map(parseDuration), shutdownGrace: try parseDuration(shutdownGrace))
         let env = ProcessInfo.processInfo.environment
-        // Tests shorten the longest sleep; production keeps a minute.
-        if let s = env["HAVEN_DAEMON_MAX_SLEEP"], let v = Double(s) { options.maxSleep = .milliseconds(Int64(v * 1000)) }
+        // Tests shorten the resync period; production keeps ten minutes.
+        if let s = env["HAVEN_DAEMON_RESYNC"], let v = Double(s) { options.resyncInterval = .milliseconds(Int64(v * 1000)) }
         let json = LogFormat(rawValue: logFormat) == .json
         let level = env["HAVEN_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .info
         LoggingSystem.bootstrap { label in

@@ -536,86 +536,24 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(help: "Exit 3 when any RPO is missed (suspended policies are not counted).")
     var check = false
 
-    struct Attempt: Encodable {
-        var at: Date
-        var result: String
-        var message: String
-        var run: Int64
-        var backupID: String?
-    }
-
-    struct Row: Encodable {
-        var pool, vm, vmUUID, policy: String
-        var suspended: Bool
-        var lastAttempt: Attempt?
-        var lastBackup: Date?
-        var lastBackupID: String?
-        var nextDue: Date?
-        var rpoMet: Bool
-        var versions: Int
-    }
-
     func run() async throws {
         let desired = try options.loadDesired()
         let engine = try options.engine(desired)
         let now = currentTime()
         let scope = try options.scope(desired)
-        let observation = try await engine.withSessions { await engine.observe(pools: scope.pools) }
-        let view = try engine.catalog.view()
-        let attempts = (try? engine.catalog.lastBackupAttempts()) ?? [:]
-        // A pool that cannot be read (a disaster is when status matters most) is answered from the catalog.
-        var observed = observation.pools
-        for (name, why) in observation.unreachable.sorted(by: { $0.key < $1.key }) {
-            if output == .text {
-                FileHandle.standardError.write(Data("haven: pool \(name) cannot be read (\(why)); its VMs are shown from the catalog\n".utf8))
-            }
-            var seen: [String: ObservedVM] = [:]
-            for b in view.backups where b.pool == name { seen[b.vmUUID] = ObservedVM(uuid: b.vmUUID, name: b.vmName, powerState: "unknown", tags: [], disks: []) }
-            observed[name] = ObservedPool(name: name, apiMajor: 0, apiMinor: 0, cbtLicensed: false, vms: seen.values.sorted { $0.name < $1.name },
-                                          snapshots: [], vdis: [:], srs: [:], nbdNetworks: [])
-        }
-        let fromCatalog = Set(observation.unreachable.keys)
-        var rows: [Row] = []
-        for p in desired.backupPolicies where scope.policies?.contains(p.name) ?? true {
-            guard let pool = observed[p.spec.pool.value] else { continue }
-            for vm in pool.vms where p.spec.vms.matches(name: vm.name, uuid: vm.uuid, tags: vm.tags)
-                || (fromCatalog.contains(pool.name) && view.backups.contains { $0.policy == p.name && $0.vmUUID == vm.uuid }) {
-                let mine = view.backups.filter { $0.pool == pool.name && $0.policy == p.name && $0.vmUUID == vm.uuid }
-                let newest = mine.max { $0.createdAt < $1.createdAt }
-                let last = newest?.createdAt
-                var next: Date?
-                var met = false
-                if let every = p.spec.schedule.every {
-                    next = last.map { $0.addingTimeInterval(Double(every.seconds)) } ?? now
-                    met = last.map { now.timeIntervalSince($0) < Double(every.seconds) } ?? false
-                } else if let cron = p.spec.schedule.cron {
-                    let tz = TimeZone(identifier: p.spec.schedule.timezone) ?? TimeZone(identifier: "UTC")!
-                    next = cron.nextFire(after: last ?? now, in: tz)
-                    let slot = cron.latestFire(notAfter: now, in: tz)
-                    met = last.map { l in slot.map { l >= $0 } ?? true } ?? false
-                }
-                if p.spec.suspend { next = nil }
-                let attempt = attempts["\(pool.name)\u{0}\(p.name)\u{0}\(vm.uuid)"].map {
-                    Attempt(at: $0.at, result: $0.result, message: $0.message, run: $0.runID, backupID: $0.backupID)
-                }
-                rows.append(Row(pool: pool.name, vm: vm.name, vmUUID: vm.uuid, policy: p.name, suspended: p.spec.suspend, lastAttempt: attempt,
-                                lastBackup: last, lastBackupID: newest?.id, nextDue: next, rpoMet: met, versions: mine.count))
+        // One computation for this command and the daemon's /api/v1/status.
+        let report = try await engine.status(pools: scope.pools, policies: scope.policies, now: now)
+        if output == .text {
+            for name in report.unreachablePools {
+                let why = report.unreachableReasons[name].map { " (\($0))" } ?? ""
+                FileHandle.standardError.write(Data("haven: pool \(name) cannot be read\(why); its VMs are shown from the catalog\n".utf8))
             }
         }
-        // Replicas: last sync, lag behind the schedule, restore points, state (as `haven replicas list`).
-        let replicas = try engine.catalog.view().replicas.isEmpty ? [] : try await engine.replicas(now: now)
-        let lagging = replicas.contains { ($0.lagSeconds ?? 0) > 0 && $0.state != "failed over" }
-        let missed = rows.contains { !$0.rpoMet && !$0.suspended } || lagging
+        let rows = report.vms
+        let replicas = report.replicas
+        let missed = report.rpoMissed
         if output == .json {
-            struct Out: Encodable {
-                var formatVersion = 2
-                var time: Date
-                var rpoMissed: Bool
-                var unreachablePools: [String]
-                var vms: [Row]
-                var replicas: [ReplicaStatus]
-            }
-            print(try jsonText(encodable: Out(time: now, rpoMissed: missed, unreachablePools: fromCatalog.sorted(), vms: rows, replicas: replicas)))
+            print(try report.json())
         } else {
             let f = DateFormatter()
             f.dateFormat = "yyyy-MM-dd HH:mm"
@@ -629,7 +567,8 @@ struct StatusCommand: AsyncParsableCommand {
             for r in rows {
                 let last = r.lastBackup.map { "\(f.string(from: $0)) (\(age($0)))" } ?? "never"
                 let next = r.suspended ? "-" : r.nextDue.map { $0 <= now ? "now" : f.string(from: $0) } ?? "-"
-                print(pad(r.pool, 10) + pad(r.vm, 16) + pad(r.policy, 16) + pad(r.suspended ? "yes" : "no", 10) + pad(r.lastAttempt?.result ?? "-", 12)
+                let suspended = r.suspendedBy == "command" ? "yes (cmd)" : r.suspended ? "yes" : "no"
+                print(pad(r.pool, 10) + pad(r.vm, 16) + pad(r.policy, 16) + pad(suspended, 10) + pad(r.lastAttempt?.result ?? "-", 12)
                       + pad(last, 28) + pad(next, 18) + pad(String(r.versions), 9) + (r.rpoMet ? "met" : "MISSED"))
             }
             if !replicas.isEmpty {
@@ -667,7 +606,9 @@ struct CatalogRebuildCommand: AsyncParsableCommand {
         }
         let found = repos
         let view = try await engine.withSessions { try await CatalogRebuild.rebuild(engine: engine, repositories: found) }
-        print("catalog rebuilt: \(view.backups.count) backups, \(view.anchors.count) CBT anchors, \(view.inventory.count) owned objects, \(view.cbtMarks.count) disks with haven's CBT")
+        let deltaBases = view.anchors.filter { $0.kind == .delta }.count
+        print("catalog rebuilt: \(view.backups.count) backups, \(view.anchors.count - deltaBases) CBT anchors, "
+              + (deltaBases > 0 ? "\(deltaBases) delta bases, " : "") + "\(view.inventory.count) owned objects, \(view.cbtMarks.count) disks with haven's CBT")
     }
 }
 

@@ -16,20 +16,23 @@ struct EngineOptions: ParsableArguments {
     var target: String?
 
     /// The configuration, or its errors (exit 2).
-    func loadDesired() throws -> DesiredState {
-        let result = SpecLoader.load(path: config)
-        for d in result.diagnostics { FileHandle.standardError.write(Data("\(d)\n".utf8)) }
-        guard let state = result.state else {
-            throw CLIError("\(config): the configuration has \(result.errors.count) error\(result.errors.count == 1 ? "" : "s"); nothing was done", code: .config)
-        }
-        return state
-    }
+    func loadDesired() throws -> DesiredState { try loadDesiredState(config) }
 
     func engine(_ desired: DesiredState) throws -> Engine {
         try Engine(desired: desired, state: StateDirectory(path: state ?? StateDirectory.defaultPath), logger: havenLogger())
     }
 
     func scope(_ desired: DesiredState) throws -> TargetScope { try TargetScope.parse(target, in: desired) }
+}
+
+/// The configuration in `config`, or its errors (exit 2); diagnostics on standard error.
+func loadDesiredState(_ config: String) throws -> DesiredState {
+    let result = SpecLoader.load(path: config)
+    for d in result.diagnostics { FileHandle.standardError.write(Data("\(d)\n".utf8)) }
+    guard let state = result.state else {
+        throw CLIError("\(config): the configuration has \(result.errors.count) error\(result.errors.count == 1 ? "" : "s"); nothing was done", code: .config)
+    }
+    return state
 }
 
 /// swift-log to standard error; quiet (warnings) unless `HAVEN_LOG_LEVEL` says otherwise.

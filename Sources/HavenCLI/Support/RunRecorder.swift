@@ -7,11 +7,13 @@ import HavenEngine
 /// the execution events the engine reports. Recording never fails the run: a catalog that
 /// cannot be written is said on standard error once.
 final class RunRecorder: @unchecked Sendable {
-    // @unchecked: `warned` is guarded by `lock`; the rest is immutable.
+    // @unchecked: `warned` and `started` are guarded by `lock`; the rest is immutable.
     let catalog: Catalog
     let id: Int64?
     let lock = NSLock()
     var warned = false
+    /// When each action started: the history keeps durations (the status page charts them).
+    var started: [ActionKey: Date] = [:]
 
     init(catalog: Catalog, command: String) {
         self.catalog = catalog
@@ -30,10 +32,14 @@ final class RunRecorder: @unchecked Sendable {
         guard let id else { return }
         var rec: RunActionRecord?
         func make(_ a: PlannedAction, _ result: String, _ message: String) -> RunActionRecord {
-            RunActionRecord(runID: id, actionKey: a.key.description, kind: a.kind.rawValue, pool: a.pool, vm: a.vm?.name, vmUUID: a.vm?.uuid,
-                            policy: a.policy, result: result, message: message, at: currentTime())
+            let began = lock.withLock { started.removeValue(forKey: a.key) }
+            return RunActionRecord(runID: id, actionKey: a.key.description, kind: a.kind.rawValue, pool: a.pool, vm: a.vm?.name, vmUUID: a.vm?.uuid,
+                                   policy: a.policy, result: result, message: message, startedAt: began, at: currentTime())
         }
         switch e {
+        case .started(let a):
+            lock.withLock { started[a.key] = currentTime() }
+            return
         case .finished(let a, let o):
             var r = make(a, "succeeded", ([o.summary] + o.notes).joined(separator: "; "))
             r.backupID = o.backupID

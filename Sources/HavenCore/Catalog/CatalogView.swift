@@ -10,9 +10,19 @@ public struct CatalogView: Sendable, Codable {
     public var replicas: [ReplicaRecord] = []
     /// Snapshots haven asked for and has not yet marked as its own (a run that died in VM.snapshot leaves one).
     public var intents: [SnapshotIntent] = []
+    /// The appliances haven provisioned: address, how it was given, certificate pin.
+    public var appliances: [ApplianceRecord] = []
+    /// Appliances a transfer holds right now (in use: never removed).
+    public var leases: [ApplianceLeaseRecord] = []
+    /// Policies suspended by `haven suspend` (an overlay over the YAML's `suspend:`).
+    public var suspensions: [Suspension] = []
 
     public init(backups: [BackupRecord] = [], anchors: [Anchor] = [], inventory: [OwnedObject] = [], cbtMarks: [CBTMark] = [],
-                replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = []) {
+                replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = [], appliances: [ApplianceRecord] = [],
+                leases: [ApplianceLeaseRecord] = [], suspensions: [Suspension] = []) {
+        self.appliances = appliances
+        self.leases = leases
+        self.suspensions = suspensions
         self.replicas = replicas
         self.intents = intents
         self.backups = backups
@@ -53,7 +63,13 @@ public struct BackupRecord: Sendable, Codable, Hashable {
     }
 }
 
-/// The CBT anchor of one disk: the snapshot VDI the next incremental compares against, and the
+/// What an anchor is: CBT metadata (`list_changed_blocks` compares against it), or a delta base
+/// (a snapshot disk kept with its data, which `/export_raw_vdi?format=vhd&base=` compares against).
+public enum AnchorKind: String, Sendable, Codable, Hashable {
+    case cbt, delta
+}
+
+/// The anchor of one disk: the snapshot VDI the next incremental compares against, and the
 /// backup version it matches.
 public struct Anchor: Sendable, Codable, Hashable {
     public var pool: String
@@ -67,9 +83,11 @@ public struct Anchor: Sendable, Codable, Hashable {
     public var backupID: String
     /// Data destroyed: only CBT metadata is left on the pool.
     public var dataDestroyed: Bool
+    public var kind: AnchorKind
 
     public init(pool: String, policy: String, vmUUID: String, diskKey: String, sourceVDI: String, snapshotVM: String, snapshotVDI: String,
-                backupID: String, dataDestroyed: Bool) {
+                backupID: String, dataDestroyed: Bool, kind: AnchorKind = .cbt) {
+        self.kind = kind
         self.pool = pool
         self.policy = policy
         self.vmUUID = vmUUID
@@ -183,5 +201,66 @@ public struct SnapshotIntent: Sendable, Codable, Hashable {
         self.policy = policy
         self.name = name
         self.requestedAt = requestedAt
+    }
+}
+
+/// The catalog key of an AppliancePool's owned objects, apart from policies of the same name.
+public func applianceOwnerKey(_ appliancePool: String) -> String { "appliance:\(appliancePool)" }
+
+/// An appliance haven provisioned. The certificate pin is not a secret (it names the mover's
+/// certificate); the token key never is in the catalog.
+public struct ApplianceRecord: Sendable, Codable, Hashable {
+    public var pool: String
+    public var uuid: String
+    public var name: String
+    public var appliancePool: String
+    /// The static address it was given; "" when it takes one from DHCP.
+    public var staticAddress: String
+    /// SHA-256 of the mover's certificate (DER), as `sha256:` + hex.
+    public var pin: String
+    public var createdAt: Date
+
+    public init(pool: String, uuid: String, name: String, appliancePool: String, staticAddress: String, pin: String, createdAt: Date) {
+        self.pool = pool
+        self.uuid = uuid
+        self.name = name
+        self.appliancePool = appliancePool
+        self.staticAddress = staticAddress
+        self.pin = pin
+        self.createdAt = createdAt
+    }
+
+    public var isStatic: Bool { !staticAddress.isEmpty }
+}
+
+/// "This appliance is in use by that run": written when a transfer leases it, removed when it
+/// is given back. A lease whose holder process is gone is stale and cleared.
+public struct ApplianceLeaseRecord: Sendable, Codable, Hashable {
+    public var pool: String
+    public var uuid: String
+    /// `pid N`: the process holding it.
+    public var holder: String
+    public var since: Date
+
+    public init(pool: String, uuid: String, holder: String, since: Date) {
+        self.pool = pool
+        self.uuid = uuid
+        self.holder = holder
+        self.since = since
+    }
+}
+
+/// `haven suspend POLICY`: the policy (a BackupPolicy or ReplicationPolicy of that name) is
+/// treated as `suspend: true` until `haven resume`, whatever its YAML says.
+public struct Suspension: Sendable, Codable, Hashable {
+    public var policy: String
+    public var at: Date
+    /// Who asked, as the command line recorded it (user and host).
+    public var by: String
+
+    public init(policy: String, at: Date, by: String) {
+        self.policy = policy
+        self.at = at
+        self.by = by
     }
 }

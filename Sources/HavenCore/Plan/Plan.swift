@@ -5,7 +5,7 @@ import Foundation
 /// needs (repository, hooks, NBD settings; per-pool limits in `pools`), so executing a plan never
 /// re-reads the configuration. Versioned JSON (`formatVersion`).
 public struct Plan: Sendable, Codable {
-    public static let currentFormatVersion = 2
+    public static let currentFormatVersion = 3
 
     public var formatVersion = Plan.currentFormatVersion
     public var generatedAt: Date
@@ -17,17 +17,35 @@ public struct Plan: Sendable, Codable {
     public var scope: PlanScope
     /// Per pool: the settings execution needs (limits, NBD).
     public var pools: [String: PoolSettings]
+    /// Per AppliancePool on a pool in scope: what leasing an appliance needs (provisioning more).
+    public var appliancePools: [String: AppliancePoolSettings]
     public var actions: [PlannedAction]
     public var warnings: [PlanWarning]
 
-    public init(generatedAt: Date, fingerprint: String, scope: PlanScope, pools: [String: PoolSettings], actions: [PlannedAction],
-                warnings: [PlanWarning]) {
+    public init(generatedAt: Date, fingerprint: String, scope: PlanScope, pools: [String: PoolSettings],
+                appliancePools: [String: AppliancePoolSettings] = [:], actions: [PlannedAction], warnings: [PlanWarning]) {
         self.generatedAt = generatedAt
         self.fingerprint = fingerprint
         self.scope = scope
         self.pools = pools
+        self.appliancePools = appliancePools
         self.actions = actions
         self.warnings = warnings
+    }
+
+    enum CodingKeys: String, CodingKey { case formatVersion, generatedAt, fingerprint, scope, pools, appliancePools, actions, warnings }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        formatVersion = try c.decode(Int.self, forKey: .formatVersion)
+        generatedAt = try c.decode(Date.self, forKey: .generatedAt)
+        fingerprint = try c.decode(String.self, forKey: .fingerprint)
+        scope = try c.decode(PlanScope.self, forKey: .scope)
+        pools = try c.decode([String: PoolSettings].self, forKey: .pools)
+        // Absent from plans of format 2, which are then refused by their version, not by a decoding error.
+        appliancePools = try c.decodeIfPresent([String: AppliancePoolSettings].self, forKey: .appliancePools) ?? [:]
+        actions = try c.decode([PlannedAction].self, forKey: .actions)
+        warnings = try c.decode([PlanWarning].self, forKey: .warnings)
     }
 
     public var summary: Summary {
@@ -118,12 +136,19 @@ public struct PlanWarning: Sendable, Codable, Hashable {
         case unprovenReplica = "unproven-replica"
         case notBuilt = "not-built"
         case unprovenSnapshot = "unproven-snapshot"
+        case noApplianceTemplate = "no-appliance-template"
+        case noApplianceSR = "no-appliance-sr"
+        case noApplianceNetwork = "no-appliance-network"
+        /// Fewer appliances can be made than the planned transfers need: some wait.
+        case applianceAddressesExhausted = "appliance-addresses-exhausted"
+        /// An appliance to remove is in use: it stays until it is idle.
+        case applianceInUse = "appliance-in-use"
     }
 
     /// A plan error: the run exits 2 (what else is planned still runs).
     public var isError: Bool {
         switch code {
-        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt: true
+        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt, .noApplianceTemplate, .noApplianceSR, .noApplianceNetwork: true
         default: false
         }
     }
@@ -147,6 +172,8 @@ public struct PlanWarning: Sendable, Codable, Hashable {
 /// The kinds of action, in the order a person reads them.
 public enum ActionKind: String, Sendable, Codable, Hashable, CaseIterable, Comparable {
     case enableCBT = "enable-cbt"
+    case provisionAppliance = "provision-appliance"
+    case startAppliance = "start-appliance"
     case backup
     case replicate
     case failback
@@ -156,16 +183,14 @@ public enum ActionKind: String, Sendable, Codable, Hashable, CaseIterable, Compa
     case retireAnchor = "retire-anchor"
     case prune
     case gc
+    case removeAppliance = "remove-appliance"
     case disableCBT = "disable-cbt"
 
     public var symbol: String {
         switch self {
-        case .backup: "+"
-        case .replicate: "+"
-        case .failback: "~"
-        case .removeReplica: "-"
-        case .enableCBT, .disableCBT: "~"
-        case .deleteSnapshot, .retireAnchor, .prune, .gc: "-"
+        case .backup, .replicate, .provisionAppliance: "+"
+        case .enableCBT, .disableCBT, .startAppliance, .failback: "~"
+        case .deleteSnapshot, .retireAnchor, .prune, .gc, .removeAppliance, .removeReplica: "-"
         case .purgeSnapshotData: "~"
         }
     }
@@ -242,6 +267,9 @@ public struct HookJob: Sendable, Codable, Hashable {
 public enum BackupMethod: String, Sendable, Codable, Hashable {
     /// Changed blocks since the anchor, over NBD.
     case cbtIncremental = "cbt-incremental"
+    /// The 2 MiB blocks that differ from the previous backup's snapshot (kept on the pool as the
+    /// delta base), as a VHD through `/export_raw_vdi?format=vhd&base=…`: incrementals without CBT.
+    case deltaIncremental = "delta-incremental"
     /// The whole disk over NBD; the repository deduplicates.
     case fullNBD = "full-nbd"
     /// The whole disk through `/export_raw_vdi` (no NBD network).
@@ -257,7 +285,8 @@ public struct DiskJob: Sendable, Codable, Hashable {
     public var vdiUUID: String
     public var name: String
     public var size: Int64
-    /// For an incremental: the anchor's snapshot VDI and the version it matches.
+    /// For an incremental: the anchor's snapshot VDI (CBT metadata, or the delta base with its
+    /// data) and the version it matches.
     public var anchorVDI: String?
     public var baseBackup: String?
 
@@ -277,16 +306,20 @@ public struct BackupJob: Sendable, Codable, Hashable {
     public var repository: RepositoryTarget
     public var disks: [DiskJob]
     public var skippedDisks: [String]
-    /// Keep the snapshot disks as CBT anchors (data destroyed) for the next incremental.
+    /// Keep the snapshot disks as anchors for the next incremental: CBT metadata (data
+    /// destroyed), or with `deltaBases` the disks whole, as the bases of VHD deltas.
     public var keepAnchors: Bool
+    /// The anchors kept are delta bases (the snapshot's disks with their data), not CBT metadata.
+    public var deltaBases: Bool?
     public var purgeSnapshotData: Bool
     public var quiesce: String
     public var preSnapshot: HookJob?
     public var postSnapshot: HookJob?
 
     public init(method: BackupMethod, repository: RepositoryTarget, disks: [DiskJob], skippedDisks: [String], keepAnchors: Bool,
-                purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?) {
+                deltaBases: Bool = false, purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?) {
         self.method = method
+        self.deltaBases = deltaBases ? true : nil
         self.repository = repository
         self.disks = disks
         self.skippedDisks = skippedDisks
@@ -489,6 +522,9 @@ public struct GCJob: Sendable, Codable, Hashable {
 
 /// What an action does, with its payload.
 public enum Action: Sendable, Hashable {
+    case provisionAppliance(ApplianceProvision)
+    case startAppliance(ApplianceTarget)
+    case removeAppliance(ApplianceTarget)
     case enableCBT(CBTChange)
     case disableCBT(CBTChange)
     case backup(BackupJob)
@@ -504,6 +540,9 @@ public enum Action: Sendable, Hashable {
 
     public var kind: ActionKind {
         switch self {
+        case .provisionAppliance: .provisionAppliance
+        case .startAppliance: .startAppliance
+        case .removeAppliance: .removeAppliance
         case .enableCBT: .enableCBT
         case .disableCBT: .disableCBT
         case .backup: .backup
@@ -552,6 +591,7 @@ public struct PlannedAction: Sendable, Hashable {
             let what: String
             switch b.method {
             case .cbtIncremental: what = "incremental backup (changed blocks over NBD)"
+            case .deltaIncremental: what = "incremental backup (VHD delta through /export_raw_vdi)"
             case .fullNBD: what = "full backup over NBD"
             case .fullExport: what = "full backup through /export_raw_vdi"
             case .xva: what = "XVA export"
@@ -581,6 +621,11 @@ public struct PlannedAction: Sendable, Hashable {
         case .purgeSnapshotData(let r): return "destroy the data of snapshot disk \(r.label), keeping its CBT metadata"
         case .prune(let p): return "prune backup \(p.version) from \(p.repository.name)"
         case .gc(let g): return "collect garbage in repository \(g.repository.name)"
+        case .provisionAppliance(let p):
+            return "provision appliance \(p.name) (AppliancePool \(p.appliancePool)) from template \(p.template) on SR \(p.srName), network \(p.network), "
+                + "\(p.memory / 1_048_576) MiB, \(p.address.ip.map { "static address \($0)" } ?? "address from DHCP")"
+        case .startAppliance(let t): return "start appliance \(t.name) (AppliancePool \(t.appliancePool))"
+        case .removeAppliance(let t): return "remove appliance \(t.name) (AppliancePool \(t.appliancePool)) and its disks"
         }
     }
 }
@@ -589,6 +634,7 @@ extension PlannedAction: Codable {
     enum CodingKeys: String, CodingKey {
         case key, kind, pool, policy, vm, vmUUID, reason, requires, after, headline, symbol
         case enableCBT, disableCBT, backup, replicate, failback, removeReplica, deleteSnapshot, purgeSnapshotData, retireAnchor, prune, gc
+        case provisionAppliance, startAppliance, removeAppliance
         // Flattened for readers of `diff --output json` (ignored when decoding).
         case method, disks, skippedDisks, repository, target
     }
@@ -646,6 +692,15 @@ extension PlannedAction: Codable {
             try c.encode(p, forKey: .gc)
             try c.encode(p.repository.name, forKey: .target)
             try c.encode(p.repository.name, forKey: .repository)
+        case .provisionAppliance(let p):
+            try c.encode(p, forKey: .provisionAppliance)
+            try c.encode(p.name, forKey: .target)
+        case .startAppliance(let p):
+            try c.encode(p, forKey: .startAppliance)
+            try c.encode(p.uuid, forKey: .target)
+        case .removeAppliance(let p):
+            try c.encode(p, forKey: .removeAppliance)
+            try c.encode(p.uuid, forKey: .target)
         }
     }
 
@@ -670,6 +725,9 @@ extension PlannedAction: Codable {
         case .purgeSnapshotData: action = .purgeSnapshotData(try c.decode(OwnedRemoval.self, forKey: .purgeSnapshotData))
         case .prune: action = .prune(try c.decode(PruneJob.self, forKey: .prune))
         case .gc: action = .gc(try c.decode(GCJob.self, forKey: .gc))
+        case .provisionAppliance: action = .provisionAppliance(try c.decode(ApplianceProvision.self, forKey: .provisionAppliance))
+        case .startAppliance: action = .startAppliance(try c.decode(ApplianceTarget.self, forKey: .startAppliance))
+        case .removeAppliance: action = .removeAppliance(try c.decode(ApplianceTarget.self, forKey: .removeAppliance))
         }
     }
 }

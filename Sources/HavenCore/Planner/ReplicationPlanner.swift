@@ -53,13 +53,13 @@ extension Planner.Context {
         // A sync removes its source snapshot as soon as the replica holds it: one found now was left
         // by a sync that stopped (a crash, a kill); it goes.
         for snap in source.snapshots where snap.otherConfig[OwnershipMarks.policy] == owner && snap.otherConfig[OwnershipMarks.role] == "replication-snapshot"
-            && owned(sourceName, "VM", snap.uuid, in: source) {
+            && owned(sourceName, "VM", snap.uuid, in: source) && (housekeeping || planned(.replication, sourceName, r.name, snap.snapshotOf)) {
             let vm = source.vms.first { $0.uuid == snap.snapshotOf }.map { VMIdentity(uuid: $0.uuid, name: $0.name) }
             add(PlannedAction(key: ActionKey(.deleteSnapshot, pool: sourceName, subject: snap.uuid, policy: owner),
                               action: .deleteSnapshot(OwnedRemoval(uuid: snap.uuid, label: "\(snap.name) (\(snap.uuid))")), vm: vm,
                               reason: "left over from a replication sync that did not finish"))
         }
-        for vm in selected {
+        for vm in selected where planned(.replication, sourceName, r.name, vm.uuid) {
             let record = records.first { $0.sourceVM == vm.uuid }
             let identity = VMIdentity(uuid: vm.uuid, name: vm.name)
             // `haven failback`: that fail-back only.
@@ -111,6 +111,7 @@ extension Planner.Context {
                 add(PlannedAction(key: key, action: .enableCBT(CBTChange(disk: DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size))),
                                   vm: identity, reason: "ReplicationPolicy \(r.name) reads changed blocks"))
             }
+            strayAnchors(owner: owner, source, identity)
             guard let reason = dueReason(spec.schedule, last: record?.lastSync).map({ $0.replacingOccurrences(of: "never backed up", with: "never replicated").replacingOccurrences(of: "last backup", with: "last sync") }) else { continue }
             let anchors = anchorsByKey["\(sourceName)\u{0}\(owner)\u{0}\(vm.uuid)"] ?? []
             let replicaDisks = record?.diskMap ?? [:]

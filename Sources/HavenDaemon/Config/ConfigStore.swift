@@ -1,4 +1,5 @@
 import Foundation
+import HavenCore
 import HavenSpec
 import Synchronization
 
@@ -16,6 +17,10 @@ public final class ConfigStore: Sendable {
         /// The newest files' errors (`file:line:col: error: …`); empty when they loaded.
         public var errors: [String] = []
         public var errorAt: Date?
+        /// `haven suspend`'s overlay as last read from the catalog.
+        public var suspensions: [Suspension] = []
+        /// Bumped each time the suspensions change.
+        public var suspensionGeneration = 0
     }
 
     private let state = Mutex(Snapshot())
@@ -24,6 +29,17 @@ public final class ConfigStore: Sendable {
     public init(directory: String) { self.directory = directory }
 
     public var snapshot: Snapshot { state.withLock { $0 } }
+
+    /// Records the catalog's suspensions; true when they differ from the last ones read.
+    @discardableResult
+    public func setSuspensions(_ list: [Suspension]) -> Bool {
+        state.withLock { s in
+            guard s.suspensions.map(\.policy) != list.map(\.policy) else { return false }
+            s.suspensions = list
+            s.suspensionGeneration += 1
+            return true
+        }
+    }
 
     /// Loads the files now; returns true when a new good configuration replaced the current one.
     @discardableResult

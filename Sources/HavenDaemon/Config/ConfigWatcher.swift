@@ -1,11 +1,14 @@
 import Foundation
+import HavenCatalog
+import HavenEngine
 import Logging
 import ServiceLifecycle
 
 /// Watches the configuration directory: compares the files' stamps every few seconds (no inotify:
 /// a poll works the same on every filesystem, NFS and git-sync's symlink swaps included), reloads
-/// on a change and rings the reconcile loop when a new good configuration is in place. With
-/// `--git-pull`, runs `git pull --ff-only` in the directory on that interval first.
+/// on a change and rings the dispatcher when a new good configuration is in place. With
+/// `--git-pull`, runs `git pull --ff-only` in the directory on that interval first. The same poll
+/// reads the catalog's suspensions (`haven suspend|resume`), so they take effect without a restart.
 struct ConfigWatcher: Service {
     let store: ConfigStore
     let options: DaemonOptions
@@ -21,9 +24,22 @@ struct ConfigWatcher: Service {
     func watch() async {
         var stamp = ConfigStamp.take(store.directory)
         var lastPull = ContinuousClock.now
+        var catalog: Catalog?
+        var warned = false
         while !Task.isCancelled {
             try? await Task.sleep(for: options.configPollInterval)
             if Task.isCancelled { break }
+            do {
+                if catalog == nil { catalog = try StateDirectory(path: options.statePath).catalog() }
+                if let list = try catalog?.suspensions(), store.setSuspensions(list) {
+                    logger.info("suspensions changed", metadata: ["suspended": "\(list.map(\.policy))"])
+                    wake.fire(.suspensionsChanged)
+                }
+                warned = false
+            } catch {
+                if !warned { logger.warning("cannot read the suspensions from the catalog", metadata: ["error": "\(error)"]) }
+                warned = true
+            }
             if let every = options.gitPullInterval, ContinuousClock.now - lastPull >= every {
                 lastPull = .now
                 await GitPull.run(in: store.directory, logger: logger, metrics: metrics)

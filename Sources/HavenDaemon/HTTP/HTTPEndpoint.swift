@@ -1,12 +1,14 @@
 import Foundation
+import HavenEngine
 import Hummingbird
 import Logging
 
 /// The daemon's HTTP side (Hummingbird): `/healthz` (the process answers), `/readyz` (a good
 /// configuration is loaded and every pool was read at least once), `/metrics` (Prometheus text),
-/// `/api/v1/status` (JSON like `haven status --output json`) and `/` (the status page).
+/// `/api/v1/status` (exactly `haven status --output json`), `/api/v1/daemon` (the daemon's own
+/// state: configuration, queue, last reconcile) and `/` (the status page).
 enum HTTPEndpoint {
-    static func router(store: ConfigStore, state: DaemonState, metrics: DaemonMetrics) -> Router<BasicRequestContext> {
+    static func router(store: ConfigStore, state: DaemonState, queue: WorkQueue, metrics: DaemonMetrics, logger: Logger) -> Router<BasicRequestContext> {
         let router = Router()
         router.get("/healthz") { _, _ in text("ok\n") }
         router.get("/readyz") { _, _ in
@@ -14,22 +16,32 @@ enum HTTPEndpoint {
             return text(r.text, status: r.ready ? .ok : .serviceUnavailable)
         }
         router.get("/metrics") { _, _ in
-            let (depth, longest) = state.read { s in
-                (s.pending, s.running.values.map { Date().timeIntervalSince($0.startedAt) }.max() ?? 0)
+            let now = Date()
+            let (depth, longest, unfinished) = queue.read { ($0.depth, $0.longestRunning(now: now), $0.unfinishedWork(now: now)) }
+            metrics.queue(depth: depth, longestRunning: longest, unfinished: unfinished)
+            do {
+                if let report = try state.status(now: now) { metrics.status(report) }
+            } catch {
+                logger.warning("cannot read the status for /metrics", metadata: ["error": "\(error)"])
             }
-            metrics.queue(depth: depth, longestRunning: longest)
             return text(metrics.render(), contentType: "text/plain; version=0.0.4; charset=utf-8")
         }
+        // Exactly `haven status --output json`: the same computation, the same encoding.
         router.get("/api/v1/status") { _, _ in
-            let doc = StatusDocument.make(store: store, state: state)
+            guard let report = try state.status() else {
+                return text("{\"error\": \"no configuration loaded yet\"}\n", status: .serviceUnavailable, contentType: "application/json")
+            }
+            return text(try report.json() + "\n", contentType: "application/json")
+        }
+        router.get("/api/v1/daemon") { _, _ in
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             encoder.dateEncodingStrategy = .iso8601
-            let data = (try? encoder.encode(doc)) ?? Data("{}".utf8)
+            let data = try encoder.encode(DaemonInfo.make(store: store, state: state, queue: queue))
             return text(String(decoding: data, as: UTF8.self) + "\n", contentType: "application/json")
         }
         router.get("/") { _, _ in
-            text(StatusPage.html(StatusDocument.make(store: store, state: state)), contentType: "text/html; charset=utf-8")
+            text(StatusPage.html(try StatusPage.Model.make(store: store, state: state, queue: queue)), contentType: "text/html; charset=utf-8")
         }
         return router
     }
@@ -39,11 +51,10 @@ enum HTTPEndpoint {
                  body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
     }
 
-    static func application(options: DaemonOptions, store: ConfigStore, state: DaemonState, metrics: DaemonMetrics, logger: Logger)
-        -> some ApplicationProtocol
-    {
+    static func application(options: DaemonOptions, store: ConfigStore, state: DaemonState, queue: WorkQueue, metrics: DaemonMetrics,
+                            logger: Logger) -> some ApplicationProtocol {
         Application(
-            router: router(store: store, state: state, metrics: metrics),
+            router: router(store: store, state: state, queue: queue, metrics: metrics, logger: logger),
             configuration: .init(address: .hostname(options.listen.host, port: options.listen.port), serverName: "haven"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? options.listen.port

@@ -32,11 +32,6 @@ struct EventSink: Sendable {
             if a.kind == .backup, let vm = a.vm {
                 metrics.backup(pool: a.pool, vm: vm.name, policy: a.policy ?? "", seconds: seconds, bytesRead: o.bytesRead ?? 0,
                                bytesStored: o.bytesStored ?? 0)
-                state.update {
-                    $0.timings.append(DaemonState.BackupTiming(at: Date(), pool: a.pool, vm: vm.name, policy: a.policy ?? "", seconds: seconds,
-                                                               bytesStored: o.bytesStored ?? 0))
-                    if $0.timings.count > 500 { $0.timings.removeFirst($0.timings.count - 500) }
-                }
             }
             done(a)
         case .failed(let a, let why):
@@ -48,12 +43,7 @@ struct EventSink: Sendable {
         }
     }
 
-    private func done(_ a: PlannedAction) {
-        state.update {
-            $0.running[a.key] = nil
-            $0.pending = max(0, $0.pending - 1)
-        }
-    }
+    private func done(_ a: PlannedAction) { state.update { $0.running[a.key] = nil } }
 
     private func meta(_ a: PlannedAction) -> Logger.Metadata {
         var m: Logger.Metadata = ["pool": "\(a.pool)", "action": "\(a.kind.rawValue)", "key": "\(a.key.description)"]
@@ -64,22 +54,27 @@ struct EventSink: Sendable {
 }
 
 /// Records the daemon's reconciles in the catalog's run history (`haven history`, the status's
-/// last attempt), as `apply` does. A run is opened at its first action, so the many reconciles
-/// with nothing to do leave no trace. Recording never fails a run.
+/// last attempt, the page's chart of durations), as `apply` does: one run per key reconcile that
+/// did something. A run is opened at its first action, so the many reconciles with nothing to do
+/// leave no trace. Recording never fails a run.
 final class DaemonRunRecorder: Sendable {
     let catalog: Catalog
+    let command: String
     let logger: Logger
     private let id = Mutex<Int64?>(nil)
+    private let started = Mutex<[ActionKey: Date]>([:])
 
-    init(catalog: Catalog, logger: Logger) {
+    init(catalog: Catalog, command: String, logger: Logger) {
         self.catalog = catalog
+        self.command = command
         self.logger = logger
     }
 
     func handle(_ e: ExecutionEvent) {
         var record: (PlannedAction, String, String, ActionOutcome?)?
         switch e {
-        case .started:
+        case .started(let a):
+            started.withLock { $0[a.key] = Date() }
             _ = runID()
         case .finished(let a, let o): record = (a, "succeeded", ([o.summary] + o.notes).joined(separator: "; "), o)
         case .failed(let a, let why): record = (a, "failed", why, nil)
@@ -88,7 +83,8 @@ final class DaemonRunRecorder: Sendable {
         }
         guard let (a, result, message, outcome) = record, let run = runID() else { return }
         var r = RunActionRecord(runID: run, actionKey: a.key.description, kind: a.kind.rawValue, pool: a.pool, vm: a.vm?.name, vmUUID: a.vm?.uuid,
-                                policy: a.policy, result: result, message: message, at: Date())
+                                policy: a.policy, result: result, message: message, startedAt: started.withLock { $0.removeValue(forKey: a.key) },
+                                at: Date())
         r.backupID = outcome?.backupID
         r.bytesRead = outcome?.bytesRead
         r.bytesStored = outcome?.bytesStored
@@ -100,11 +96,19 @@ final class DaemonRunRecorder: Sendable {
         attempt { try catalog.finishRun(run, at: Date(), result: result, message: message) }
     }
 
+    func finish(_ report: ReconcileReport, interrupted: Bool) {
+        let r = report.result
+        let counts = "\(r.succeeded.count) done, \(r.failed.count) failed, \(r.skipped.count) skipped"
+        finish(result: interrupted || !report.approved ? "interrupted" : report.ok ? "succeeded" : "failed", message: counts)
+    }
+
+    func finish(error: any Error) { finish(result: "error", message: "\(error)") }
+
     private func runID() -> Int64? {
         id.withLock { id in
             if let id { return id }
             do {
-                id = try catalog.startRun(command: "daemon", at: Date())
+                id = try catalog.startRun(command: command, at: Date())
             } catch {
                 logger.warning("this run is not recorded in the history", metadata: ["error": "\(error)"])
             }

@@ -1,9 +1,11 @@
 import Foundation
+import HavenCatalog
 import HavenCore
+import HavenEngine
 import Synchronization
 
-/// What the daemon is doing, for `/readyz`, `/api/v1/status` and the status page. Written by the
-/// reconcile loop, read by HTTP handlers; every access holds the mutex.
+/// What the daemon knows and does, for `/readyz`, the status endpoints and the page. Written by
+/// the dispatcher and the execution events, read by HTTP handlers; every access holds the mutex.
 public final class DaemonState: Sendable {
     public enum Role: String, Sendable, Encodable {
         /// Before the daemon lock is tried.
@@ -16,20 +18,14 @@ public final class DaemonState: Sendable {
     }
 
     public struct LastReconcile: Sendable, Encodable {
+        /// The work key (`backup/POOL/POLICY/VM`, `pool/POOL`).
+        public var key: String
         public var startedAt: Date
         public var endedAt: Date
         /// succeeded, no-changes, failed, error, interrupted
         public var result: String
         public var message: String
         public var reasons: [String]
-    }
-
-    /// One backup seen by this daemon, for the chart's durations.
-    public struct BackupTiming: Sendable, Encodable {
-        public var at: Date
-        public var pool, vm, policy: String
-        public var seconds: Double
-        public var bytesStored: Int64
     }
 
     public struct Running: Sendable, Encodable {
@@ -43,14 +39,12 @@ public final class DaemonState: Sendable {
         var role: Role = .starting
         var observedOnce: Set<String> = []
         var unreachable: [String: String] = [:]
-        var report: StatusReport?
+        /// Every pool as last read by a reconcile: what the status is computed from.
+        var observed: [String: ObservedPool] = [:]
+        /// The engine of the configuration in force (its desired state and catalog).
+        var engine: Engine?
         var last: LastReconcile?
-        var reconciling = false
         var running: [ActionKey: Running] = [:]
-        /// Actions of the current reconcile not yet finished, failed or skipped.
-        var pending = 0
-        var backups: [BackupRecord] = []
-        var timings: [BackupTiming] = []
     }
 
     let inner = Mutex(Inner())
@@ -61,4 +55,36 @@ public final class DaemonState: Sendable {
     func read<T>(_ body: (Inner) -> T) -> T { inner.withLock { body($0) } }
 
     public var role: Role { read(\.role) }
+
+    /// A pool as a reconcile just read it (or could not).
+    func observed(_ observation: Observation) {
+        update { s in
+            for (name, pool) in observation.pools {
+                s.observed[name] = pool
+                s.observedOnce.insert(name)
+                s.unreachable[name] = nil
+            }
+            // A pool that cannot be read now is shown from the catalog, as `haven status` does.
+            for (name, why) in observation.unreachable {
+                s.unreachable[name] = why
+                s.observed[name] = nil
+            }
+        }
+    }
+
+    /// The status of the configuration in force — the same computation as `haven status`, from
+    /// the pools as last read and the catalog as it is now. Nil before the first configuration.
+    public func status(now: Date = Date()) throws -> StatusReport? {
+        let (engine, observed, unreachable) = read { ($0.engine, $0.observed, $0.unreachable) }
+        guard let engine else { return nil }
+        let declared = Set(engine.desired.pools.map(\.name))
+        let view = try engine.catalog.view()
+        var all = Observation()
+        all.pools = observed
+        all.unreachable = unreachable
+        return StatusReport.make(desired: engine.desired, observed: observed.filter { declared.contains($0.key) },
+                                 unreachable: unreachable.filter { declared.contains($0.key) }, catalog: view,
+                                 attempts: (try? engine.catalog.lastBackupAttempts()) ?? [:],
+                                 replicas: ReplicaStatus.make(view.replicas, desired: engine.desired, observation: all, now: now), now: now)
+    }
 }

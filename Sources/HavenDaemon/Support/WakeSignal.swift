@@ -3,13 +3,18 @@ import Synchronization
 /// Why the reconcile loop woke.
 public enum WakeReason: Hashable, Sendable, CustomStringConvertible {
     case configChanged
+    /// `haven suspend` or `haven resume` changed the catalog's suspensions.
+    case suspensionsChanged
     case poolEvent(String)
+    case workerDone
     case shutdown
     case manual
 
     public var description: String {
         switch self {
         case .configChanged: "configuration changed"
+        case .suspensionsChanged: "suspensions changed"
+        case .workerDone: "a worker finished"
         case .poolEvent(let p): "events on pool \(p)"
         case .shutdown: "shutdown"
         case .manual: "requested"

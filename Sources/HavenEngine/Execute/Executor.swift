@@ -19,9 +19,11 @@ public struct ExecutionContext: Sendable {
     let emitEvent: @Sendable (ExecutionEvent) -> Void
     let repositories = RepositoryCache()
     let limits: [String: PoolLimiters]
+    /// The appliances of the plan's AppliancePools, leased one per concurrent transfer.
+    public let appliances: ApplianceLeases
 
     init(sessions: PoolSessions, catalog: Catalog, state: StateDirectory, instance: String, plan: Plan, now: @escaping @Sendable () -> Date,
-         logger: Logger, emit: @escaping @Sendable (ExecutionEvent) -> Void) {
+         logger: Logger, emit: @escaping @Sendable (ExecutionEvent) -> Void, limiters: [String: PoolLimiters] = [:]) {
         self.sessions = sessions
         self.catalog = catalog
         self.state = state
@@ -30,9 +32,20 @@ public struct ExecutionContext: Sendable {
         self.now = now
         self.logger = logger
         emitEvent = emit
+        // The engine's limiters when it has them (shared by concurrent plans), else the plan's own.
         var limits: [String: PoolLimiters] = [:]
-        for (name, p) in plan.pools { limits[name] = PoolLimiters(snapshots: AsyncLimiter(p.snapshots), transfers: AsyncLimiter(p.transfers)) }
+        for (name, p) in plan.pools {
+            limits[name] = limiters[name] ?? PoolLimiters(snapshots: AsyncLimiter(p.snapshots), transfers: AsyncLimiter(p.transfers))
+        }
         self.limits = limits
+        var l = logger
+        l[metadataKey: "component"] = "appliances"
+        let applianceLogger = l
+        appliances = ApplianceLeases(settings: plan.appliancePools, sessions: sessions, catalog: catalog, state: state, instance: instance, now: now,
+                                     log: { text in
+                                         applianceLogger.info("\(text)")
+                                         emit(.log(nil, text))
+                                     })
     }
 
     func emit(_ e: ExecutionEvent) { emitEvent(e) }
@@ -109,6 +122,9 @@ public struct Executor: Sendable {
         case .purgeSnapshotData(let r): return try await RemovalRunner.purge(a, r, ctx)
         case .prune(let p): return try await RepositoryRunner.prune(a, p, ctx)
         case .gc(let g): return try await RepositoryRunner.gc(a, g, ctx)
+        case .provisionAppliance(let job): return try await ApplianceRunner.provision(a, job, ctx)
+        case .startAppliance(let t): return try await ApplianceRunner.start(a, t, ctx)
+        case .removeAppliance(let t): return try await ApplianceRunner.remove(a, t, ctx)
         }
     }
 }

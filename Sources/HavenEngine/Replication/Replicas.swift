@@ -19,6 +19,21 @@ public struct ReplicaStatus: Sendable, Codable {
     public var powerState: String?
     /// "ok", "running (never written)", "failed over", "gone", "unknown (pool unreachable)", "policy removed".
     public var state: String
+
+    public init(policy: String, vm: String, sourcePool: String, targetPool: String, replica: String, replicaUUID: String, lastSync: Date?,
+                lagSeconds: Double? = nil, restorePoints: Int? = nil, powerState: String? = nil, state: String) {
+        self.policy = policy
+        self.vm = vm
+        self.sourcePool = sourcePool
+        self.targetPool = targetPool
+        self.replica = replica
+        self.replicaUUID = replicaUUID
+        self.lastSync = lastSync
+        self.lagSeconds = lagSeconds
+        self.restorePoints = restorePoints
+        self.powerState = powerState
+        self.state = state
+    }
 }
 
 extension Engine {
@@ -28,6 +43,13 @@ extension Engine {
         let pools = Set(records.map(\.targetPool))
         let observation = await observe(pools: pools.sorted())
         await logout()
+        return ReplicaStatus.make(records, desired: desired, observation: observation, now: now)
+    }
+}
+
+extension ReplicaStatus {
+    /// The replicas the catalog knows, with what the target pools (as read) say of them. Pure.
+    public static func make(_ records: [ReplicaRecord], desired: DesiredState, observation: Observation, now: Date) -> [ReplicaStatus] {
         var out: [ReplicaStatus] = []
         for r in records.sorted(by: { ($0.policy, $0.sourceName) < ($1.policy, $1.sourceName) }) {
             let policy = desired.replicationPolicies.first { $0.name == r.policy }
@@ -54,7 +76,9 @@ extension Engine {
         }
         return out
     }
+}
 
+extension Engine {
     /// Deletes a replica haven made, with its restore points, and replication's CBT anchors on
     /// the source: what `diff` names when a ReplicationPolicy is removed (DR copies are never
     /// deleted implicitly). Only objects carrying haven's mark and in the inventory are touched.

@@ -49,6 +49,57 @@ public struct StateDirectory: Sendable {
 
     public var scratch: URL { url.appendingPathComponent("tmp") }
 
+    /// The token key of one appliance: `appliances/POOL/UUID.key`, 0600 in a 0700 directory.
+    /// Never in the catalog, a log or a plan.
+    public func applianceKeyFile(pool: String, uuid: String) -> URL {
+        url.appendingPathComponent("appliances").appendingPathComponent(pool).appendingPathComponent("\(uuid).key")
+    }
+
+    public func writeApplianceKey(_ key: [UInt8], pool: String, uuid: String) throws {
+        let file = applianceKeyFile(pool: pool, uuid: uuid)
+        let dir = file.deletingLastPathComponent()
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for d in [dir.deletingLastPathComponent(), dir] { chmod(d.path, 0o700) }
+        // Created 0600 before a byte is written: the key is never readable by others, not even briefly.
+        let tmp = dir.appendingPathComponent(".\(uuid).key.tmp").path
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw EngineError(.action, file.path, "cannot create \(tmp): \(String(cString: strerror(errno)))") }
+        let written = key.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        fsync(fd)
+        close(fd)
+        guard written == key.count, rename(tmp, file.path) == 0 else {
+            unlink(tmp)
+            throw EngineError(.action, file.path, "cannot write \(file.path)")
+        }
+    }
+
+    /// nil when the file is missing (an appliance provisioned by another state directory).
+    public func readApplianceKey(pool: String, uuid: String) -> [UInt8]? {
+        (try? Data(contentsOf: applianceKeyFile(pool: pool, uuid: uuid))).map { [UInt8]($0) }
+    }
+
+    public func removeApplianceKey(pool: String, uuid: String) {
+        try? FileManager.default.removeItem(at: applianceKeyFile(pool: pool, uuid: uuid))
+    }
+
+    /// Takes the pool's lock if it is free, and keeps it until `release` (the daemon holds a
+    /// pool's lock while any of its workers acts on the pool). Fails naming the holder otherwise.
+    public func tryPoolLock(_ pool: String) throws -> PoolLock {
+        let path = url.appendingPathComponent("locks/\(pool).lock").path
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw EngineError(.lock, pool, "cannot open \(path)") }
+        fchmod(fd, 0o600)
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            throw EngineError(.lock, pool, "another haven (\(holder)) is acting on pool \(pool)")
+        }
+        ftruncate(fd, 0)
+        let me = "pid \(getpid()), haven \(CommandLine.arguments.dropFirst().first ?? "")\n"
+        _ = me.withCString { write(fd, $0, strlen($0)) }
+        return PoolLock(fd: fd)
+    }
+
     /// Holds the pool's lock for the duration of `body`; waits up to `timeout` seconds (nil:
     /// forever), then fails naming the holder.
     public func withPoolLock<T>(_ pool: String, timeout: Double?, _ body: () async throws -> T) async throws -> T {
@@ -71,6 +122,19 @@ public struct StateDirectory: Sendable {
         _ = me.withCString { write(fd, $0, strlen($0)) }
         defer { flock(fd, LOCK_UN) }
         return try await body()
+    }
+}
+
+/// A pool's lock taken by `tryPoolLock`: closing the descriptor releases it (so does the
+/// kernel when the process dies).
+public final class PoolLock: Sendable {
+    let fd: Int32
+
+    init(fd: Int32) { self.fd = fd }
+
+    public func release() {
+        flock(fd, LOCK_UN)
+        close(fd)
     }
 }
 

@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 import HavenCatalog
 import HavenCore
@@ -404,14 +405,26 @@ struct ReplicateRun {
     /// A snapshot of the replica, marked as haven's restore point.
     func restorePoint(_ replica: Replica, started: Date) async throws -> String {
         let name = "\(job.replicaName) restore point \(ISO8601DateFormatter().string(from: started))"
-        let snap = try await withRetry(on: log) { try await target.snapshot(replica.ref, name: name) }
+        // The intent first, as for a backup's snapshot: a restore point the pool makes after this
+        // process died is found by it (the replica, the exact name) and removed by the next run.
+        try ctx.catalog.recordIntent(SnapshotIntent(pool: job.targetPool, vmUUID: replica.uuid, policy: owner, name: name, requestedAt: started))
+        let snap: VMRef
+        do {
+            snap = try await withRetry(on: log) { try await target.snapshot(replica.ref, name: name) }
+        } catch let e as XenAPIError {
+            try? ctx.catalog.clearIntent(pool: job.targetPool, name: name)
+            throw e
+        }
         let uuid = try await target.record(snap).uuid
-        try ctx.catalog.own(OwnedObject(pool: job.targetPool, cls: "VM", uuid: uuid, role: "restore-point", policy: owner,
-                                        vmUUID: action.vm?.uuid ?? "", createdAt: started))
+        // Marked before it is in the inventory, and only then is the intent cleared: killed at any
+        // point, the restore point is either found by its intent or fully haven's.
         for (k, v) in [(OwnershipMarks.owner, ctx.instance), (OwnershipMarks.role, "restore-point"), (OwnershipMarks.policy, owner),
                        ("haven.created", ISO8601DateFormatter().string(from: started))] {
             try await target.setOtherConfig(snap, key: k, value: v)
         }
+        try ctx.catalog.own(OwnedObject(pool: job.targetPool, cls: "VM", uuid: uuid, role: "restore-point", policy: owner,
+                                        vmUUID: action.vm?.uuid ?? "", createdAt: started))
+        try ctx.catalog.clearIntent(pool: job.targetPool, name: name)
         return uuid
     }
 
@@ -427,8 +440,11 @@ struct ReplicateRun {
                 let b = try await target.record(vbd)
                 if b.type == "Disk", !b.vdi.isNull { vdis.append(b.vdi) }
             }
-            try await withRetry(on: log) { try await target.destroy(ref) }
+            // The disks before the snapshot VM: killed in between, the VM (marked, in the
+            // inventory) is still there to be found and removed by the next run; the other way
+            // round its disks would be left carrying marks no inventory entry covers.
             for v in vdis { try await withRetry(on: log) { try await target.destroy(v) } }
+            try await withRetry(on: log) { try await target.destroy(ref) }
             try ctx.catalog.disown(pool: job.targetPool, uuid: rec.uuid)
             log("removed restore point \(rec.nameLabel) (keep \(job.keep))")
         }
