@@ -76,13 +76,22 @@ import Testing
         #expect(!p.isEmpty, "diff does not say 'No changes' while haven's anchors linger")
     }
 
-    @Test func aBackupWithoutCBTKeepsNoAnchor() throws {
+    @Test func aBackupWithoutCBTKeepsADeltaBaseNotACBTAnchor() throws {
         var w = World()
         w.vm("web", disks: ["root"], cbt: true)
         w.backedUp("web", hoursAgo: 30)
-        let p = w.plan(w.desired("  cbt: false"))
-        let b = try #require(p.actions.first { $0.kind == .backup })
+        // cbt: false falls back to VHD deltas: the backup keeps its snapshot as the next delta base,
+        // and the CBT anchors go once it succeeded.
+        var p = w.plan(w.desired("  cbt: false"))
+        var b = try #require(p.actions.first { $0.kind == .backup })
+        #expect(b.job?.keepAnchors == true)
+        #expect(b.job?.deltaBases == true)
+        #expect(p.actions.contains { $0.kind == .retireAnchor && $0.requires == [b.key] })
+        // With snapshotRetention 0 nothing can be kept: no anchor of either kind.
+        p = w.plan(w.desired("  cbt: false\n  snapshotRetention: 0"))
+        b = try #require(p.actions.first { $0.kind == .backup })
         #expect(b.job?.keepAnchors == false)
+        #expect(b.job?.deltaBases == nil)
         #expect(p.actions.contains { $0.kind == .retireAnchor && $0.requires == [b.key] })
     }
 
