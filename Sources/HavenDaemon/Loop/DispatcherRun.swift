@@ -131,6 +131,8 @@ final class DispatcherRun {
                                      now: { Date() }, keys: KeyScope(keys: key.isHousekeeping ? [] : [key], housekeeping: key.isHousekeeping))
             r.takeLocks = false
             r.keepSessions = true
+            let queue = d.queue
+            if key.isHousekeeping { r.busy = { queue.read(\.busyKeys) } }
             return r
         }()
         let recorder = DaemonRunRecorder(catalog: engine.catalog, command: "daemon \(key)", logger: logger)
