@@ -2,7 +2,7 @@
 SWIFT ?= swift
 HAVEN := .build/debug/haven
 
-.PHONY: all deps build demo test bench schema format lint clean
+.PHONY: all deps build demo test bench reliability schema format lint clean
 
 all: build
 
@@ -20,6 +20,13 @@ demo: build
 test: deps
 	$(SWIFT) build
 	$(SWIFT) test --disable-xctest
+
+## The reliability harness (docs/RELIABILITY.md): kill -9 sweep, fault matrix, libFuzzer targets,
+## the ownership property test with many seeds, secrets scan. Not part of `make test` (it takes
+## most of half an hour); prints a summary and writes reliability-results.json.
+reliability: deps
+	$(SWIFT) build --product haven
+	nice python3 scripts/reliability/run.py
 
 ## Benchmarks (release build); prints ratios measured in the same run.
 bench:
@@ -40,4 +47,4 @@ lint:
 	$(SWIFT) format lint --recursive Sources Tests Package.swift
 
 clean:
-	rm -rf .build .demo .bench bench-results.json
+	rm -rf .build .build-fuzz .demo .bench .reliability bench-results.json reliability-results.json

@@ -16,6 +16,9 @@ let package = Package(
         .library(name: "HavenSpec", targets: ["HavenSpec"]),
         .library(name: "XenAPI", targets: ["XenAPI"]),
         .library(name: "HavenData", targets: ["HavenData"]),
+        .library(name: "HavenMover", targets: ["HavenMover"]),
+        // For the fuzz targets in Fuzz/ (a package of their own).
+        .library(name: "DiskFormats", targets: ["DiskFormats"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
@@ -29,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
+        // Test instrumentation: numbered durable steps where `HAVEN_CRASH_AT` kills the process.
+        .target(name: "CrashPoints", swiftSettings: swiftSettings),
         // Pure: YAML desired state -> typed, validated model. No sockets, no pool.
         .target(
             name: "HavenSpec",
@@ -48,7 +53,7 @@ let package = Package(
         // XenAPI client: wire formats, libcurl transport, sessions, typed records and calls.
         .target(
             name: "XenAPI",
-            dependencies: ["CCurl"],
+            dependencies: ["CCurl", "CrashPoints"],
             swiftSettings: swiftSettings
         ),
         // Pure codecs of the disk and archive formats xapi speaks: VHD, tar (XVA), XXH64.
@@ -56,10 +61,17 @@ let package = Package(
             name: "DiskFormats",
             swiftSettings: swiftSettings
         ),
+        // `haven mover`, the program inside a data-mover appliance, and haven's client of it:
+        // a framed protocol over TLS (OpenSSL through CSSL), pinned certificates, job tokens.
+        .target(
+            name: "HavenMover",
+            dependencies: ["CSSL", "CHavenSystem", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         // The simulated pool (`haven sim`): xapi's object model, RPC, HTTP data paths, CBT, NBD via nbdkit.
         .target(
             name: "HavenSim",
-            dependencies: ["XenAPI", "DiskFormats", "CSSL", .product(name: "Yams", package: "Yams")],
+            dependencies: ["XenAPI", "DiskFormats", "CSSL", "HavenMover", .product(name: "Yams", package: "Yams")],
             swiftSettings: swiftSettings
         ),
         .target(name: "CNBD", linkerSettings: [.linkedLibrary("nbd")]),
@@ -68,7 +80,7 @@ let package = Package(
         // The data plane: NBD reading (libnbd), the chunk repository, backup, restore, verify, GC.
         .target(
             name: "HavenData",
-            dependencies: ["CNBD", "CZstd", "CHavenSystem", "DiskFormats", "XenAPI", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CNBD", "CZstd", "CHavenSystem", "CrashPoints", "DiskFormats", "XenAPI", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
         // The planner: (desired state, observed pools, catalog, now) -> plan. Pure.
@@ -80,13 +92,13 @@ let package = Package(
         // The catalog: SQLite through GRDB (backups, anchors, inventory of owned objects).
         .target(
             name: "HavenCatalog",
-            dependencies: ["HavenCore", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["HavenCore", "CrashPoints", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         // The engine: observes pools, executes plans (XenAPI, data plane, catalog), restores VMs.
         .target(
             name: "HavenEngine",
-            dependencies: ["HavenSpec", "HavenCore", "HavenCatalog", "HavenData", "XenAPI", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["HavenSpec", "HavenCore", "HavenCatalog", "HavenData", "HavenMover", "CrashPoints", "XenAPI", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // The long-running service: config watcher, reconcile loop, pool event watchers, HTTP
@@ -119,6 +131,8 @@ let package = Package(
                 "HavenCatalog",
                 "HavenEngine",
                 "HavenDaemon",
+                "HavenMover",
+                "CHavenSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -150,15 +164,21 @@ let package = Package(
             dependencies: ["HavenData", "DiskFormats"],
             swiftSettings: swiftSettings
         ),
+        // The mover protocol through real TLS on loopback (127.40-59).
+        .testTarget(
+            name: "HavenMoverTests",
+            dependencies: ["HavenMover"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "HavenSimTests",
-            dependencies: ["HavenSim", "XenAPI", "DiskFormats"],
+            dependencies: ["HavenSim", "HavenMover", "XenAPI", "DiskFormats"],
             swiftSettings: swiftSettings
         ),
         // Runners and the scheduler against an in-process `haven sim` (real nbdkit).
         .testTarget(
             name: "HavenEngineTests",
-            dependencies: ["HavenEngine", "HavenCore", "HavenSpec", "HavenCatalog", "HavenSim", "XenAPI"],
+            dependencies: ["HavenEngine", "HavenCore", "HavenSpec", "HavenCatalog", "HavenSim", "HavenMover", "XenAPI"],
             swiftSettings: swiftSettings
         ),
         // The daemon's pieces in process: config reload, schedule, metrics text, status page.

@@ -75,7 +75,7 @@ public enum VHD {
         return f
     }
 
-    static func dynamicHeader(entries: Int) -> [UInt8] {
+    static func dynamicHeader(entries: Int, blockSize: Int = blockSize) -> [UInt8] {
         var h = [UInt8](repeating: 0, count: headerSize)
         h.putASCII("cxsparse", at: 0)
         h.putBE(UInt64.max, at: 8)  // data offset: unused
@@ -93,17 +93,23 @@ public enum VHD {
         public let size: UInt64
         public let present: [Int]
         public let entries: Int
+        /// Bytes of data per block: 2 MiB as XenServer writes them; any power of two from 4 KiB
+        /// (the header says it, and vhd-tool takes it from there).
+        public let blockSize: Int
         let batBytes: Int
 
-        public init(size: UInt64, presentBlocks: [Int]) {
+        public init(size: UInt64, presentBlocks: [Int], blockSize: Int = VHD.blockSize) {
             self.size = size
-            self.entries = Int((size + UInt64(VHD.blockSize) - 1) / UInt64(VHD.blockSize))
+            self.blockSize = blockSize
+            self.entries = Int((size + UInt64(blockSize) - 1) / UInt64(blockSize))
             self.present = presentBlocks.sorted()
             self.batBytes = (entries * 4 + 511) / 512 * 512
         }
 
         var dataStart: Int { VHD.footerSize + VHD.headerSize + batBytes }
-        var perBlock: Int { VHD.bitmapSize + VHD.blockSize }
+        /// The sector bitmap before each block: one bit per sector, rounded up to a whole sector.
+        var bitmapBytes: Int { (blockSize / VHD.sectorSize / 8 + VHD.sectorSize - 1) / VHD.sectorSize * VHD.sectorSize }
+        var perBlock: Int { bitmapBytes + blockSize }
 
         /// Total bytes of the file.
         public var fileSize: Int64 { Int64(dataStart + present.count * perBlock + VHD.footerSize) }
@@ -111,7 +117,7 @@ public enum VHD {
         /// Footer, dynamic header and BAT: everything before the first block.
         public func head(uniqueID: [UInt8] = Array(repeating: 0x5a, count: 16), timestamp: Date = Date()) -> [UInt8] {
             var out = VHD.footer(size: size, uniqueID: uniqueID, timestamp: timestamp)
-            out += VHD.dynamicHeader(entries: entries)
+            out += VHD.dynamicHeader(entries: entries, blockSize: blockSize)
             var bat = [UInt8](repeating: 0xff, count: batBytes)
             for (n, block) in present.enumerated() {
                 bat.putBE(UInt32((dataStart + n * perBlock) / VHD.sectorSize), at: block * 4)
@@ -120,7 +126,7 @@ public enum VHD {
         }
 
         /// The sector bitmap that precedes each block: every sector present.
-        public var blockBitmap: [UInt8] { [UInt8](repeating: 0xff, count: VHD.bitmapSize) }
+        public var blockBitmap: [UInt8] { [UInt8](repeating: 0xff, count: bitmapBytes) }
 
         public func tail(uniqueID: [UInt8] = Array(repeating: 0x5a, count: 16), timestamp: Date = Date()) -> [UInt8] {
             VHD.footer(size: size, uniqueID: uniqueID, timestamp: timestamp)
@@ -150,97 +156,24 @@ public enum VHD {
     }
 
     /// Reads a dynamic VHD from a stream (blocks in any order the BAT says, read front to back)
-    /// and hands each present run of sectors to `write(offset, bytes)`.
+    /// and hands each present run of sectors to `write(offset, bytes)`; returns the disk's size.
+    /// The stream is read to its end. See `VHDStreamParser` for a stream that is pushed.
     public static func read(
         from input: (UnsafeMutableRawBufferPointer) throws -> Int,
         write: (UInt64, UnsafeRawBufferPointer) throws -> Void
     ) throws -> UInt64 {
-        try withoutActuallyEscaping(input) { input in
-            try read(stream: StreamReader(input: input), write: write)
-        }
-    }
-
-    private static func read(stream: StreamReader, write: (UInt64, UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
-        var stream = stream
-        let footer = try stream.bytes(footerSize)
-        guard footer[0..<8].elementsEqual("conectix".utf8) else { throw FormatError(message: "no 'conectix' footer at the start") }
-        guard footer.getBE(UInt32.self, at: 64) == checksum(footer, skipping: 64..<68) else {
-            throw FormatError(message: "footer checksum mismatch")
-        }
-        let size = footer.getBE(UInt64.self, at: 48)
-        let type = footer.getBE(UInt32.self, at: 60)
-        guard type == 3 || type == 4 else { throw FormatError(message: "disk type \(type) is not dynamic or differencing") }
-        let headerOffset = Int(footer.getBE(UInt64.self, at: 16))
-        try stream.skip(to: headerOffset)
-        let header = try stream.bytes(headerSize)
-        guard header[0..<8].elementsEqual("cxsparse".utf8) else { throw FormatError(message: "no 'cxsparse' dynamic header") }
-        let batOffset = Int(header.getBE(UInt64.self, at: 16))
-        let entries = Int(header.getBE(UInt32.self, at: 28))
-        let bsize = Int(header.getBE(UInt32.self, at: 32))
-        guard bsize > 0, bsize % sectorSize == 0 else { throw FormatError(message: "bad block size \(bsize)") }
-        guard UInt64(entries) * UInt64(bsize) >= size else { throw FormatError(message: "BAT too small for the disk size") }
-        try stream.skip(to: batOffset)
-        let bat = try stream.bytes(entries * 4)
-        var blocks: [(offset: Int, index: Int)] = []
-        for i in 0..<entries {
-            let sector = bat.getBE(UInt32.self, at: i * 4)
-            if sector != 0xffff_ffff { blocks.append((Int(sector) * sectorSize, i)) }
-        }
-        blocks.sort { $0.offset < $1.offset }
-        let sectorsPerBlock = bsize / sectorSize
-        let bitmapBytes = (sectorsPerBlock / 8 + sectorSize - 1) / sectorSize * sectorSize
-        for (offset, index) in blocks {
-            try stream.skip(to: offset)
-            let bitmap = try stream.bytes(bitmapBytes)
-            let data = try stream.bytes(bsize)
-            let blockStart = UInt64(index) * UInt64(bsize)
-            // Hand over runs of present sectors, clipped to the disk size.
-            var s = 0
-            while s < sectorsPerBlock {
-                guard bitmap[s >> 3] & (0x80 >> UInt8(s & 7)) != 0 else { s += 1; continue }
-                var e = s
-                while e < sectorsPerBlock, bitmap[e >> 3] & (0x80 >> UInt8(e & 7)) != 0 { e += 1 }
-                let start = blockStart + UInt64(s * sectorSize)
-                let end = min(blockStart + UInt64(e * sectorSize), size)
-                if start < end {
-                    try data.withUnsafeBytes { buf in
-                        let from = s * sectorSize
-                        try write(start, UnsafeRawBufferPointer(rebasing: buf[from..<(from + Int(end - start))]))
-                    }
-                }
-                s = e
+        try withoutActuallyEscaping(write) { write in
+            var size: UInt64 = 0
+            let parser = VHDStreamParser(header: { size = $0.size }, data: write)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+            defer { buffer.deallocate() }
+            while true {
+                let n = try input(buffer)
+                if n == 0 { break }
+                try parser.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
             }
-        }
-        return size
-    }
-
-    /// Reads forward only; `skip(to:)` refuses to go back (a stream cannot).
-    struct StreamReader {
-        let input: (UnsafeMutableRawBufferPointer) throws -> Int
-        var position = 0
-
-        mutating func bytes(_ n: Int) throws -> [UInt8] {
-            var out = [UInt8](repeating: 0, count: n)
-            var filled = 0
-            try out.withUnsafeMutableBytes { buf in
-                while filled < n {
-                    let got = try input(UnsafeMutableRawBufferPointer(rebasing: buf[filled...]))
-                    if got == 0 { throw FormatError(message: "stream ended at byte \(position + filled), \(n - filled) bytes short") }
-                    filled += got
-                }
-            }
-            position += n
-            return out
-        }
-
-        mutating func skip(to offset: Int) throws {
-            guard offset >= position else { throw FormatError(message: "structure at \(offset) lies behind the stream position \(position)") }
-            var rest = offset - position
-            while rest > 0 {
-                let n = min(rest, 1 << 20)
-                _ = try bytes(n)
-                rest -= n
-            }
+            try parser.finish()
+            return size
         }
     }
 }

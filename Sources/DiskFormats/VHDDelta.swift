@@ -31,8 +31,21 @@ public struct VHDDelta: Sendable {
     let blocks: [(index: Int, bitmap: [UInt8])]
     let layout: VHD.Layout
 
-    /// Checks and normalises the ranges (overlapping or touching ones are merged).
-    public init(size: UInt64, extents: [Extent]) throws {
+    /// Bytes of data per VHD block.
+    public var blockSize: Int { layout.blockSize }
+
+    /// The smallest block size from `minimum` (a power of two) up whose BAT stays within
+    /// `maxEntries` entries: small blocks carry scattered changes without 2 MiB of padding each.
+    public static func blockSize(forDisk size: UInt64, minimum: Int = 65_536, maxEntries: Int = 1 << 20) -> Int {
+        var b = minimum
+        while b < VHD.blockSize && (size + UInt64(b) - 1) / UInt64(b) > UInt64(maxEntries) { b *= 2 }
+        return b
+    }
+
+    /// Checks and normalises the ranges (overlapping or touching ones are merged). `blockSize`:
+    /// bytes of data per VHD block (2 MiB by default, as XenServer writes them; a power of two).
+    public init(size: UInt64, extents: [Extent], blockSize: Int = VHD.blockSize) throws {
+        guard blockSize >= 4_096, blockSize & (blockSize - 1) == 0 else { throw VHD.FormatError(message: "block size \(blockSize) is not a power of two from 4 KiB") }
         let sector = UInt64(VHD.sectorSize)
         for e in extents where e.length > 0 {
             guard e.offset % sector == 0 else { throw VHD.FormatError(message: "extent at \(e.offset) is not on a 512-byte sector") }
@@ -51,33 +64,38 @@ public struct VHDDelta: Sendable {
         }
         self.size = size
         self.extents = merged
-        let blockSize = UInt64(VHD.blockSize)
-        let sectorsPerBlock = VHD.blockSize / VHD.sectorSize
+        let sectorsPerBlock = blockSize / VHD.sectorSize
+        let layoutProbe = VHD.Layout(size: size, presentBlocks: [], blockSize: blockSize)
+        let bitmapBytes = layoutProbe.bitmapBytes
+        let blockBytes = UInt64(blockSize)
         var bitmaps: [Int: [UInt8]] = [:]
         for e in merged {
             var s = e.offset / sector
             let endSector = (e.end + sector - 1) / sector
             while s < endSector {
-                let block = Int(s * sector / blockSize)
+                let block = Int(s * sector / blockBytes)
                 let inBlock = Int(s % UInt64(sectorsPerBlock))
-                bitmaps[block, default: [UInt8](repeating: 0, count: VHD.bitmapSize)][inBlock >> 3] |= 0x80 >> UInt8(inBlock & 7)
+                bitmaps[block, default: [UInt8](repeating: 0, count: bitmapBytes)][inBlock >> 3] |= 0x80 >> UInt8(inBlock & 7)
                 s += 1
             }
         }
         blocks = bitmaps.keys.sorted().map { ($0, bitmaps[$0]!) }
-        layout = VHD.Layout(size: size, presentBlocks: blocks.map(\.index))
+        layout = VHD.Layout(size: size, presentBlocks: blocks.map(\.index), blockSize: blockSize)
     }
 
     /// Ranges given with their bytes (offset, data); for small deltas and tests.
-    public init(size: UInt64, writes: [(offset: UInt64, bytes: [UInt8])]) throws {
-        try self.init(size: size, extents: writes.map { Extent(offset: $0.offset, length: UInt64($0.bytes.count)) })
+    public init(size: UInt64, writes: [(offset: UInt64, bytes: [UInt8])], blockSize: Int = VHD.blockSize) throws {
+        try self.init(size: size, extents: writes.map { Extent(offset: $0.offset, length: UInt64($0.bytes.count)) }, blockSize: blockSize)
     }
 
     /// Bytes of the whole file.
     public var fileSize: Int64 { layout.fileSize }
 
-    /// Present 2 MiB blocks.
+    /// Present blocks.
     public var blockCount: Int { blocks.count }
+
+    /// Bytes the extents cover (what is written on the target).
+    public var extentBytes: Int64 { extents.reduce(0) { $0 + Int64($1.length) } }
 
     /// Streams the file. `read(offset, buffer)` fills `buffer` with the disk's bytes at `offset`;
     /// it is called once per extent piece inside each block, in ascending order, never for bytes
@@ -92,14 +110,14 @@ public struct VHDDelta: Sendable {
         try layout.tail(uniqueID: id, timestamp: now).withUnsafeBytes(emit)
     }
 
-    /// Present block `n` as stored: its sector bitmap, then 2 MiB of data (zeros outside the extents).
+    /// Present block `n` as stored: its sector bitmap, then the block's data (zeros outside the extents).
     func block(_ n: Int, read: (UInt64, UnsafeMutableRawBufferPointer) throws -> Void) throws -> [UInt8] {
         let (index, bitmap) = blocks[n]
-        var piece = bitmap + [UInt8](repeating: 0, count: VHD.blockSize)
-        let blockStart = UInt64(index) * UInt64(VHD.blockSize)
-        let blockEnd = blockStart + UInt64(VHD.blockSize)
+        var piece = bitmap + [UInt8](repeating: 0, count: layout.blockSize)
+        let blockStart = UInt64(index) * UInt64(layout.blockSize)
+        let blockEnd = blockStart + UInt64(layout.blockSize)
         try piece.withUnsafeMutableBytes { raw in
-            let data = UnsafeMutableRawBufferPointer(rebasing: raw[VHD.bitmapSize...])
+            let data = UnsafeMutableRawBufferPointer(rebasing: raw[bitmap.count...])
             for e in extents where e.offset < blockEnd && e.end > blockStart {
                 let lo = max(e.offset, blockStart)
                 let hi = min(e.end, blockEnd)
@@ -110,8 +128,8 @@ public struct VHDDelta: Sendable {
     }
 
     /// The whole file in memory, for ranges given with their bytes.
-    public static func bytes(size: UInt64, writes: [(offset: UInt64, bytes: [UInt8])]) throws -> [UInt8] {
-        let delta = try VHDDelta(size: size, writes: writes)
+    public static func bytes(size: UInt64, writes: [(offset: UInt64, bytes: [UInt8])], blockSize: Int = VHD.blockSize) throws -> [UInt8] {
+        let delta = try VHDDelta(size: size, writes: writes, blockSize: blockSize)
         var out: [UInt8] = []
         out.reserveCapacity(Int(delta.fileSize))
         try delta.write(read: { offset, buffer in

@@ -4,7 +4,7 @@ import HavenSpec
 // `make bench`: every figure is measured in this run and printed as a table; the numbers are
 // merged into bench-results.json at the repository root.
 
-// `haven-bench [spec|planner|xenapi|data|daemon]…` runs the named parts (all by default); HAVEN_BENCH_GIB sets
+// `haven-bench [spec|planner|xenapi|data|replication|daemon]…` runs the named parts (all by default); HAVEN_BENCH_GIB sets
 // the size of the data-plane image (default 4).
 
 let parts = Set(CommandLine.arguments.dropFirst())
@@ -19,5 +19,9 @@ if wants("data") {
                           chunkSize: ProcessInfo.processInfo.environment["HAVEN_BENCH_CHUNK"] ?? RepositorySpec.defaultChunkSize.description)
     try bench.measure()
     results.merge(bench.results) { _, b in b }
+}
+if wants("replication") {
+    let haven = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("haven").path
+    results.merge(try await benchReplication(sizeGiB: Int(ProcessInfo.processInfo.environment["HAVEN_BENCH_GIB"] ?? "") ?? 4, havenPath: haven)) { _, b in b }
 }
 try mergeResults(results)

@@ -61,7 +61,7 @@ struct Haven: AsyncParsableCommand {
             configuration; argument errors keep the parser's own code (64).
             """,
         version: HavenVersion.current,
-        subcommands: [ValidateCommand.self, DiffCommand.self, ApplyCommand.self, BackupCommand.self, FailoverCommand.self, ReplicasCommand.self, StatusCommand.self, SuspendCommand.self, ResumeCommand.self, BackupsCommand.self, HistoryCommand.self, PlanCommand.self, RestoreCommand.self, RepoCommand.self, CatalogCommand.self, SchemaCommand.self, SimCommand.self, DaemonCommand.self]
+        subcommands: [ValidateCommand.self, DiffCommand.self, ApplyCommand.self, BackupCommand.self, FailoverCommand.self, FailbackCommand.self, ReplicasCommand.self, AppliancesCommand.self, StatusCommand.self, SuspendCommand.self, ResumeCommand.self, BackupsCommand.self, HistoryCommand.self, PlanCommand.self, RestoreCommand.self, RepoCommand.self, CatalogCommand.self, SchemaCommand.self, SimCommand.self, DaemonCommand.self, MoverCommand.self]
     )
 }
 

@@ -98,17 +98,17 @@ enum RunHistory {
 extension Catalog {
     /// Records the start of a run; returns its id.
     public func startRun(command: String, at: Date) throws -> Int64 {
-        try db.write { db in
+        try write("start run") { db in
             var r = RunRecord(startedAt: at, command: command)
             try r.insert(db)
             return r.id ?? db.lastInsertedRowID
         }
     }
 
-    public func recordRunAction(_ a: RunActionRecord) throws { try db.write { try a.save($0) } }
+    public func recordRunAction(_ a: RunActionRecord) throws { try write("record run action") { try a.save($0) } }
 
     public func finishRun(_ id: Int64, at: Date, result: String, message: String = "") throws {
-        try db.write { db in
+        try write("finish run") { db in
             guard var r = try RunRecord.fetchOne(db, key: id) else { return }
             r.endedAt = at
             r.result = result

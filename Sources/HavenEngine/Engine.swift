@@ -72,7 +72,8 @@ public final class Engine: Sendable {
 
     /// Reads each pool on its own: one that cannot be read is reported in `unreachable` and the
     /// others are still observed (one pool down never stops the backups of the rest).
-    public func observe(pools: [String]? = nil) async -> Observation {
+    /// `guestMetrics`: read guests' addresses on every pool, not only those with an AppliancePool.
+    public func observe(pools: [String]? = nil, guestMetrics: Bool = false) async -> Observation {
         var out = Observation()
         let names = pools ?? desired.pools.map(\.name)
         await withTaskGroup(of: (String, Result<ObservedPool, any Error>).self) { g in
@@ -82,7 +83,8 @@ public final class Engine: Sendable {
                     continue
                 }
                 guard let c = sessions.client(name) else { continue }
-                g.addTask { (name, await Result(catching: { try await Observer.observe(c, name: name) })) }
+                let metrics = guestMetrics || desired.appliancePools.contains { $0.spec.pool.value == name }
+                g.addTask { (name, await Result(catching: { try await Observer.observe(c, name: name, guestMetrics: metrics) })) }
             }
             for await (name, r) in g {
                 switch r {
@@ -98,11 +100,12 @@ public final class Engine: Sendable {
     }
 
     /// `now` is taken to the whole second, as a saved plan records it: the same plan can be made again from it.
-    public func plan(_ observation: Observation, now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil, keys: KeyScope? = nil) throws -> Plan {
+    public func plan(_ observation: Observation, now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil,
+                     failback: FailbackRequest? = nil, keys: KeyScope? = nil) throws -> Plan {
         let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
         try checkRepositoryKeys(scope: scope)
         return Planner(instance: instance).plan(desired: desired, observed: observation.pools, unreachable: observation.unreachable,
-                                         catalog: try catalog.view(), now: now, scope: scope, force: force, keys: keys)
+                                         catalog: try catalog.view(), now: now, scope: scope, force: force, failback: failback, keys: keys)
     }
 
     public func fingerprint(_ observation: Observation) throws -> String {
@@ -115,6 +118,15 @@ public final class Engine: Sendable {
     }
 
     public func logout() async { await sessions.logoutAll() }
+
+    /// Appliance leases outside a plan's execution (tests, diagnostics): the AppliancePools as
+    /// the configuration declares them.
+    public func applianceLeases(now: @escaping @Sendable () -> Date = { Date() }) -> ApplianceLeases {
+        let settings = Dictionary(uniqueKeysWithValues: desired.appliancePools.map { ($0.name, AppliancePoolSettings($0)) })
+        let logger = self.logger
+        return ApplianceLeases(settings: settings, sessions: sessions, catalog: catalog, state: state, instance: instance, now: now,
+                               log: { logger.info("\($0)") })
+    }
 
     /// Runs `body`, then logs every session out, whether `body` returned, threw or was cancelled.
     public func withSessions<T: Sendable>(_ body: () async throws -> T) async throws -> T {
@@ -162,7 +174,7 @@ public struct TargetScope: Sendable {
         }
     }
 
-    static func didYouMean(_ word: String, _ candidates: [String]) -> String {
+    public static func didYouMean(_ word: String, _ candidates: [String]) -> String {
         closestMatch(word, candidates).map { "; did you mean '\($0)'?" } ?? ""
     }
 

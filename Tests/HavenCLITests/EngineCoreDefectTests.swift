@@ -148,7 +148,7 @@ import XenAPI
         // (That every session is logged out on every path is checked in HavenEngineTests, which can count them.)
     }
 
-    /// Defects 6 and 7: selectors that match nothing and kinds not acted on are warnings.
+    /// Defects 6 and 7: selectors that match nothing are warnings; an AppliancePool whose template the pool lacks is a plan error.
     @Test func silentConfigurationsSpeakUp() throws {
         let appliances = """
 
@@ -168,10 +168,10 @@ import XenAPI
         let run = try s.diff()
         #expect(run.stdout.contains("! BackupPolicy daily: no VM named 'buld' in pool lab"), "\(run.stdout)")
         #expect(run.stdout.contains("haven.yaml:"), "the warning says where the name was written")
-        #expect(run.stdout.contains("! AppliancePool abd is not acted on yet"), "\(run.stdout)")
+        #expect(run.stdout.contains("✘ error: AppliancePool abd: pool lab has no template named 'haven-abd' (spec.template)"), "\(run.stdout)")
         let json = try JSONSerialization.jsonObject(with: Data(try s.diff(json: true).stdout.utf8)) as? [String: Any]
         let warnings = json?["warnings"] as? [[String: Any]] ?? []
         #expect(warnings.contains { $0["code"] as? String == "selector-matches-nothing" })
-        #expect(warnings.contains { $0["code"] as? String == "not-acted-on" })
+        #expect(warnings.contains { $0["code"] as? String == "no-appliance-template" })
     }
 }

@@ -116,7 +116,7 @@ import XenAPI
         let s = try Scenario(vms: Self.threeVMs, policy: Self.policy(), poolExtra: "    apiVersion: \"2.7\"")
         let run = try s.diff()
         #expect(run.status == 1)
-        #expect(run.stdout.contains("! pool lab speaks XenAPI 2.7, before CBT (2.8): every backup is a full read"))
+        #expect(run.stdout.contains("! pool lab speaks XenAPI 2.7, before CBT (2.8): backups read VHD deltas against the previous backup's snapshot"))
         let backups = try s.planActions().filter { $0["kind"] as? String == "backup" }
         #expect(backups.count == 3)
         for b in backups {
@@ -143,12 +143,26 @@ import XenAPI
         #expect(try s.backups().count == 3)
     }
 
-    @Test func cbtOffReadsWholeDisksAndLeavesNoSnapshots() async throws {
+    @Test func cbtOffKeepsDeltaBasesAndNoCBT() async throws {
         let s = try Scenario(vms: Self.threeVMs, policy: Self.policy(cbt: false))
         let actions = try s.planActions()
         #expect(!actions.contains { $0["kind"] as? String == "enable-cbt" })
         #expect(actions.filter { $0["kind"] as? String == "backup" }.allSatisfy {
-            $0["method"] as? String == "full-nbd" && ($0["reason"] as? String)?.contains("full, because cbt: false") == true
+            $0["method"] as? String == "full-nbd" && ($0["reason"] as? String)?.contains("full, because cbt: false and this is the first backup with VHD deltas") == true
+        })
+        #expect(try s.apply().status == 0)
+        let c = s.client()
+        #expect(try await c.records(VMRecord.self).values.filter { $0.isASnapshot }.isEmpty)
+        // Without CBT, `method: auto` keeps each snapshot disk whole as the next VHD delta's base.
+        let kept = try await c.records(VDIRecord.self).values.filter { $0.otherConfig["haven.owner"] != nil }
+        #expect(kept.count == 4 && kept.allSatisfy { $0.otherConfig["haven.role"] == "delta-base" && $0.type == "user" })
+        #expect(try await c.records(VDIRecord.self).values.allSatisfy { !$0.cbtEnabled })
+    }
+
+    @Test func snapshotRetentionZeroReadsWholeDisksAndLeavesNothing() async throws {
+        let s = try Scenario(vms: Self.threeVMs, policy: Self.policy(cbt: false, extra: "  snapshotRetention: 0"))
+        #expect(try s.planActions().filter { $0["kind"] as? String == "backup" }.allSatisfy {
+            ($0["reason"] as? String)?.contains("snapshotRetention is 0") == true
         })
         #expect(try s.apply().status == 0)
         let c = s.client()

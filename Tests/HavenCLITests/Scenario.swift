@@ -17,9 +17,11 @@ final class Scenario: @unchecked Sendable {
     var simState: URL { dir.appendingPathComponent("sim") }
     var repository: String { dir.appendingPathComponent("repo").path }
 
-    /// `vms` and `policy` are YAML fragments; `poolExtra` goes into the world's pool.
+    /// `vms` and `policy` are YAML fragments; `poolExtra` goes into the world's pool, `poolSpec`
+    /// into the Pool resource's spec. `{P}` in any of them stands for the scenario's address prefix
+    /// (appliances: static prefix.50-99, DHCP prefix.200-249).
     init(vms: String, policy: String, poolExtra: String = "", networks: String = "[{name: net0, purpose: [nbd]}]",
-         srs: String = "[{name: Local storage, type: ext, size: 64Gi}]") throws {
+         srs: String = "[{name: Local storage, type: ext, size: 64Gi}]", poolSpec: String = "") throws {
         let n = Self.counter.add(1, ordering: .relaxed).newValue
         prefix = "127.\(150 + Int(getpid()) % 90).\(n)"
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("haven-e2e-\(UUID().uuidString)")
@@ -39,7 +41,7 @@ final class Scenario: @unchecked Sendable {
                 vms:
             \(vms)
             """
-        try world.write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
+        try world.replacingOccurrences(of: "{P}", with: prefix).write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
         try """
             apiVersion: haven/v1
             kind: Pool
@@ -48,6 +50,7 @@ final class Scenario: @unchecked Sendable {
               url: https://\(prefix).2:4443
               credentials: {username: root, passwordEnv: SCENARIO_PASSWORD}
               tls: {caFile: \(simState.path)/pools/lab/pki/pool-bundle.pem}
+              \(poolSpec)
             ---
             apiVersion: haven/v1
             kind: Repository
@@ -55,7 +58,7 @@ final class Scenario: @unchecked Sendable {
             spec: {path: \(repository)}
             ---
             \(policy)
-            """.write(toFile: config + "/haven.yaml", atomically: true, encoding: .utf8)
+            """.replacingOccurrences(of: "{P}", with: prefix).write(toFile: config + "/haven.yaml", atomically: true, encoding: .utf8)
         sim.executableURL = URL(fileURLWithPath: HavenBinary.path)
         sim.arguments = ["sim", "--world", dir.appendingPathComponent("world.yaml").path, "--state", simState.path]
         sim.standardOutput = FileHandle.nullDevice

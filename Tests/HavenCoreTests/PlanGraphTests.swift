@@ -99,26 +99,6 @@ import Testing
         #expect(texts.contains { $0.contains("'ghost'") })
     }
 
-    @Test func resourcesNotActedOnAreWarnings() {
-        var w = World()
-        w.vm("web", disks: ["root"])
-        let extra = """
-            ---
-            apiVersion: haven/v1
-            kind: AppliancePool
-            metadata: {name: abd}
-            spec:
-              pool: lab
-              template: haven-abd
-              sr: Local storage
-              network: net0
-              addresses: [127.0.77.10-127.0.77.12]
-              netmask: 255.255.255.0
-            """
-        let p = w.plan(w.desired("", extra: extra))
-        #expect(p.warnings.contains { $0.code == .notActedOn && $0.resource == "AppliancePool/abd" })
-    }
-
     @Test func anUnreachablePoolIsReportedAndTheOthersArePlanned() {
         var w = World()
         w.vm("web", disks: ["root"])

@@ -203,6 +203,33 @@ extension PlannedAction {
         #expect(!p.actions.contains { $0.kind == .prune }, "backups stay until retention or `haven backups forget`")
     }
 
+    /// Found by the kill sweep (`make reliability`): a backup records its new anchor, the run is
+    /// killed before the old one is retired, and the old one (haven's, in the inventory, no longer
+    /// any disk's anchor) used to stay on the SR for good.
+    @Test func anAnchorReplacedByARunThatWasKilledIsRetired() {
+        var w = World()
+        w.vm("web", disks: ["root"], cbt: true)
+        w.backedUp("web", hoursAgo: 1)
+        // The previous anchor: still on the pool and in the inventory, no longer in the anchor table.
+        w.pool.vdis["old-anchor"] = ObservedVDI(uuid: "old-anchor", name: "root", srUUID: "sr1", size: 1 << 30, type: "cbt_metadata", cbtEnabled: true,
+                                                isSnapshot: true, snapshotOf: "web-vdi-0", otherConfig: ["haven.owner": w.instance, "haven.role": "cbt-anchor"])
+        w.catalog.inventory.append(OwnedObject(pool: "lab", cls: "VDI", uuid: "old-anchor", role: "cbt-anchor", policy: "daily", vmUUID: "web-uuid", createdAt: w.now))
+        // The disk of a snapshot that is still there (snapshotRetention) is its snapshot's business.
+        w.pool.vdis["kept-disk"] = ObservedVDI(uuid: "kept-disk", name: "root", srUUID: "sr1", size: 1 << 30, type: "user", cbtEnabled: true,
+                                               isSnapshot: true, snapshotOf: "web-vdi-0", otherConfig: ["haven.owner": w.instance, "haven.role": "snapshot-disk"])
+        w.catalog.inventory.append(OwnedObject(pool: "lab", cls: "VDI", uuid: "kept-disk", role: "snapshot-disk", policy: "daily", vmUUID: "web-uuid", createdAt: w.now))
+        w.pool.snapshots.append(ObservedSnapshot(uuid: "kept", name: "haven daily web", snapshotOf: "web-uuid", otherConfig: ["haven.owner": w.instance],
+                                                 disks: [ObservedDisk(userdevice: "0", device: "xvda", vdiUUID: "kept-disk")]))
+        // One the user made that looks the same but is not in the inventory: never touched.
+        w.pool.vdis["users"] = ObservedVDI(uuid: "users", name: "root", srUUID: "sr1", size: 1 << 30, type: "cbt_metadata", cbtEnabled: true,
+                                           isSnapshot: true, snapshotOf: "web-vdi-0", otherConfig: ["haven.owner": w.instance, "haven.role": "cbt-anchor"])
+        let p = w.plan(w.desired())
+        let retired = Set(p.actions.filter { $0.kind == .retireAnchor }.map(\.key.subject))
+        #expect(retired == ["old-anchor"], "\(retired)")
+        #expect(p.actions.first { $0.key.subject == "old-anchor" }?.reason.contains("stopped before removing it") == true)
+        #expect(!p.actions.contains { $0.kind == .backup }, "the web VM is not due: only the leftover goes")
+    }
+
     @Test func suspendedPoliciesPlanNothingAndProtectTheirVMs() {
         var w = World()
         w.vm("web", disks: ["root"], cbt: true)

@@ -102,6 +102,18 @@ import Testing
         #expect(q.next(now: at(1))?.key == b)
     }
 
+    @Test func keysThroughOneAppliancePoolRunOneAtATime() {
+        var q = WorkQueueState(limits: ["lab": 4])
+        q.appliancePools = ["abd-daily": ["movers"]]
+        let a = key("a", policy: "abd-daily"), b = key("b", policy: "abd-daily"), c = key("c")
+        for k in [a, b, c] { q.add(k, now: t0) }
+        #expect(q.next(now: t0)?.key == a)
+        #expect(q.next(now: t0)?.key == c, "b waits for the AppliancePool; a key without appliances goes on")
+        #expect(q.next(now: t0) == nil)
+        q.done(a, now: at(1))
+        #expect(q.next(now: at(1))?.key == b)
+    }
+
     @Test func timersWakeExactlyWhenDueAndTheEarliestWins() {
         var q = WorkQueueState()
         let web = key("web"), db = key("db")

@@ -165,7 +165,7 @@ import Testing
             idx.append(contentsOf: bytes)
         }
         try idx.write(to: URL(fileURLWithPath: repo.indexPath(name)))
-        try repo.index.load(from: repo)
+        try repo.index.load()
         #expect(repo.chunkCount == count)
         let (root, _) = try DiskIndex.write(entries, to: repo)
         try repo.sealPacks()

@@ -35,13 +35,13 @@ final class EngineHarness: @unchecked Sendable {
                 disks: [{name: db-root, size: 4Mi, fill: {seed: 2}}]
         """
 
-    init() throws {
+    init(world: String = EngineHarness.world) throws {
         let n = Self.counter.add(1, ordering: .relaxed).newValue
         prefix = "127.\(20 + Int(getpid()) % 20).\(n)"
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("haven-engine-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let worldFile = dir.appendingPathComponent("world.yaml")
-        try Self.world.replacingOccurrences(of: "{A}", with: prefix).write(to: worldFile, atomically: true, encoding: .utf8)
+        try world.replacingOccurrences(of: "{A}", with: prefix).write(to: worldFile, atomically: true, encoding: .utf8)
         simulator = Simulator(world: try World.load(path: worldFile.path), stateDirectory: dir.appendingPathComponent("sim"))
         endpoint = try simulator.start()[0]
         try "engine-pw\n".write(to: dir.appendingPathComponent("password"), atomically: true, encoding: .utf8)

@@ -15,7 +15,7 @@ struct BackupNowCommand: AsyncParsableCommand {
         discussion: """
             Plans a backup of every VM POLICY selects (or only --vm NAME, in POLICY or in every policy that selects \
             it), due or not, and runs it at once through the same reconcile as `haven apply`: within each pool's lock \
-            and limits, with the policy's retention applied afterwards. Incremental when a CBT anchor allows it; \
+            and limits, with the policy's retention applied afterwards. Incremental when a CBT anchor or a delta base allows it; \
             --full reads every disk whole. Nothing is cleaned up beyond the policy. The plan is printed, not asked \
             about: asking for a backup is the approval. A suspended policy is refused.
 
@@ -31,7 +31,7 @@ struct BackupNowCommand: AsyncParsableCommand {
     @Option(help: "Only this VM (name or uuid).")
     var vm: String?
 
-    @Flag(help: "Read every disk whole, ignoring CBT anchors.")
+    @Flag(help: "Read every disk whole, ignoring CBT anchors and delta bases.")
     var full = false
 
     @Option(help: "Seconds to wait for another haven working on the same pool (default: fail at once).")

@@ -606,7 +606,9 @@ struct CatalogRebuildCommand: AsyncParsableCommand {
         }
         let found = repos
         let view = try await engine.withSessions { try await CatalogRebuild.rebuild(engine: engine, repositories: found) }
-        print("catalog rebuilt: \(view.backups.count) backups, \(view.anchors.count) CBT anchors, \(view.inventory.count) owned objects, \(view.cbtMarks.count) disks with haven's CBT")
+        let deltaBases = view.anchors.filter { $0.kind == .delta }.count
+        print("catalog rebuilt: \(view.backups.count) backups, \(view.anchors.count - deltaBases) CBT anchors, "
+              + (deltaBases > 0 ? "\(deltaBases) delta bases, " : "") + "\(view.inventory.count) owned objects, \(view.cbtMarks.count) disks with haven's CBT")
     }
 }
 

@@ -147,7 +147,8 @@ struct SimFaultCommand: ParsableCommand {
         commandName: "fault", abstract: "Inject a fault into a running simulator, or clear them.",
         discussion: """
             Rules: error:METHOD:CODE[:P1,P2][@count=N|@p=0.3], latency:METHOD:250ms, session-expiry:30s (after 30 s unused), \
-            nbd-drop:BYTES, failover:ADDRESS, task-fail:METHOD:CODE, sr-full:SR. Without --rule or --clear, \
+            nbd-drop:BYTES, failover:ADDRESS, task-fail:METHOD:CODE, sr-full:SR, deny-inbound (the pool's appliances \
+            accept no connection from other appliances; name the pool with --pool). Without --rule or --clear, \
             lists the active rules.
             """)
 

@@ -3,6 +3,7 @@ import Foundation
 import XenAPI
 import HavenData
 import HavenEngine
+import HavenMover
 
 /// haven's exit-code contract, shared by every command (kubectl/Flux/Argo convention).
 enum HavenExit {
@@ -91,6 +92,7 @@ enum ExitMapping {
         case let e as CLIError: return kebab(e.code.rawValue)
         case let e as EngineError: return kebab(e.code.rawValue)
         case let e as DataError: return kebab(e.code.rawValue)
+        case let e as MoverError: return e.code.name
         case let e as XenAPIError: return e.code
         case is DecodingError: return "damaged-file"
         default: return "failed"

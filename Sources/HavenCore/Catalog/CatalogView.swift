@@ -10,11 +10,18 @@ public struct CatalogView: Sendable, Codable {
     public var replicas: [ReplicaRecord] = []
     /// Snapshots haven asked for and has not yet marked as its own (a run that died in VM.snapshot leaves one).
     public var intents: [SnapshotIntent] = []
+    /// The appliances haven provisioned: address, how it was given, certificate pin.
+    public var appliances: [ApplianceRecord] = []
+    /// Appliances a transfer holds right now (in use: never removed).
+    public var leases: [ApplianceLeaseRecord] = []
     /// Policies suspended by `haven suspend` (an overlay over the YAML's `suspend:`).
     public var suspensions: [Suspension] = []
 
     public init(backups: [BackupRecord] = [], anchors: [Anchor] = [], inventory: [OwnedObject] = [], cbtMarks: [CBTMark] = [],
-                replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = [], suspensions: [Suspension] = []) {
+                replicas: [ReplicaRecord] = [], intents: [SnapshotIntent] = [], appliances: [ApplianceRecord] = [],
+                leases: [ApplianceLeaseRecord] = [], suspensions: [Suspension] = []) {
+        self.appliances = appliances
+        self.leases = leases
         self.suspensions = suspensions
         self.replicas = replicas
         self.intents = intents
@@ -56,7 +63,13 @@ public struct BackupRecord: Sendable, Codable, Hashable {
     }
 }
 
-/// The CBT anchor of one disk: the snapshot VDI the next incremental compares against, and the
+/// What an anchor is: CBT metadata (`list_changed_blocks` compares against it), or a delta base
+/// (a snapshot disk kept with its data, which `/export_raw_vdi?format=vhd&base=` compares against).
+public enum AnchorKind: String, Sendable, Codable, Hashable {
+    case cbt, delta
+}
+
+/// The anchor of one disk: the snapshot VDI the next incremental compares against, and the
 /// backup version it matches.
 public struct Anchor: Sendable, Codable, Hashable {
     public var pool: String
@@ -70,9 +83,11 @@ public struct Anchor: Sendable, Codable, Hashable {
     public var backupID: String
     /// Data destroyed: only CBT metadata is left on the pool.
     public var dataDestroyed: Bool
+    public var kind: AnchorKind
 
     public init(pool: String, policy: String, vmUUID: String, diskKey: String, sourceVDI: String, snapshotVM: String, snapshotVDI: String,
-                backupID: String, dataDestroyed: Bool) {
+                backupID: String, dataDestroyed: Bool, kind: AnchorKind = .cbt) {
+        self.kind = kind
         self.pool = pool
         self.policy = policy
         self.vmUUID = vmUUID
@@ -161,6 +176,15 @@ public struct ReplicaRecord: Sendable, Codable, Hashable {
 /// The catalog key replication uses for anchors and owned objects, apart from BackupPolicies of the same name.
 public func replicationOwnerKey(_ policy: String) -> String { "replication:\(policy)" }
 
+/// The catalog key of the CBT anchors a failover records on the replica's disks (for fail-back).
+public func failoverAnchorKey(_ policy: String) -> String { "failover:\(policy)" }
+
+/// Names of the catalog intents recorded before `VM.create` of a replica start with this.
+public let replicaIntentPrefix = "replica "
+
+/// On a failed-over replica: the failover went to a restore point older than the last sync.
+public let failoverBehindMark = "haven.failover-behind"
+
 /// "Snapshot of VM X named N requested at T": recorded before `VM.snapshot` is called and cleared
 /// once the snapshot carries haven's mark, so a snapshot made by a call whose caller died can be
 /// proven haven's (by VM, name and time) and adopted or removed.
@@ -177,6 +201,52 @@ public struct SnapshotIntent: Sendable, Codable, Hashable {
         self.policy = policy
         self.name = name
         self.requestedAt = requestedAt
+    }
+}
+
+/// The catalog key of an AppliancePool's owned objects, apart from policies of the same name.
+public func applianceOwnerKey(_ appliancePool: String) -> String { "appliance:\(appliancePool)" }
+
+/// An appliance haven provisioned. The certificate pin is not a secret (it names the mover's
+/// certificate); the token key never is in the catalog.
+public struct ApplianceRecord: Sendable, Codable, Hashable {
+    public var pool: String
+    public var uuid: String
+    public var name: String
+    public var appliancePool: String
+    /// The static address it was given; "" when it takes one from DHCP.
+    public var staticAddress: String
+    /// SHA-256 of the mover's certificate (DER), as `sha256:` + hex.
+    public var pin: String
+    public var createdAt: Date
+
+    public init(pool: String, uuid: String, name: String, appliancePool: String, staticAddress: String, pin: String, createdAt: Date) {
+        self.pool = pool
+        self.uuid = uuid
+        self.name = name
+        self.appliancePool = appliancePool
+        self.staticAddress = staticAddress
+        self.pin = pin
+        self.createdAt = createdAt
+    }
+
+    public var isStatic: Bool { !staticAddress.isEmpty }
+}
+
+/// "This appliance is in use by that run": written when a transfer leases it, removed when it
+/// is given back. A lease whose holder process is gone is stale and cleared.
+public struct ApplianceLeaseRecord: Sendable, Codable, Hashable {
+    public var pool: String
+    public var uuid: String
+    /// `pid N`: the process holding it.
+    public var holder: String
+    public var since: Date
+
+    public init(pool: String, uuid: String, holder: String, since: Date) {
+        self.pool = pool
+        self.uuid = uuid
+        self.holder = holder
+        self.since = since
     }
 }
 

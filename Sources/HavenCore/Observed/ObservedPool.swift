@@ -21,6 +21,14 @@ public struct ObservedPool: Sendable, Codable {
     public var networks: [String] = []
     /// uuid of the pool's default SR, when it has one.
     public var defaultSR: String?
+    /// VMs carrying haven's appliance mark (this haven's or another's): never in `vms`.
+    public var appliances: [ObservedAppliance] = []
+    /// name_label -> uuid of the pool's templates (not snapshots).
+    public var templates: [String: String] = [:]
+    /// Address -> name of the VM that reports it in its guest metrics, for every VM that is not
+    /// an appliance of haven's (an appliance's addresses are kept with it). Read only for pools
+    /// with an AppliancePool: nothing else needs it.
+    public var guestAddresses: [String: String] = [:]
 
     public init(name: String, apiMajor: Int64, apiMinor: Int64, cbtLicensed: Bool, vms: [ObservedVM], snapshots: [ObservedSnapshot],
                 vdis: [String: ObservedVDI], srs: [String: ObservedSR], nbdNetworks: [String]) {
@@ -61,6 +69,39 @@ public struct ObservedVM: Sendable, Codable, Hashable {
         self.tags = tags
         self.disks = disks
     }
+}
+
+/// A data-mover appliance: a VM with haven's `haven.role=appliance` mark.
+public struct ObservedAppliance: Sendable, Codable, Hashable {
+    public var uuid: String
+    public var name: String
+    public var powerState: String
+    /// `haven.owner`: the haven instance that made it.
+    public var owner: String
+    /// `haven.appliance-pool`: the AppliancePool it was made for.
+    public var appliancePool: String
+    /// The static address handed over in `xenstore_data` (`vm-data/haven/ip`); nil: DHCP.
+    public var staticAddress: String?
+    /// What its guest metrics report (the address it really has), sorted.
+    public var addresses: [String]
+    /// Disks plugged into it that are not its own (a transfer's snapshot or replica VDIs): it is in use.
+    public var foreignDisks: [String]
+
+    public init(uuid: String, name: String, powerState: String, owner: String, appliancePool: String, staticAddress: String?,
+                addresses: [String], foreignDisks: [String] = []) {
+        self.uuid = uuid
+        self.name = name
+        self.powerState = powerState
+        self.owner = owner
+        self.appliancePool = appliancePool
+        self.staticAddress = staticAddress
+        self.addresses = addresses
+        self.foreignDisks = foreignDisks
+    }
+
+    public var isRunning: Bool { powerState.lowercased() == "running" }
+    /// The address to reach it at: the reported one, else the static one it was given.
+    public var address: String? { addresses.first ?? staticAddress }
 }
 
 /// A disk attachment of a VM: which VDI, at which position.
@@ -147,4 +188,10 @@ public enum OwnershipMarks {
     public static let source = "haven.source"
     /// On a VDI whose CBT haven switched on.
     public static let cbt = "haven.cbt"
+    /// On an appliance VM: the AppliancePool it belongs to.
+    public static let appliancePool = "haven.appliance-pool"
+    /// `haven.role` of an appliance VM, and of its own disks.
+    public static let applianceRole = "appliance"
+    public static let applianceDiskRole = "appliance-disk"
 }
+

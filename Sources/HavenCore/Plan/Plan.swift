@@ -5,7 +5,7 @@ import Foundation
 /// needs (repository, hooks, NBD settings; per-pool limits in `pools`), so executing a plan never
 /// re-reads the configuration. Versioned JSON (`formatVersion`).
 public struct Plan: Sendable, Codable {
-    public static let currentFormatVersion = 2
+    public static let currentFormatVersion = 3
 
     public var formatVersion = Plan.currentFormatVersion
     public var generatedAt: Date
@@ -17,17 +17,35 @@ public struct Plan: Sendable, Codable {
     public var scope: PlanScope
     /// Per pool: the settings execution needs (limits, NBD).
     public var pools: [String: PoolSettings]
+    /// Per AppliancePool on a pool in scope: what leasing an appliance needs (provisioning more).
+    public var appliancePools: [String: AppliancePoolSettings]
     public var actions: [PlannedAction]
     public var warnings: [PlanWarning]
 
-    public init(generatedAt: Date, fingerprint: String, scope: PlanScope, pools: [String: PoolSettings], actions: [PlannedAction],
-                warnings: [PlanWarning]) {
+    public init(generatedAt: Date, fingerprint: String, scope: PlanScope, pools: [String: PoolSettings],
+                appliancePools: [String: AppliancePoolSettings] = [:], actions: [PlannedAction], warnings: [PlanWarning]) {
         self.generatedAt = generatedAt
         self.fingerprint = fingerprint
         self.scope = scope
         self.pools = pools
+        self.appliancePools = appliancePools
         self.actions = actions
         self.warnings = warnings
+    }
+
+    enum CodingKeys: String, CodingKey { case formatVersion, generatedAt, fingerprint, scope, pools, appliancePools, actions, warnings }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        formatVersion = try c.decode(Int.self, forKey: .formatVersion)
+        generatedAt = try c.decode(Date.self, forKey: .generatedAt)
+        fingerprint = try c.decode(String.self, forKey: .fingerprint)
+        scope = try c.decode(PlanScope.self, forKey: .scope)
+        pools = try c.decode([String: PoolSettings].self, forKey: .pools)
+        // Absent from plans of format 2, which are then refused by their version, not by a decoding error.
+        appliancePools = try c.decodeIfPresent([String: AppliancePoolSettings].self, forKey: .appliancePools) ?? [:]
+        actions = try c.decode([PlannedAction].self, forKey: .actions)
+        warnings = try c.decode([PlanWarning].self, forKey: .warnings)
     }
 
     public var summary: Summary {
@@ -114,14 +132,23 @@ public struct PlanWarning: Sendable, Codable, Hashable {
         case replicaRunning = "replica-running"
         case replicaFailedOver = "replica-failed-over"
         case replicaKept = "replica-kept"
+        case failbackWaiting = "failback-waiting"
+        case unprovenReplica = "unproven-replica"
         case notBuilt = "not-built"
         case unprovenSnapshot = "unproven-snapshot"
+        case noApplianceTemplate = "no-appliance-template"
+        case noApplianceSR = "no-appliance-sr"
+        case noApplianceNetwork = "no-appliance-network"
+        /// Fewer appliances can be made than the planned transfers need: some wait.
+        case applianceAddressesExhausted = "appliance-addresses-exhausted"
+        /// An appliance to remove is in use: it stays until it is idle.
+        case applianceInUse = "appliance-in-use"
     }
 
     /// A plan error: the run exits 2 (what else is planned still runs).
     public var isError: Bool {
         switch code {
-        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt: true
+        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt, .noApplianceTemplate, .noApplianceSR, .noApplianceNetwork: true
         default: false
         }
     }
@@ -145,21 +172,25 @@ public struct PlanWarning: Sendable, Codable, Hashable {
 /// The kinds of action, in the order a person reads them.
 public enum ActionKind: String, Sendable, Codable, Hashable, CaseIterable, Comparable {
     case enableCBT = "enable-cbt"
+    case provisionAppliance = "provision-appliance"
+    case startAppliance = "start-appliance"
     case backup
     case replicate
+    case failback
     case deleteSnapshot = "delete-snapshot"
+    case removeReplica = "remove-replica"
     case purgeSnapshotData = "purge-snapshot-data"
     case retireAnchor = "retire-anchor"
     case prune
     case gc
+    case removeAppliance = "remove-appliance"
     case disableCBT = "disable-cbt"
 
     public var symbol: String {
         switch self {
-        case .backup: "+"
-        case .replicate: "+"
-        case .enableCBT, .disableCBT: "~"
-        case .deleteSnapshot, .retireAnchor, .prune, .gc: "-"
+        case .backup, .replicate, .provisionAppliance: "+"
+        case .enableCBT, .disableCBT, .startAppliance, .failback: "~"
+        case .deleteSnapshot, .retireAnchor, .prune, .gc, .removeAppliance, .removeReplica: "-"
         case .purgeSnapshotData: "~"
         }
     }
@@ -236,6 +267,9 @@ public struct HookJob: Sendable, Codable, Hashable {
 public enum BackupMethod: String, Sendable, Codable, Hashable {
     /// Changed blocks since the anchor, over NBD.
     case cbtIncremental = "cbt-incremental"
+    /// The 2 MiB blocks that differ from the previous backup's snapshot (kept on the pool as the
+    /// delta base), as a VHD through `/export_raw_vdi?format=vhd&base=…`: incrementals without CBT.
+    case deltaIncremental = "delta-incremental"
     /// The whole disk over NBD; the repository deduplicates.
     case fullNBD = "full-nbd"
     /// The whole disk through `/export_raw_vdi` (no NBD network).
@@ -251,7 +285,8 @@ public struct DiskJob: Sendable, Codable, Hashable {
     public var vdiUUID: String
     public var name: String
     public var size: Int64
-    /// For an incremental: the anchor's snapshot VDI and the version it matches.
+    /// For an incremental: the anchor's snapshot VDI (CBT metadata, or the delta base with its
+    /// data) and the version it matches.
     public var anchorVDI: String?
     public var baseBackup: String?
 
@@ -271,16 +306,20 @@ public struct BackupJob: Sendable, Codable, Hashable {
     public var repository: RepositoryTarget
     public var disks: [DiskJob]
     public var skippedDisks: [String]
-    /// Keep the snapshot disks as CBT anchors (data destroyed) for the next incremental.
+    /// Keep the snapshot disks as anchors for the next incremental: CBT metadata (data
+    /// destroyed), or with `deltaBases` the disks whole, as the bases of VHD deltas.
     public var keepAnchors: Bool
+    /// The anchors kept are delta bases (the snapshot's disks with their data), not CBT metadata.
+    public var deltaBases: Bool?
     public var purgeSnapshotData: Bool
     public var quiesce: String
     public var preSnapshot: HookJob?
     public var postSnapshot: HookJob?
 
     public init(method: BackupMethod, repository: RepositoryTarget, disks: [DiskJob], skippedDisks: [String], keepAnchors: Bool,
-                purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?) {
+                deltaBases: Bool = false, purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?) {
         self.method = method
+        self.deltaBases = deltaBases ? true : nil
         self.repository = repository
         self.disks = disks
         self.skippedDisks = skippedDisks
@@ -334,9 +373,16 @@ public struct ReplicationJob: Sendable, Codable, Hashable {
     public var trustDestination: Bool
     public var disks: [ReplicaDiskJob]
     public var replicaUUID: String?
+    /// method xva: the whole VM exported from a fresh snapshot and imported as a new replica, which
+    /// replaces `replicaUUID` only once it imported completely.
+    public var xva: Bool = false
+    /// The same read also commits a backup version here.
+    public var singlePass: SinglePassJob?
 
     public init(mode: Mode, targetPool: String, targetSR: String, targetSRName: String, replicaName: String, networks: [String: String], keep: Int,
-                trustDestination: Bool, disks: [ReplicaDiskJob], replicaUUID: String?) {
+                trustDestination: Bool, disks: [ReplicaDiskJob], replicaUUID: String?, xva: Bool = false, singlePass: SinglePassJob? = nil) {
+        self.xva = xva
+        self.singlePass = singlePass
         self.mode = mode
         self.targetPool = targetPool
         self.targetSR = targetSR
@@ -347,6 +393,86 @@ public struct ReplicationJob: Sendable, Codable, Hashable {
         self.trustDestination = trustDestination
         self.disks = disks
         self.replicaUUID = replicaUUID
+    }
+}
+
+/// singlePass: the repository the replication's read also backs up into, and the version the
+/// incremental patches (the one the last sync committed, whose chunks the new version references).
+public struct SinglePassJob: Sendable, Codable, Hashable {
+    public var repository: RepositoryTarget
+    public var baseBackup: String?
+
+    public init(repository: RepositoryTarget, baseBackup: String?) {
+        self.repository = repository
+        self.baseBackup = baseBackup
+    }
+}
+
+/// One disk of a fail-back: the replica's disk (read), the original VM's disk (written), and the
+/// CBT anchors that tell what changed on each side.
+public struct FailbackDiskJob: Sendable, Codable, Hashable {
+    public var key: String
+    public var name: String
+    public var size: Int64
+    /// The original VM's VDI on the source pool.
+    public var originalVDI: String
+    /// The replica's VDI on the target pool.
+    public var replicaVDI: String
+    /// On the target: the replica's disk as it was at failover (CBT metadata); nil: every block.
+    public var failoverAnchorVDI: String?
+    /// On the source: the last sync's anchor, for what the original wrote after it; nil: every block.
+    public var sourceAnchorVDI: String?
+
+    public init(key: String, name: String, size: Int64, originalVDI: String, replicaVDI: String, failoverAnchorVDI: String?, sourceAnchorVDI: String?) {
+        self.key = key
+        self.name = name
+        self.size = size
+        self.originalVDI = originalVDI
+        self.replicaVDI = replicaVDI
+        self.failoverAnchorVDI = failoverAnchorVDI
+        self.sourceAnchorVDI = sourceAnchorVDI
+    }
+
+    /// Whether only changed blocks are sent.
+    public var incremental: Bool { failoverAnchorVDI != nil && sourceAnchorVDI != nil }
+}
+
+/// Fail-back after a failover: the blocks the running replica changed since the failover (and those
+/// the original wrote after the last sync) sent back onto the halted original VM; then the normal
+/// direction again (new anchors, a restore point, the replica blocked, the failover closed).
+public struct FailbackJob: Sendable, Codable, Hashable {
+    public var targetPool: String
+    public var replicaUUID: String
+    public var replicaName: String
+    public var keep: Int
+    public var disks: [FailbackDiskJob]
+
+    public init(targetPool: String, replicaUUID: String, replicaName: String, keep: Int, disks: [FailbackDiskJob]) {
+        self.targetPool = targetPool
+        self.replicaUUID = replicaUUID
+        self.replicaName = replicaName
+        self.keep = keep
+        self.disks = disks
+    }
+}
+
+/// A replica haven made that is not the replica of record (an initial sync stopped before its disks
+/// were recorded, or the previous xva replica a run stopped before removing), with its disks and
+/// restore points; or replica disks never attached to a VM.
+public struct ReplicaRemoval: Sendable, Codable, Hashable {
+    public var pool: String
+    public var vmUUID: String?
+    public var vdis: [String]
+    public var label: String
+    /// The catalog intent that proves it haven's when the inventory does not (cleared afterwards).
+    public var intent: String?
+
+    public init(pool: String, vmUUID: String?, vdis: [String], label: String, intent: String? = nil) {
+        self.pool = pool
+        self.vmUUID = vmUUID
+        self.vdis = vdis
+        self.label = label
+        self.intent = intent
     }
 }
 
@@ -396,10 +522,15 @@ public struct GCJob: Sendable, Codable, Hashable {
 
 /// What an action does, with its payload.
 public enum Action: Sendable, Hashable {
+    case provisionAppliance(ApplianceProvision)
+    case startAppliance(ApplianceTarget)
+    case removeAppliance(ApplianceTarget)
     case enableCBT(CBTChange)
     case disableCBT(CBTChange)
     case backup(BackupJob)
     case replicate(ReplicationJob)
+    case failback(FailbackJob)
+    case removeReplica(ReplicaRemoval)
     case deleteSnapshot(OwnedRemoval)
     /// A committed backup's clean-up left over: its anchor still holds the snapshot's data.
     case purgeSnapshotData(OwnedRemoval)
@@ -409,10 +540,15 @@ public enum Action: Sendable, Hashable {
 
     public var kind: ActionKind {
         switch self {
+        case .provisionAppliance: .provisionAppliance
+        case .startAppliance: .startAppliance
+        case .removeAppliance: .removeAppliance
         case .enableCBT: .enableCBT
         case .disableCBT: .disableCBT
         case .backup: .backup
         case .replicate: .replicate
+        case .failback: .failback
+        case .removeReplica: .removeReplica
         case .deleteSnapshot: .deleteSnapshot
         case .purgeSnapshotData: .purgeSnapshotData
         case .retireAnchor: .retireAnchor
@@ -455,6 +591,7 @@ public struct PlannedAction: Sendable, Hashable {
             let what: String
             switch b.method {
             case .cbtIncremental: what = "incremental backup (changed blocks over NBD)"
+            case .deltaIncremental: what = "incremental backup (VHD delta through /export_raw_vdi)"
             case .fullNBD: what = "full backup over NBD"
             case .fullExport: what = "full backup through /export_raw_vdi"
             case .xva: what = "XVA export"
@@ -462,6 +599,14 @@ public struct PlannedAction: Sendable, Hashable {
             var s = "\(what) of \(b.disks.count) disk\(b.disks.count == 1 ? "" : "s") (\(b.disks.map(\.name).joined(separator: ", "))) to \(b.repository.name)"
             if !b.skippedDisks.isEmpty { s += ", skipping \(b.skippedDisks.joined(separator: ", "))" }
             return s
+        case .replicate(let r) where r.xva:
+            return "export the VM whole (XVA) and import it as replica \(r.replicaName) on \(r.targetPool), SR \(r.targetSRName)"
+                + (r.replicaUUID == nil ? "" : ", then remove the previous replica") + ", keeping \(r.keep) restore point\(r.keep == 1 ? "" : "s")"
+                + (r.singlePass.map { ", and record a backup version in \($0.repository.name)" } ?? "")
+        case .failback(let f):
+            let changed = f.disks.allSatisfy(\.incremental)
+            return "fail back from replica \(f.replicaName) on \(f.targetPool): \(changed ? "changed blocks" : "every block") of \(f.disks.count) disk\(f.disks.count == 1 ? "" : "s") (\(f.disks.map(\.name).joined(separator: ", "))) onto the original VM, then sync in the normal direction again"
+        case .removeReplica(let r): return "remove \(r.label)"
         case .replicate(let r):
             let what: String
             switch r.mode {
@@ -470,11 +615,17 @@ public struct PlannedAction: Sendable, Hashable {
             case .full: what = "resynchronise replica \(r.replicaName) on \(r.targetPool): every block of"
             }
             return "\(what) \(r.disks.count) disk\(r.disks.count == 1 ? "" : "s") (\(r.disks.map(\.name).joined(separator: ", "))) to SR \(r.targetSRName), keeping \(r.keep) restore point\(r.keep == 1 ? "" : "s")"
+                + (r.singlePass.map { ", and record a backup version in \($0.repository.name) from the same read" } ?? "")
         case .deleteSnapshot(let r): return "delete snapshot \(r.label)"
         case .retireAnchor(let r): return "retire CBT anchor \(r.label)"
         case .purgeSnapshotData(let r): return "destroy the data of snapshot disk \(r.label), keeping its CBT metadata"
         case .prune(let p): return "prune backup \(p.version) from \(p.repository.name)"
         case .gc(let g): return "collect garbage in repository \(g.repository.name)"
+        case .provisionAppliance(let p):
+            return "provision appliance \(p.name) (AppliancePool \(p.appliancePool)) from template \(p.template) on SR \(p.srName), network \(p.network), "
+                + "\(p.memory / 1_048_576) MiB, \(p.address.ip.map { "static address \($0)" } ?? "address from DHCP")"
+        case .startAppliance(let t): return "start appliance \(t.name) (AppliancePool \(t.appliancePool))"
+        case .removeAppliance(let t): return "remove appliance \(t.name) (AppliancePool \(t.appliancePool)) and its disks"
         }
     }
 }
@@ -482,7 +633,8 @@ public struct PlannedAction: Sendable, Hashable {
 extension PlannedAction: Codable {
     enum CodingKeys: String, CodingKey {
         case key, kind, pool, policy, vm, vmUUID, reason, requires, after, headline, symbol
-        case enableCBT, disableCBT, backup, replicate, deleteSnapshot, purgeSnapshotData, retireAnchor, prune, gc
+        case enableCBT, disableCBT, backup, replicate, failback, removeReplica, deleteSnapshot, purgeSnapshotData, retireAnchor, prune, gc
+        case provisionAppliance, startAppliance, removeAppliance
         // Flattened for readers of `diff --output json` (ignored when decoding).
         case method, disks, skippedDisks, repository, target
     }
@@ -517,6 +669,12 @@ extension PlannedAction: Codable {
         case .replicate(let p):
             try c.encode(p, forKey: .replicate)
             try c.encodeIfPresent(vm?.name, forKey: .target)
+        case .failback(let p):
+            try c.encode(p, forKey: .failback)
+            try c.encodeIfPresent(vm?.name, forKey: .target)
+        case .removeReplica(let p):
+            try c.encode(p, forKey: .removeReplica)
+            try c.encode(p.vmUUID ?? p.vdis.first ?? "", forKey: .target)
         case .deleteSnapshot(let p):
             try c.encode(p, forKey: .deleteSnapshot)
             try c.encode(p.uuid, forKey: .target)
@@ -534,6 +692,15 @@ extension PlannedAction: Codable {
             try c.encode(p, forKey: .gc)
             try c.encode(p.repository.name, forKey: .target)
             try c.encode(p.repository.name, forKey: .repository)
+        case .provisionAppliance(let p):
+            try c.encode(p, forKey: .provisionAppliance)
+            try c.encode(p.name, forKey: .target)
+        case .startAppliance(let p):
+            try c.encode(p, forKey: .startAppliance)
+            try c.encode(p.uuid, forKey: .target)
+        case .removeAppliance(let p):
+            try c.encode(p, forKey: .removeAppliance)
+            try c.encode(p.uuid, forKey: .target)
         }
     }
 
@@ -551,11 +718,16 @@ extension PlannedAction: Codable {
         case .disableCBT: action = .disableCBT(try c.decode(CBTChange.self, forKey: .disableCBT))
         case .backup: action = .backup(try c.decode(BackupJob.self, forKey: .backup))
         case .replicate: action = .replicate(try c.decode(ReplicationJob.self, forKey: .replicate))
+        case .failback: action = .failback(try c.decode(FailbackJob.self, forKey: .failback))
+        case .removeReplica: action = .removeReplica(try c.decode(ReplicaRemoval.self, forKey: .removeReplica))
         case .deleteSnapshot: action = .deleteSnapshot(try c.decode(OwnedRemoval.self, forKey: .deleteSnapshot))
         case .retireAnchor: action = .retireAnchor(try c.decode(OwnedRemoval.self, forKey: .retireAnchor))
         case .purgeSnapshotData: action = .purgeSnapshotData(try c.decode(OwnedRemoval.self, forKey: .purgeSnapshotData))
         case .prune: action = .prune(try c.decode(PruneJob.self, forKey: .prune))
         case .gc: action = .gc(try c.decode(GCJob.self, forKey: .gc))
+        case .provisionAppliance: action = .provisionAppliance(try c.decode(ApplianceProvision.self, forKey: .provisionAppliance))
+        case .startAppliance: action = .startAppliance(try c.decode(ApplianceTarget.self, forKey: .startAppliance))
+        case .removeAppliance: action = .removeAppliance(try c.decode(ApplianceTarget.self, forKey: .removeAppliance))
         }
     }
 }

@@ -25,3 +25,16 @@ public struct ForceBackup: Sendable, Codable, Hashable {
 
     var reason: String { "asked now (`haven backup now`), whatever the schedule" }
 }
+
+/// `haven failback POLICY VM`: the fail-back of one failed-over replica is planned whether or not
+/// the policy says `reverse: true`.
+public struct FailbackRequest: Sendable, Codable, Hashable {
+    public var policy: String
+    /// The source VM (name or uuid).
+    public var vm: String
+
+    public init(policy: String, vm: String) {
+        self.policy = policy
+        self.vm = vm
+    }
+}

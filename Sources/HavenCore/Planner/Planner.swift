@@ -15,11 +15,13 @@ public struct Planner: Sendable {
     /// planned, and clean-up only when it asks for housekeeping: what the daemon's work queue runs.
     /// Policies suspended in the catalog (`haven suspend`) are planned as `suspend: true`.
     public func plan(desired: DesiredState, observed: [String: ObservedPool], unreachable: [String: String] = [:], catalog: CatalogView,
-                     now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil, keys: KeyScope? = nil) -> Plan {
+                     now: Date, scope: Set<String>? = nil, force: ForceBackup? = nil, failback: FailbackRequest? = nil,
+                     keys: KeyScope? = nil) -> Plan {
         let desired = desired.suspending(catalog.suspensions)
         var ctx = Context(planner: self, desired: desired, observed: observed, catalog: catalog, now: now)
         ctx.scope = scope
         ctx.force = force
+        ctx.failback = failback
         ctx.keyScope = keys
         for (pool, why) in unreachable.sorted(by: { $0.key < $1.key }) {
             ctx.warn(.poolUnreachable, pool, "pool-unreachable", resource: "Pool/\(pool)",
@@ -34,7 +36,7 @@ public struct Planner: Sendable {
         }
         let scopeOut = PlanScope(pools: Array(Set(observed.keys).union(unreachable.keys)).sorted(), policies: scope.map { $0.sorted() })
         return Plan(generatedAt: now, fingerprint: fingerprint(desired: desired, observed: observed, catalog: catalog), scope: scopeOut,
-                    pools: settings, actions: ctx.sortedActions(), warnings: ctx.warnings)
+                    pools: settings, appliancePools: ctx.appliancePools, actions: ctx.sortedActions(), warnings: ctx.warnings)
     }
 
     /// Covers the desired state (canonical, without source locations), every observed pool and
@@ -49,6 +51,7 @@ public struct Planner: Sendable {
             var o = observed[name]!
             o.vms.sort { $0.uuid < $1.uuid }
             o.snapshots.sort { $0.uuid < $1.uuid }
+            o.appliances.sort { $0.uuid < $1.uuid }
             f.add(name)
             f.add(String(decoding: (try? encoder.encode(o)) ?? Data(), as: UTF8.self))
         }
@@ -57,6 +60,8 @@ public struct Planner: Sendable {
         c.anchors.sort { ($0.pool, $0.snapshotVDI, $0.policy) < ($1.pool, $1.snapshotVDI, $1.policy) }
         c.inventory.sort { ($0.pool, $0.uuid) < ($1.pool, $1.uuid) }
         c.cbtMarks.sort { ($0.pool, $0.vdiUUID) < ($1.pool, $1.vdiUUID) }
+        c.appliances.sort { ($0.pool, $0.uuid) < ($1.pool, $1.uuid) }
+        c.leases.sort { ($0.pool, $0.uuid) < ($1.pool, $1.uuid) }
         f.add(String(decoding: (try? encoder.encode(c)) ?? Data(), as: UTF8.self))
         return f.hex
     }
@@ -82,6 +87,8 @@ extension Planner {
         var keyScope: KeyScope?
         /// `haven backup now`: backups planned whatever the schedule.
         var force: ForceBackup?
+        /// `haven failback`: this replica's fail-back is planned without `reverse: true`.
+        var failback: FailbackRequest?
         /// Backup keys planned so far, by "vm uuid \0 policy" (retention and clean-up look them up).
         var plannedBackups: [String: ActionKey] = [:]
         /// Prunes planned, by repository name.
@@ -89,6 +96,8 @@ extension Planner {
         var repositoriesByName: [String: RepositoryTarget] = [:]
         /// Per pool and VM uuid: the actions that must come before CBT is switched off.
         var anchorRetirements: [String: [ActionKey]] = [:]
+        /// The AppliancePools of observed pools, as execution needs them.
+        var appliancePools: [String: AppliancePoolSettings] = [:]
 
         // Indexes built once: planning 10,000 VMs must not scan the catalog per VM.
         let backupsByKey: [String: [BackupRecord]]
@@ -159,6 +168,7 @@ extension Planner {
                 replication(r)
             }
             if housekeeping { orphanedReplicas() }
+            appliances()
             for (repo, list) in prunes.sorted(by: { $0.key < $1.key }) {
                 guard let target = repositoriesByName[repo] else { continue }
                 let pool = list.first?.pool ?? ""
@@ -171,10 +181,7 @@ extension Planner {
                 add(PlannedAction(key: ActionKey(.gc, pool: pool, subject: repo), action: .gc(GCJob(repository: target, safetyWindowSeconds: 3_600)),
                                   reason: "versions were pruned; their unshared chunks can go", after: list + writers))
             }
-            if housekeeping {
-                cleanup()
-                notActedOn()
-            }
+            if housekeeping { cleanup() }
         }
 
         /// Clean-up runs with a whole-pool plan (no `--target` policy), and in the daemon only as
@@ -221,15 +228,6 @@ extension Planner {
             for e in sel.exclude where !names.contains(e) && !uuids.contains(e.lowercased()) {
                 warn(.noMatch, pool.name, "exclude-\(policy.name)-\(e)", resource: "BackupPolicy/\(policy.name)",
                      "BackupPolicy \(policy.name): spec.vms.exclude names '\(e)', which is no VM of pool \(pool.name)", reason: "check spec.vms.exclude")
-            }
-        }
-
-        /// Kinds the engine does not act on yet are said, not silently ignored.
-        mutating func notActedOn() {
-            for a in desired.appliancePools {
-                warn(.notActedOn, a.spec.pool.value, "appl-\(a.name)", resource: "AppliancePool/\(a.name)",
-                     "AppliancePool \(a.name) is not acted on yet: data-mover appliances are not built in this version of haven",
-                     reason: "no appliance is provisioned; backups read disks over NBD or /export_raw_vdi")
             }
         }
 
@@ -293,17 +291,15 @@ extension Planner {
                      reason: "add purpose nbd to a network (network.add_purpose) to read changed blocks over NBD")
             }
             let wantsCBT = spec.cbt && spec.method != .xva
+            // Without CBT, `auto` reads VHD deltas against the previous backup's snapshot.
+            let fallback = spec.method == .auto
+                ? "backups read VHD deltas against the previous backup's snapshot, kept on the pool" : "every backup is a full read"
             if wantsCBT && !pool.hasCBTAPI {
-                warn(.preCBTPool, poolName, "api", "pool \(poolName) speaks XenAPI \(pool.apiVersion), before CBT (2.8): every backup is a full read",
+                warn(.preCBTPool, poolName, "api", "pool \(poolName) speaks XenAPI \(pool.apiVersion), before CBT (2.8): \(fallback)",
                      reason: "CBT needs XenServer 7.3 / XCP-ng 7.4 or later")
             } else if wantsCBT && !pool.cbtLicensed {
-                warn(.noCBTLicence, poolName, "licence", "pool \(poolName) has no CBT licence (restrict_cbt): every backup is a full read",
+                warn(.noCBTLicence, poolName, "licence", "pool \(poolName) has no CBT licence (restrict_cbt): \(fallback)",
                      reason: "CBT needs a licence on XenServer (XCP-ng includes it)")
-            }
-            if spec.method == .delta {
-                warn(.methodNotBuilt, poolName, "delta-\(policy.name)", resource: "BackupPolicy/\(policy.name)",
-                     "BackupPolicy \(policy.name): method delta (rolling-snapshot VHD deltas) is not built yet: disks are read whole",
-                     reason: "the repository deduplicates whole reads; only changed chunks are stored")
             }
             let selected = pool.vms.filter { Self.selects(spec.vms, $0) }
                 .sorted { ($0.name, $0.uuid) < ($1.name, $1.uuid) }
@@ -352,7 +348,7 @@ extension Planner {
                         }
                     }
                 } else if wantsCBT && !disks.isEmpty && pool.hasCBTAPI && pool.cbtLicensed {
-                    warn(.srWithoutCBT, poolName, "sr-cbt-\(vm.uuid)", "VM \(vm.name): an SR of its disks does not support CBT; its backups are full reads",
+                    warn(.srWithoutCBT, poolName, "sr-cbt-\(vm.uuid)", "VM \(vm.name): an SR of its disks does not support CBT; its backups are \(spec.method == .auto ? "VHD deltas" : "full reads")",
                          reason: "CBT needs a VHD-based SR (ext, nfs, lvm…)")
                 }
                 let key = "\(poolName)\u{0}\(policy.name)\u{0}\(vm.uuid)"
@@ -362,11 +358,15 @@ extension Planner {
                     plannedBackup(policy, repo, pool, identity, disks, skipped, cbtPossible: cbtPossible, reason: reason, key: key,
                                   history: history, enables: enables)
                 } else if !cbtPossible {
-                    retireAnchors(policy, pool, identity, because: wantsCBT ? "CBT cannot be used for this VM any more" : "the policy no longer uses CBT (cbt: false or method: xva)")
+                    // Delta bases stay while VHD deltas are the method; CBT anchors serve nothing now.
+                    let deltas = (spec.method == .auto || spec.method == .delta) && spec.snapshotRetention > 0
+                    retireAnchors(policy, pool, identity, because: wantsCBT ? "CBT cannot be used for this VM any more" : "the policy no longer uses CBT (cbt: false or method: xva)",
+                                  keeping: deltas ? .delta : nil)
                 }
                 retention(policy, identity, history: history)
                 snapshotRetention(policy, pool, identity)
                 pendingPurges(policy, pool, identity)
+                strayAnchors(owner: policy.name, pool, identity)
             }
             for sr in fullSRs.sorted() {
                 warn(.srAlmostFull, poolName, "sr-\(sr)", "SR \(sr) is more than 90% full", reason: "snapshots need room; free space or move disks")
@@ -375,8 +375,9 @@ extension Planner {
 
         /// The anchors of a VM that no longer serve an incremental: removed (planned, shown), so no
         /// CBT metadata of haven's is left behind and a later re-enable starts a clean chain.
-        mutating func retireAnchors(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: VMIdentity, because why: String, requires: [ActionKey] = []) {
-            for a in anchorsByKey["\(pool.name)\u{0}\(policy.name)\u{0}\(vm.uuid)"] ?? [] {
+        mutating func retireAnchors(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: VMIdentity, because why: String, requires: [ActionKey] = [],
+                                    keeping kept: AnchorKind? = nil) {
+            for a in anchorsByKey["\(pool.name)\u{0}\(policy.name)\u{0}\(vm.uuid)"] ?? [] where a.kind != kept {
                 guard pool.vdis[a.snapshotVDI] != nil, owned(pool.name, "VDI", a.snapshotVDI, in: pool) else { continue }
                 // The disk of a snapshot kept by snapshotRetention goes with its snapshot.
                 if !a.dataDestroyed && pool.snapshots.contains(where: { $0.uuid == a.snapshotVM }) { continue }
@@ -394,11 +395,64 @@ extension Planner {
             var method: BackupMethod
             var why = reason
             var planned: [DiskJob] = []
+            var deltaBases = false
             let anchors = anchorsByKey[key] ?? []
             let backupIDs = Set(history.map(\.id))
             if spec.method == .xva {
                 method = .xva
                 planned = disks.map { DiskJob(key: $0.0.userdevice, vdiUUID: $0.1.uuid, name: $0.1.name, size: $0.1.size) }
+            } else if spec.method == .delta || (spec.method == .auto && !cbtPossible) {
+                // No CBT: a VHD delta against the previous backup's snapshot disk, kept on the
+                // pool for it (the delta base).
+                // Why not CBT, in a clause ("full, because …") and in a few words ("incremental (VHD delta, …)").
+                let (without, short): (String, String)
+                if spec.method == .delta { (without, short) = ("method: delta", "method: delta") } else if !spec.cbt {
+                    (without, short) = ("cbt: false", "cbt: false")
+                } else if !pool.hasCBTAPI {
+                    (without, short) = ("the pool predates CBT (API \(pool.apiVersion))", "API \(pool.apiVersion) predates CBT")
+                } else if !pool.cbtLicensed {
+                    (without, short) = ("CBT is not licensed", "no CBT licence")
+                } else { (without, short) = ("an SR does not support CBT", "an SR without CBT") }
+                var fullBecause: String?
+                if spec.snapshotRetention == 0 {
+                    fullBecause = "snapshotRetention is 0, so no snapshot is kept as a delta base"
+                }
+                for (d, vdi) in disks {
+                    var disk = DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
+                    if fullBecause == nil {
+                        let anchor = anchors.first { $0.diskKey == d.userdevice && $0.kind == .delta }
+                        if anchor == nil {
+                            fullBecause = history.isEmpty ? "this is the first backup with VHD deltas" : "no delta base is kept for disk \(d.userdevice)"
+                        } else if let a = anchor, a.sourceVDI != vdi.uuid {
+                            fullBecause = "disk \(d.userdevice) is another VDI than at the last backup"
+                        } else if let a = anchor, pool.vdis[a.snapshotVDI] == nil {
+                            fullBecause = "the delta base of disk \(d.userdevice) was deleted"
+                        } else if let a = anchor, pool.vdis[a.snapshotVDI]?.type == "cbt_metadata" {
+                            fullBecause = "the delta base of disk \(d.userdevice) holds no data"
+                        } else if let a = anchor, pool.vdis[a.snapshotVDI]?.size != vdi.size {
+                            fullBecause = "disk \(d.userdevice) was resized since its delta base"
+                        } else if let a = anchor, !backupIDs.contains(a.backupID) {
+                            fullBecause = "the backup the delta base of disk \(d.userdevice) belongs to is gone"
+                        } else if let a = anchor {
+                            disk.anchorVDI = a.snapshotVDI
+                            disk.baseBackup = a.backupID
+                        }
+                    }
+                    planned.append(disk)
+                }
+                if let force, force.full, force.forces(policy.name) { fullBecause = "--full was asked" }
+                if let fullBecause {
+                    for i in planned.indices {
+                        planned[i].anchorVDI = nil
+                        planned[i].baseBackup = nil
+                    }
+                    method = pool.nbdAvailable ? .fullNBD : .fullExport
+                    why += spec.method == .delta ? "; full, because \(fullBecause)" : "; full, because \(without) and \(fullBecause)"
+                } else {
+                    method = .deltaIncremental
+                    why += "; incremental (VHD delta, \(short))"
+                }
+                deltaBases = spec.snapshotRetention > 0
             } else {
                 var fullBecause: String?
                 if !cbtPossible {
@@ -409,7 +463,7 @@ extension Planner {
                 for (d, vdi) in disks {
                     var disk = DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
                     if fullBecause == nil {
-                        let anchor = anchors.first { $0.diskKey == d.userdevice }
+                        let anchor = anchors.first { $0.diskKey == d.userdevice && $0.kind == .cbt }
                         if !vdi.cbtEnabled {
                             fullBecause = history.isEmpty
                                 ? "first backup with CBT" : "CBT was re-enabled on disk \(d.userdevice) (it was off, so no changed blocks are known)"
@@ -443,9 +497,12 @@ extension Planner {
                     if !pool.nbdAvailable { why += "; full, because there is no NBD network to read changed blocks through" }
                 }
             }
-            let keepAnchors = cbtPossible && method != .xva
-            if keepAnchors && spec.purgeSnapshotData { why += "; afterwards the snapshot's data is destroyed and only its CBT metadata kept" }
-            let job = BackupJob(method: method, repository: repo, disks: planned, skippedDisks: skipped, keepAnchors: keepAnchors,
+            let keepAnchors = (cbtPossible && method != .xva) || deltaBases
+            if keepAnchors && spec.purgeSnapshotData {
+                why += deltaBases ? "; afterwards the snapshot VM is removed and its disks are kept as the next delta's base"
+                    : "; afterwards the snapshot's data is destroyed and only its CBT metadata kept"
+            }
+            let job = BackupJob(method: method, repository: repo, disks: planned, skippedDisks: skipped, keepAnchors: keepAnchors, deltaBases: deltaBases,
                                 purgeSnapshotData: spec.purgeSnapshotData, quiesce: spec.quiesce.rawValue,
                                 preSnapshot: Self.hook(spec.hooks.preSnapshot), postSnapshot: Self.hook(spec.hooks.postSnapshot))
             let backupKey = ActionKey(.backup, pool: pool.name, subject: vm.uuid, policy: policy.name)
@@ -453,7 +510,7 @@ extension Planner {
             plannedBackups["\(vm.uuid)\u{0}\(policy.name)"] = backupKey
             // The anchors this backup replaces go once it succeeded; if it fails they stay.
             retireAnchors(policy, pool, vm, because: keepAnchors ? "replaced by the new anchor once the backup succeeds"
-                              : "not needed once the backup succeeds (it keeps no CBT anchor)", requires: [backupKey])
+                              : "not needed once the backup succeeds (it keeps no anchor)", requires: [backupKey])
         }
 
         /// Whether an object is haven's: in the inventory and carrying haven's mark on the pool.
@@ -488,7 +545,7 @@ extension Planner {
         /// hold the snapshot's full data. Shown and retried until done.
         mutating func pendingPurges(_ policy: BackupPolicy, _ pool: ObservedPool, _ vm: VMIdentity) {
             guard policy.spec.purgeSnapshotData else { return }
-            for a in anchorsByKey["\(pool.name)\u{0}\(policy.name)\u{0}\(vm.uuid)"] ?? [] where !a.dataDestroyed {
+            for a in anchorsByKey["\(pool.name)\u{0}\(policy.name)\u{0}\(vm.uuid)"] ?? [] where !a.dataDestroyed && a.kind == .cbt {
                 guard let vdi = pool.vdis[a.snapshotVDI], vdi.type != "cbt_metadata", owned(pool.name, "VDI", a.snapshotVDI, in: pool) else { continue }
                 // While its snapshot VM is there, the snapshot's removal comes first.
                 if pool.snapshots.contains(where: { $0.uuid == a.snapshotVM }) { continue }
@@ -496,6 +553,24 @@ extension Planner {
                 if keys.contains(ActionKey(.retireAnchor, pool: pool.name, subject: a.snapshotVDI, policy: policy.name)) { continue }
                 add(PlannedAction(key: key, action: .purgeSnapshotData(OwnedRemoval(uuid: a.snapshotVDI, label: "\(vdi.name) (\(a.snapshotVDI), disk \(a.diskKey))")),
                                   vm: vm, reason: "the clean-up after backup \(a.backupID) did not finish: the disk still holds the snapshot's data"))
+            }
+        }
+
+        /// Anchors of this VM and owner (a backup policy, or `replication:NAME`) that the catalog no
+        /// longer counts as the anchor of any disk, and disks of snapshots that are gone: a run
+        /// recorded their replacement, or removed their snapshot, and was killed before it removed
+        /// them. Nothing else would ever plan them away.
+        mutating func strayAnchors(owner: String, _ pool: ObservedPool, _ vm: VMIdentity) {
+            let current = Set((anchorsByKey["\(pool.name)\u{0}\(owner)\u{0}\(vm.uuid)"] ?? []).map(\.snapshotVDI))
+            let ofSnapshots = Set(pool.snapshots.flatMap { $0.disks.map(\.vdiUUID) })
+            let roles: Set<String> = ["cbt-anchor", "snapshot-disk", "replication-snapshot-disk"]
+            for o in inventoryByPool[pool.name] ?? [] where o.cls == "VDI" && o.vmUUID == vm.uuid && o.policy == owner && roles.contains(o.role)
+                && !current.contains(o.uuid) && !ofSnapshots.contains(o.uuid) {
+                guard let vdi = pool.vdis[o.uuid], owned(pool.name, "VDI", o.uuid, in: pool) else { continue }
+                let key = ActionKey(.retireAnchor, pool: pool.name, subject: o.uuid, policy: owner)
+                guard !keys.contains(key) else { continue }
+                add(PlannedAction(key: key, action: .retireAnchor(OwnedRemoval(uuid: o.uuid, label: "\(o.uuid) (\(vdi.name))")), vm: vm,
+                                  reason: "left over: a run replaced this CBT anchor (or removed its snapshot) and stopped before removing it"))
             }
         }
 
@@ -552,7 +627,8 @@ extension Planner {
             for (poolName, pool) in observed.sorted(by: { $0.key < $1.key }) {
                 let covers = covered[poolName] ?? []
                 // Replicas, their restore points and replication's anchors are the replication's own business.
-                for o in (inventoryByPool[poolName] ?? []) where !covers.contains(o.vmUUID) && !o.policy.hasPrefix("replication:") && !busy(poolName, o.vmUUID) {
+                for o in (inventoryByPool[poolName] ?? []) where !covers.contains(o.vmUUID) && !o.policy.hasPrefix("replication:")
+                    && !o.policy.hasPrefix("appliance:") && !busy(poolName, o.vmUUID) {
                     guard owned(poolName, o.cls, o.uuid, in: pool) else { continue }
                     let vm = VMIdentity(uuid: o.vmUUID, name: pool.vms.first { $0.uuid == o.vmUUID }?.name ?? o.vmUUID)
                     let why = "the VM is no longer covered by any backup policy (its backups stay until retention or `haven backups forget`)"

@@ -16,25 +16,19 @@ extension Planner.Context {
                  reason: "use method: cbt with direction: push; nothing is replicated for this policy meanwhile")
             return
         }
-        if spec.method == .xva {
-            warn(.notBuilt, sourceName, "xva-\(r.name)", resource: resource,
-                 "ReplicationPolicy \(r.name): method xva is not built yet", reason: "use method: cbt; nothing is replicated for this policy meanwhile")
-            return
+        var singlePass: RepositoryTarget?
+        if let sp = spec.singlePass {
+            guard let repo = repositoriesByName[sp.repository.value] else {
+                warn(.noTargetSR, sourceName, "single-\(r.name)", resource: resource,
+                     "ReplicationPolicy \(r.name): spec.singlePass.repository '\(sp.repository.value)' is not a declared Repository", reason: "declare it, or remove singlePass")
+                return
+            }
+            singlePass = repo
         }
-        if spec.reverse {
-            warn(.notBuilt, sourceName, "reverse-\(r.name)", resource: resource,
-                 "ReplicationPolicy \(r.name): reverse (fail-back) is not built yet", reason: "after `haven failover`, copy the VM back by hand; the replica is never written while failed over")
-            return
-        }
-        if spec.singlePass != nil {
-            warn(.notBuilt, sourceName, "single-\(r.name)", resource: resource,
-                 "ReplicationPolicy \(r.name): singlePass is not built yet: no backup version is recorded by the replication",
-                 reason: "protect these VMs with a BackupPolicy as well")
-        }
-        if !(source.hasCBTAPI && source.cbtLicensed && source.nbdAvailable) {
+        if spec.method == .cbt && !(source.hasCBTAPI && source.cbtLicensed && source.nbdAvailable) {
             warn(.notBuilt, sourceName, "cbt-\(r.name)", resource: resource,
                  "ReplicationPolicy \(r.name): method cbt needs CBT (API 2.8+, licensed) and an NBD network on pool \(sourceName)",
-                 reason: "replication without CBT is not built yet")
+                 reason: "use method: xva on this pool (the whole VM is copied each run)")
             return
         }
         let srUUID: String?
@@ -68,10 +62,17 @@ extension Planner.Context {
         for vm in selected where planned(.replication, sourceName, r.name, vm.uuid) {
             let record = records.first { $0.sourceVM == vm.uuid }
             let identity = VMIdentity(uuid: vm.uuid, name: vm.name)
+            // `haven failback`: that fail-back only.
+            if let fb = failback, fb.policy != r.name || (fb.vm != vm.name && fb.vm.lowercased() != vm.uuid.lowercased()) || record?.failedOverAt == nil { continue }
             if let record, let at = record.failedOverAt {
-                warn(.replicaFailedOver, sourceName, "fo-\(r.name)-\(vm.uuid)", resource: resource,
-                     "replica of \(vm.name) was failed over at \(Self.iso(at)); it is never written from now on",
-                     reason: "fail back, or remove the replica from the catalog once it is the VM of record")
+                let asked = failback.map { $0.policy == r.name && ($0.vm == vm.name || $0.vm.lowercased() == vm.uuid.lowercased()) } ?? false
+                if spec.reverse || asked {
+                    planFailback(r, record: record, vm: vm, source: source, target: target, asked: asked, failedOverAt: at)
+                } else {
+                    warn(.replicaFailedOver, sourceName, "fo-\(r.name)-\(vm.uuid)", resource: resource,
+                         "replica of \(vm.name) was failed over at \(Self.iso(at)); it is never written from now on",
+                         reason: "fail back with `haven failback \(r.name) \(vm.name)` (or `reverse: true`) once \(vm.name) is shut down, or `haven replicas delete \(r.name) \(vm.name)` once the replica is the VM of record")
+                }
                 continue
             }
             // Networks: mapped, or a same-named network on the target.
@@ -93,6 +94,9 @@ extension Planner.Context {
                 continue
             }
             let replica = record.flatMap { rec in target.vms.first { $0.uuid == rec.replicaUUID } }
+            // A replica counts as the replica of record only once its disks were recorded.
+            let complete = record.map { rec in !rec.diskMap.isEmpty && rec.diskMap.values.allSatisfy { target.vdis[$0] != nil } } ?? false
+            let removals = leftoverReplicas(r, vm: vm, identity: identity, target: target, keep: complete ? record?.replicaUUID : nil, record: record)
             if let replica, replica.powerState.lowercased() != "halted" {
                 warn(.replicaRunning, target.name, "run-\(r.name)-\(vm.uuid)", resource: resource,
                      "replica \(replica.name) of \(vm.name) is \(replica.powerState.lowercased()) on \(target.name): a running replica is never written",
@@ -100,13 +104,14 @@ extension Planner.Context {
                 continue
             }
             var enables: [ActionKey] = []
-            for d in vm.disks {
+            for d in vm.disks where spec.method == .cbt {
                 guard let vdi = source.vdis[d.vdiUUID], !vdi.cbtEnabled else { continue }
                 let key = ActionKey(.enableCBT, pool: sourceName, subject: vdi.uuid, policy: owner)
                 enables.append(key)
                 add(PlannedAction(key: key, action: .enableCBT(CBTChange(disk: DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size))),
                                   vm: identity, reason: "ReplicationPolicy \(r.name) reads changed blocks"))
             }
+            strayAnchors(owner: owner, source, identity)
             guard let reason = dueReason(spec.schedule, last: record?.lastSync).map({ $0.replacingOccurrences(of: "never backed up", with: "never replicated").replacingOccurrences(of: "last backup", with: "last sync") }) else { continue }
             let anchors = anchorsByKey["\(sourceName)\u{0}\(owner)\u{0}\(vm.uuid)"] ?? []
             let replicaDisks = record?.diskMap ?? [:]
@@ -116,6 +121,22 @@ extension Planner.Context {
             if record == nil || replica == nil {
                 mode = .initial
                 why += record == nil ? "; initial sync: no replica yet" : "; initial sync: the replica \(record!.replicaUUID) is gone from \(target.name)"
+            } else if !complete && spec.method == .cbt {
+                mode = .initial
+                why += "; initial sync: the replica \(record!.replicaUUID) was never completed (a sync stopped before its disks were recorded); it is removed"
+            }
+            if spec.method == .xva {
+                let replicaUUID = replica == nil ? nil : record?.replicaUUID
+                let disks = vm.disks.compactMap { d in source.vdis[d.vdiUUID].map { ReplicaDiskJob(key: d.userdevice, sourceVDI: $0.uuid, name: $0.name, size: $0.size) } }
+                why += replicaUUID == nil ? "; method xva: the VM is exported whole and imported as the replica"
+                    : "; method xva: the VM is exported whole and imported as a new replica, which replaces \(replicaUUID!) only once it imported completely"
+                if singlePass != nil { why += "; singlePass: the same export is recorded as a backup version (XVA) in \(singlePass!.name)" }
+                let job = ReplicationJob(mode: replicaUUID == nil ? .initial : .full, targetPool: target.name, targetSR: sr.uuid, targetSRName: sr.name,
+                                         replicaName: spec.target.namePrefix + vm.name, networks: networks, keep: spec.keep, trustDestination: true, disks: disks,
+                                         replicaUUID: replicaUUID, xva: true, singlePass: singlePass.map { SinglePassJob(repository: $0, baseBackup: nil) })
+                add(PlannedAction(key: ActionKey(.replicate, pool: sourceName, subject: vm.uuid, policy: r.name), action: .replicate(job), vm: identity,
+                                  reason: why, after: removals))
+                continue
             }
             for d in vm.disks {
                 guard let vdi = source.vdis[d.vdiUUID] else { continue }
@@ -145,12 +166,140 @@ extension Planner.Context {
             } else if spec.trustDestination && mode != .initial {
                 why += "; trustDestination: the replica is not checked"
             }
+            var pass: SinglePassJob?
+            if let repo = singlePass {
+                // The incremental version patches the one the last sync committed (its id is on the anchors).
+                let ids = Set(disks.compactMap { d in d.anchorVDI.flatMap { a in anchors.first { $0.snapshotVDI == a }?.backupID } })
+                var base: String?
+                if mode == .incremental, ids.count == 1, let id = ids.first, !id.isEmpty,
+                   disks.allSatisfy({ $0.anchorVDI != nil }), catalog.backups.contains(where: { $0.id == id && $0.repository == repo.name }) {
+                    base = id
+                }
+                why += base.map { "; singlePass: the same read commits an incremental backup version to \(repo.name) on top of \($0)" }
+                    ?? "; singlePass: the same read commits a backup version to \(repo.name) (every block is read for it: no version of the last sync to patch)"
+                pass = SinglePassJob(repository: repo, baseBackup: base)
+            }
             let job = ReplicationJob(mode: mode, targetPool: target.name, targetSR: sr.uuid, targetSRName: sr.name, replicaName: spec.target.namePrefix + vm.name,
                                      networks: networks, keep: spec.keep, trustDestination: spec.trustDestination, disks: disks,
-                                     replicaUUID: mode == .initial ? nil : record?.replicaUUID)
+                                     replicaUUID: mode == .initial ? nil : record?.replicaUUID, singlePass: pass)
             add(PlannedAction(key: ActionKey(.replicate, pool: sourceName, subject: vm.uuid, policy: r.name), action: .replicate(job), vm: identity,
-                              reason: why, after: enables))
+                              reason: why, after: enables + removals))
         }
+    }
+
+    /// Replicas of this source VM that haven made and that are not the replica of record: left by an
+    /// initial sync stopped before its disks were recorded, or by an xva run stopped between importing
+    /// the new replica and removing the old one; and replica disks never attached to a VM. Proven
+    /// haven's by the marks VM.create / VDI.create wrote plus the catalog (inventory or intent).
+    mutating func leftoverReplicas(_ r: ReplicationPolicy, vm: ObservedVM, identity: VMIdentity, target: ObservedPool, keep: String?,
+                                   record: ReplicaRecord?) -> [ActionKey] {
+        let owner = replicationOwnerKey(r.name)
+        let inventory = inventoryByPool[target.name] ?? []
+        let intent = catalog.intents.first { $0.pool == target.name && $0.policy == owner && $0.vmUUID == vm.uuid && $0.name.hasPrefix(replicaIntentPrefix) }
+        func ours(_ marks: [String: String]) -> Bool {
+            marks[OwnershipMarks.owner] == planner.instance && marks[OwnershipMarks.policy] == owner
+        }
+        var keys: [ActionKey] = []
+        var attached = Set<String>()
+        for v in target.vms { for d in v.disks { attached.insert(d.vdiUUID) } }
+        for s in target.snapshots { for d in s.disks { attached.insert(d.vdiUUID) } }
+        for candidate in target.vms where candidate.uuid != keep && candidate.isHavenReplica && ours(candidate.otherConfig)
+            && candidate.otherConfig[OwnershipMarks.source] == vm.uuid {
+            let known = inventory.contains { $0.uuid == candidate.uuid && $0.cls == "VM" }
+            guard known || intent != nil else {
+                warn(.unprovenReplica, target.name, "unproven-\(candidate.uuid)", resource: "ReplicationPolicy/\(r.name)",
+                     "VM \(candidate.name) (\(candidate.uuid)) carries haven's replica marks for \(vm.name), but the catalog does not know it: left alone",
+                     reason: "delete it by hand if it is a leftover")
+                continue
+            }
+            let why = candidate.uuid == record?.replicaUUID
+                ? "the replica \(candidate.uuid) was never completed: the initial sync that created it stopped before its disks were recorded; a new initial sync replaces it"
+                : keep == nil ? "a replica of \(vm.name) left by a sync that stopped before it was recorded (haven's by its marks and \(known ? "the inventory" : "the recorded intent"))"
+                : "an older replica of \(vm.name): the replica of record is \(keep!) (a run stopped between importing the new replica and removing this one)"
+            let key = ActionKey(.removeReplica, pool: target.name, subject: candidate.uuid, policy: owner)
+            add(PlannedAction(key: key, action: .removeReplica(ReplicaRemoval(pool: target.name, vmUUID: candidate.uuid, vdis: [],
+                                                                               label: "replica \(candidate.name) (\(candidate.uuid)) on \(target.name)", intent: known ? nil : intent?.name)),
+                              vm: identity, reason: why))
+            keys.append(key)
+        }
+        let sourceDisks = Set(vm.disks.map(\.vdiUUID))
+        let recorded = Set(record?.diskMap.values.map { $0 } ?? [])
+        let loose = target.vdis.values.filter { v in
+            !v.isSnapshot && v.otherConfig[OwnershipMarks.role] == "replica-disk" && ours(v.otherConfig) && sourceDisks.contains(v.otherConfig[OwnershipMarks.source] ?? "")
+                && !attached.contains(v.uuid) && !recorded.contains(v.uuid)
+                && (inventory.contains { $0.uuid == v.uuid } || intent != nil)
+        }.map(\.uuid).sorted()
+        if !loose.isEmpty {
+            let key = ActionKey(.removeReplica, pool: target.name, subject: loose[0], policy: owner)
+            add(PlannedAction(key: key, action: .removeReplica(ReplicaRemoval(pool: target.name, vmUUID: nil, vdis: loose,
+                                                                               label: "replica disk\(loose.count == 1 ? "" : "s") \(loose.joined(separator: ", ")) on \(target.name), attached to no VM", intent: intent?.name)),
+                              vm: identity, reason: "left by an initial sync of \(vm.name) that stopped before attaching them"))
+            keys.append(key)
+        }
+        return keys
+    }
+
+    /// The fail-back of a failed-over replica: planned with `reverse: true` or `haven failback`;
+    /// waits (and says so) while the original VM runs — a running original is never written.
+    mutating func planFailback(_ r: ReplicationPolicy, record: ReplicaRecord, vm: ObservedVM, source: ObservedPool, target: ObservedPool, asked: Bool,
+                               failedOverAt: Date) {
+        let resource = "ReplicationPolicy/\(r.name)"
+        let owner = replicationOwnerKey(r.name)
+        guard let replica = target.vms.first(where: { $0.uuid == record.replicaUUID }) else {
+            warn(.replicaFailedOver, source.name, "fb-gone-\(r.name)-\(vm.uuid)", resource: resource,
+                 "cannot fail back \(vm.name): its replica \(record.replicaUUID) is gone from \(target.name)",
+                 reason: "`haven replicas delete \(r.name) \(vm.name)` forgets it; the next sync makes a new replica")
+            return
+        }
+        guard vm.powerState.lowercased() == "halted" else {
+            warn(.failbackWaiting, source.name, "fb-wait-\(r.name)-\(vm.uuid)", resource: resource,
+                 "fail-back of \(vm.name) from \(replica.name) waits: \(vm.name) is \(vm.powerState.lowercased()) on \(source.name), and a running original is never written",
+                 reason: "shut \(vm.name) down; the next plan sends the replica's changes back")
+            return
+        }
+        let failoverAnchors = anchorsByKey["\(target.name)\u{0}\(failoverAnchorKey(r.name))\u{0}\(vm.uuid)"] ?? []
+        let sourceAnchors = anchorsByKey["\(source.name)\u{0}\(owner)\u{0}\(vm.uuid)"] ?? []
+        let behind = replica.otherConfig[failoverBehindMark] != nil
+        var disks: [FailbackDiskJob] = []
+        var notes: [String] = []
+        for d in vm.disks {
+            guard let original = source.vdis[d.vdiUUID] else { continue }
+            guard let rd = replica.disks.first(where: { $0.userdevice == d.userdevice }), let rv = target.vdis[rd.vdiUUID] else {
+                warn(.replicaFailedOver, source.name, "fb-disk-\(r.name)-\(vm.uuid)", resource: resource,
+                     "cannot fail back \(vm.name): its replica \(replica.name) has no disk \(d.userdevice)", reason: "fail back by hand")
+                return
+            }
+            guard rv.size == original.size else {
+                warn(.replicaFailedOver, source.name, "fb-size-\(r.name)-\(vm.uuid)", resource: resource,
+                     "cannot fail back \(vm.name): disk \(d.userdevice) is \(rv.size) bytes on the replica and \(original.size) on the original", reason: "fail back by hand")
+                return
+            }
+            var fa = failoverAnchors.first { $0.diskKey == d.userdevice && target.vdis[$0.snapshotVDI] != nil }?.snapshotVDI
+            var sa = sourceAnchors.first { $0.diskKey == d.userdevice && $0.sourceVDI == original.uuid && source.vdis[$0.snapshotVDI]?.cbtEnabled == true }?.snapshotVDI
+            if fa == nil { notes.append("disk \(d.userdevice): every block, because the failover recorded no CBT anchor of the replica's disk") }
+            if sa == nil || !original.cbtEnabled {
+                notes.append("disk \(d.userdevice): every block, because the original's CBT anchor of the last sync is \(sa == nil ? "missing" : "unusable")")
+                sa = nil
+            }
+            if behind {
+                fa = nil
+                sa = nil
+            }
+            disks.append(FailbackDiskJob(key: d.userdevice, name: original.name, size: original.size, originalVDI: original.uuid, replicaVDI: rv.uuid,
+                                         failoverAnchorVDI: fa, sourceAnchorVDI: sa))
+        }
+        if behind { notes.append("every block, because the failover went to an older restore point than the last sync") }
+        var why = (asked ? "asked (`haven failback \(r.name) \(vm.name)`)" : "reverse: true") + "; the replica was failed over at \(Self.iso(failedOverAt))"
+        why += "; steps: (1) snapshot the replica \(replica.name) (it becomes its newest restore point)"
+        why += ", (2) send onto the halted \(vm.name) the blocks the replica changed since the failover and those \(vm.name) wrote after the last sync (CBT on both sides)"
+        if !notes.isEmpty { why += " — " + notes.joined(separator: "; ") }
+        why += ", (3) snapshot \(vm.name) as the next sync's CBT anchor, (4) block the replica again and close the failover: syncs resume \(target.name == source.name ? "" : "from \(source.name) ")in the normal direction"
+        if replica.powerState.lowercased() != "halted" {
+            why += "; the replica is \(replica.powerState.lowercased()): what it writes after the snapshot of step 1 is not sent and is overwritten by the first sync after it is shut down — shut it down first to lose nothing"
+        }
+        let job = FailbackJob(targetPool: target.name, replicaUUID: replica.uuid, replicaName: replica.name, keep: r.spec.keep, disks: disks)
+        add(PlannedAction(key: ActionKey(.failback, pool: source.name, subject: vm.uuid, policy: r.name), action: .failback(job),
+                          vm: VMIdentity(uuid: vm.uuid, name: vm.name), reason: why))
     }
 
     /// Replicas whose policy is gone are kept (a DR copy is never deleted implicitly), and said.

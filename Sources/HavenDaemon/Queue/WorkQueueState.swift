@@ -30,6 +30,9 @@ public struct WorkQueueState: Sendable {
     public var limits: [String: Int] = [:]
     /// Replication policy -> its target pool: a replication key acts on both pools.
     public var targets: [String: String] = [:]
+    /// Policy -> the AppliancePools its transfers go through: one key at a time per
+    /// AppliancePool, as each plan provisions and leases appliances on its own.
+    public var appliancePools: [String: [String]] = [:]
     private var busy: [String: Int] = [:]
     /// Adds (`workqueue_adds_total`) and retries (`workqueue_retries_total`) so far.
     public private(set) var adds = 0
@@ -115,8 +118,10 @@ public struct WorkQueueState: Sendable {
         var blocked = Set<String>()
         for (i, key) in queue.enumerated() {
             let pools = limited(key)
-            if pools.contains(where: blocked.contains) || !pools.allSatisfy({ busy[$0, default: 0] < max(1, limits[$0] ?? 1) }) {
-                blocked.formUnion(pools)
+            // What is at its limit holds this key, and every later key needing it (first come, first served).
+            let full = pools.filter { blocked.contains($0) || busy[$0, default: 0] >= limit($0) }
+            if !full.isEmpty {
+                blocked.formUnion(full)
                 continue
             }
             queue.remove(at: i)
@@ -129,8 +134,13 @@ public struct WorkQueueState: Sendable {
         return nil
     }
 
-    /// The pools whose limits a key counts against: none for housekeeping.
-    private func limited(_ key: WorkKey) -> [String] { key.isHousekeeping ? [] : pools(of: key) }
+    private func limit(_ resource: String) -> Int { resource.hasPrefix("appliances:") ? 1 : max(1, limits[resource] ?? 1) }
+
+    /// What a key counts against: its pools, and (limit 1) the AppliancePools it transfers
+    /// through; nothing for housekeeping.
+    private func limited(_ key: WorkKey) -> [String] {
+        key.isHousekeeping ? [] : pools(of: key) + (appliancePools[key.policy] ?? []).map { "appliances:" + $0 }
+    }
 
     /// The worker finished the key (whatever the outcome): a key that became dirty meanwhile is
     /// queued again. Returns how long it was processed.

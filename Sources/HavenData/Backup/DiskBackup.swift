@@ -51,34 +51,42 @@ public struct DiskBackup: Sendable {
         let chunks = Int((size + Int64(chunkSize) - 1) / Int64(chunkSize))
         var entries = [ChunkID](repeating: .zero, count: chunks)
         var jobs: [ReadJob] = []
-        if let previous = request.previous, let changed = request.changed {
+        var isIncremental = false
+        if let previous = request.previous, request.changed != nil || request.source.deliversChangesOnly {
             guard previous.chunkSize == chunkSize else {
                 throw DataError(.unsupported, request.name, "the previous version used \(previous.chunkSize)-byte chunks; the repository now uses \(chunkSize)")
             }
-            guard changed.diskSize == size else {
+            if let changed = request.changed, changed.diskSize != size {
                 throw DataError(.badBitmap, request.name, "the changed-block bitmap is for \(changed.diskSize) bytes, the disk has \(size)")
             }
             let old = try DiskIndex.read(previous.index, from: repository)
             for i in 0..<min(old.count, chunks) { entries[i] = old[i] }
-            // A disk that grew: the new area counts as changed only where the bitmap says so, and
-            // is zero otherwise, which the zero entries already say.
-            var byChunk: [Int: [ByteRange]] = [:]
-            for r in changed.ranges(within: chunkSize) { byChunk[Int(r.offset / Int64(chunkSize)), default: []].append(r) }
-            jobs = byChunk.keys.sorted().map { ReadJob(chunk: $0, ranges: byChunk[$0]!) }
+            // A disk that grew: the new area counts as changed only where the bitmap (or the
+            // delta) says so, and is zero otherwise, which the zero entries already say.
+            if let changed = request.changed {
+                var byChunk: [Int: [ByteRange]] = [:]
+                for r in changed.ranges(within: chunkSize) { byChunk[Int(r.offset / Int64(chunkSize)), default: []].append(r) }
+                jobs = byChunk.keys.sorted().map { ReadJob(chunk: $0, ranges: byChunk[$0]!) }
+            }
+            isIncremental = true
         } else {
+            guard !request.source.deliversChangesOnly else {
+                throw DataError(.unsupported, request.name, "a delta source (\(request.source.label)) needs the previous version to patch")
+            }
             jobs = (0..<chunks).map { c in
                 let start = Int64(c) * Int64(chunkSize)
                 return ReadJob(chunk: c, ranges: [ByteRange(offset: start, length: Int(min(Int64(chunkSize), size - start)))])
             }
         }
-        let total = jobs.reduce(Int64(0)) { $0 + Int64($1.bytes) }
+        // A delta source finds its jobs as it reads: the disk's size is the most it can read.
+        let incremental = isIncremental
+        let total = request.source.deliversChangesOnly && isIncremental ? size : jobs.reduce(Int64(0)) { $0 + Int64($1.bytes) }
         let state = Mutex(Shared(entries: entries))
         let queue = BoundedQueue<(ReadJob, ChunkBuffer)>(capacity: workers * 2 + 2)
         // Readers keep up to 8 reads in flight per connection; the rest wait in the queue.
         let pool = BufferPool(size: chunkSize, limit: max(16, workers * 4) + 32)
         let failure = FirstError()
         let repo = repository
-        let isIncremental = request.previous != nil
 
         // After a failure: drop what waits in the queue (its buffers go back to the pool), and
         // close the pool so that a reader waiting for a buffer stops instead of waiting forever.
@@ -95,19 +103,20 @@ public struct DiskBackup: Sendable {
                 defer { workerGroup.leave() }
                 let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
                 defer { scratch.deallocate() }
+                let codec = ChunkCodec(chunkSize: chunkSize)
                 while let (job, buffer) = queue.pop() {
                     defer { pool.release(buffer) }
                     do {
                         let start = Int64(job.chunk) * Int64(chunkSize)
                         let length = Int(min(Int64(chunkSize), size - start))
                         var data = UnsafeRawBufferPointer(rebasing: buffer.memory[0..<length])
-                        if isIncremental && job.bytes < length {
+                        if incremental && job.bytes < length {
                             let oldID = state.withLock { $0.entries[job.chunk] }
                             let whole = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<length])
                             if oldID.isZero {
                                 whole.initializeMemory(as: UInt8.self, repeating: 0)
                             } else {
-                                let n = try repo.getChunk(oldID, into: whole)
+                                let n = try repo.getChunk(oldID, into: whole, codec: codec)
                                 if n < length { (whole.baseAddress! + n).initializeMemory(as: UInt8.self, repeating: 0, count: length - n) }
                             }
                             for r in job.ranges {
@@ -120,7 +129,7 @@ public struct DiskBackup: Sendable {
                         var stored = 0
                         if !data.isZero {
                             id = repo.chunkID(of: data)
-                            stored = try repo.putChunk(id, data)
+                            stored = try repo.putChunk(id, data, codec: codec)
                         }
                         let done = state.withLock { s -> Int64 in
                             s.entries[job.chunk] = id

@@ -20,6 +20,13 @@ public protocol DiskSource: Sendable {
     var size: Int64 { get }
     var label: String { get }
     func read(_ jobs: [ReadJob], buffers: BufferPool, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws
+    /// True for a source that itself knows what changed since a base (a VHD delta): it ignores
+    /// the jobs and delivers only the changed ranges.
+    var deliversChangesOnly: Bool { get }
+}
+
+extension DiskSource {
+    public var deliversChangesOnly: Bool { false }
 }
 
 /// A chunk-sized buffer handed between threads; freed when the last owner lets go.
@@ -39,22 +46,57 @@ public final class ChunkBuffer: @unchecked Sendable {
 /// connection that drops is opened again and its unfinished reads are issued again; nothing is
 /// skipped.
 public final class NBDDiskSource: DiskSource, @unchecked Sendable {
-    // @unchecked: immutable after init.
+    // @unchecked: immutable after init, but for `spare`, guarded by `spareLock`.
     public let endpoint: NBDEndpoint
     public let size: Int64
     public let connections: Int
     public let depth: Int
     public let maxRetries: Int
     public var label: String { endpoint.description }
+    /// What connections use: a PEM certificate is written once, to a directory of this source's
+    /// own, rather than once per connection.
+    private let connectTo: NBDEndpoint
+    private let certDirectory: String?
+    /// The connection that learned the size, kept for the first reader (no second handshake).
+    private var spare: NBDConnection?
+    private let spareLock = NSLock()
 
-    /// `size`, when the caller knows it (the VDI's virtual_size), saves a connection and its TLS
-    /// handshake just to ask; the reading connections still check it.
+    /// `size`, when the caller knows it (the VDI's virtual_size), is checked by the reading
+    /// connections; without it the first connection asks, and then reads too.
     public init(_ endpoint: NBDEndpoint, size: Int64? = nil, connections: Int = 4, depth: Int = 8, maxRetries: Int = 5) throws {
         self.endpoint = endpoint
         self.connections = max(1, connections)
         self.depth = max(1, depth)
         self.maxRetries = maxRetries
-        self.size = try size ?? NBDConnection(endpoint).size
+        if case .certificate(let pem) = endpoint.tls {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("haven-nbd-\(UUID().uuidString)").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try pem.write(toFile: dir + "/ca-cert.pem", atomically: false, encoding: .utf8)
+            certDirectory = dir
+            var e = endpoint
+            e.tls = .certificateDirectory(dir)
+            connectTo = e
+        } else {
+            certDirectory = nil
+            connectTo = endpoint
+        }
+        if let size {
+            self.size = size
+        } else {
+            do {
+                let probe = try NBDConnection(connectTo)
+                self.size = probe.size
+                spare = probe
+            } catch {
+                if let certDirectory { try? FileManager.default.removeItem(atPath: certDirectory) }
+                throw error
+            }
+        }
+    }
+
+    deinit {
+        spare?.finish()
+        if let certDirectory { try? FileManager.default.removeItem(atPath: certDirectory) }
     }
 
     public func read(_ jobs: [ReadJob], buffers: BufferPool, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws {
@@ -71,8 +113,14 @@ public final class NBDDiskSource: DiskSource, @unchecked Sendable {
     private func connectWithRetry() throws -> NBDConnection {
         var attempt = 0
         while true {
+            if let c = spareLock.withLock({ () -> NBDConnection? in
+                defer { spare = nil }
+                return spare
+            }) {
+                return c
+            }
             do {
-                return try NBDConnection(endpoint)
+                return try NBDConnection(connectTo)
             } catch let e as DataError where e.code == .nbd {
                 attempt += 1
                 if attempt > maxRetries { throw e }

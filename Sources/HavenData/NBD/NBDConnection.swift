@@ -26,6 +26,9 @@ final class NBDConnection {
             try check(nbd_set_export_name(h, endpoint.exportName))
             // xapi-nbd has no structured replies; do not ask.
             try check(nbd_set_request_structured_replies(h, false))
+            // Read buffers are always filled by the server's reply (or the read fails): libnbd
+            // need not zero each one first.
+            try check(nbd_set_pread_initialize(h, false))
             switch endpoint.tls {
             case .off:
                 try check(nbd_set_tls(h, Int32(LIBNBD_TLS_DISABLE)))

@@ -32,6 +32,17 @@ public struct ChunkID: Hashable, Sendable, Comparable, CustomStringConvertible {
         return out
     }
 
+    /// Writes the 32 bytes at the start of `raw`.
+    func store(into raw: UnsafeMutableRawBufferPointer) {
+        raw.storeBytes(of: w0.bigEndian, toByteOffset: 0, as: UInt64.self)
+        raw.storeBytes(of: w1.bigEndian, toByteOffset: 8, as: UInt64.self)
+        raw.storeBytes(of: w2.bigEndian, toByteOffset: 16, as: UInt64.self)
+        raw.storeBytes(of: w3.bigEndian, toByteOffset: 24, as: UInt64.self)
+    }
+
+    /// The first 8 bytes as a number: ids sort by it first (the chunk index's fences).
+    var prefix: UInt64 { w0 }
+
     public static let zero = ChunkID(bytes: [UInt8](repeating: 0, count: 32))
     public var isZero: Bool { w0 | w1 | w2 | w3 == 0 }
 

@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 
 /// What `verify` found.
@@ -93,7 +94,7 @@ extension BackupRepository {
             // The table was read when this object opened the repository; writers in other
             // processes (or other repository objects) have added packs since. Read it again now
             // that nobody writes, or the walk below misses their chunks.
-            try index.load(from: self)
+            try index.load()
             var live = Set<ChunkID>()
             // A damaged manifest still names chunks nobody can now tell: collect nothing until it
             // is repaired or forgotten.
@@ -110,46 +111,51 @@ extension BackupRepository {
             }
             let cutoff = Date().addingTimeInterval(-safetyWindow)
             var report = GCReport(liveChunks: live.count, deletedChunks: 0, deletedBytes: 0, keptYoungChunks: 0, removedTemporaryFiles: 0)
-            let byPack = Dictionary(grouping: index.sealedEntries) { $0.value.pack }
             var rewritten = false
-            for (pack, entries) in byPack.sorted(by: { $0.key < $1.key }) {
-                let dead = entries.filter { !live.contains($0.key) }
+            for pack in index.packEntries().sorted(by: { $0.name < $1.name }) {
+                let entries = pack.entries
+                let dead = entries.filter { !live.contains($0.0) }
                 guard !dead.isEmpty else { continue }
                 var st = stat()
-                guard stat(pack, &st) == 0 else { continue }
+                guard stat(pack.path, &st) == 0 else { continue }
                 if Date(timeIntervalSince1970: TimeInterval(st.st_mtim.tv_sec)) > cutoff {
                     report.keptYoungChunks += dead.count
                     continue
                 }
-                let name = (pack as NSString).lastPathComponent
-                let deadBytes = dead.reduce(Int64(0)) { $0 + Int64($1.value.length) + 36 }
+                let deadBytes = dead.reduce(Int64(0)) { $0 + Int64($1.2) + 36 }
                 if dead.count < entries.count {
                     // Mostly alive: leave it until a third of it is dead.
                     guard deadBytes * 3 >= Int64(st.st_size) else { continue }
-                    // Copy the live chunks into new packs first; only then drop the old one.
+                    // Copy the live chunks into new packs first (sealing makes them durable);
+                    // only then drop the old one.
                     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(config.chunkSize, 1024 * 32) + 4096, alignment: 64)
                     defer { buffer.deallocate() }
-                    let fd = Glibc.open(pack, O_RDONLY)
+                    let fd = Glibc.open(pack.path, O_RDONLY)
                     guard fd >= 0 else { continue }
                     let writer = acquireWriter()
-                    for (id, loc) in entries where live.contains(id) {
-                        let n = pread(fd, buffer.baseAddress, Int(loc.length), off_t(loc.offset))
-                        guard n == Int(loc.length) else { continue }
-                        _ = try writer.append(id, UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                    for (id, offset, length) in entries where live.contains(id) {
+                        let n = pread(fd, buffer.baseAddress, Int(length), off_t(offset))
+                        guard n == Int(length) else { continue }
+                        try writer.append(id, UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
                     }
                     Glibc.close(fd)
                     try writer.seal()
                     releaseWriter(writer)
                     rewritten = true
-                    try syncAll()
+                    CrashPoints.hit("gc pack rewritten")
                 }
-                unlink(indexPath(name))
-                unlink(pack)
-                index.remove(packPath: pack)
+                unlink(indexPath(pack.name))
+                CrashPoints.hit("gc index removed")
+                unlink(pack.path)
+                CrashPoints.hit("gc pack removed")
+                index.removePack(named: pack.name)
                 report.deletedChunks += dead.count
                 report.deletedBytes += deadBytes
             }
-            if rewritten { try index.load(from: self) }
+            // The removals made durable: an index that came back after a crash would name a pack
+            // that may be gone.
+            if report.deletedChunks > 0 { try syncDirectory(indexDir.path) }
+            if rewritten { try index.load() }
             for name in (try? FileManager.default.contentsOfDirectory(atPath: tmpDir.path)) ?? [] {
                 let path = tmpDir.appendingPathComponent(name).path
                 var st = stat()

@@ -1,3 +1,4 @@
+import CrashPoints
 import Crypto
 import Foundation
 import XenAPI
@@ -291,5 +292,6 @@ extension BackupRepository {
     /// Removes a version (its chunks go at the next GC). A damaged manifest can be removed too.
     public func prune(_ id: String) throws {
         guard unlink(manifestURL(id).path) == 0 else { throw DataError(.noSuchVersion, id, "no such backup version") }
+        CrashPoints.hit("manifest removed")
     }
 }

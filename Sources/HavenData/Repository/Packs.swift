@@ -1,15 +1,18 @@
+import CHavenSystem
+import CrashPoints
 import Foundation
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// Where a chunk lives: a pack file, the offset of its record's encoded chunk, its length.
+/// Where a chunk lives, for callers outside the index (tests, rescue): the pack file's path, the
+/// offset of its record's encoded chunk, its length.
 struct ChunkLocation: Sendable {
     var pack: String
     var offset: UInt64
     var length: UInt32
-    /// True while the pack is still being written (its path is in tmp/).
+    /// True while the pack is still being written.
     var pending: Bool
 }
 
@@ -18,206 +21,236 @@ struct ChunkLocation: Sendable {
 /// length (u32 LE) | encoded chunk`; it can be re-indexed by reading it front to back. Its index
 /// (`index/<pack>.idx`: `id | offset (u64 LE) | length (u32 LE)` per chunk) is written after the
 /// pack is in place, so an index never names a pack that is not there.
+///
+/// Appends are gathered in memory and written a megabyte at a time (asking the kernel to start
+/// writing them back at once), so that sealing a pack finds little left to flush. Sealing makes a
+/// pack durable before anyone can see it: fsync of the pack, rename into `packs/`, fsync of its
+/// directory, then the same for its index. An index in `index/` therefore always names a pack
+/// that is on disk, and a commit has only the directory `index/` itself to make durable.
 final class PackWriter: @unchecked Sendable {
-    // @unchecked: every field is guarded by `lock`; one backup thread appends at a time, and
-    // commit may seal it from another thread.
-    let lock = NSLock()
+    // @unchecked: every field is guarded by `lock`; backup workers append from several threads,
+    // and a commit may seal from another.
+    private let lock = NSCondition()
     unowned let repository: BackupRepository
-    var fd: Int32 = -1
-    var name = ""
-    var size: UInt64 = 0
-    var entries: [(ChunkID, UInt64, UInt32)] = []
-    /// The pack is in `packs/` but its index could not be written (a full file system): the
-    /// next seal, or append, tries again before anything else.
-    var awaitingIndex = false
+    /// The pack being appended to.
+    private var current: OpenPack?
+    /// Packs handed to a thread that is sealing them (outside the lock).
+    private var sealing = 0
+    /// Packs whose seal failed part way (a full file system): tried again, first thing, by the
+    /// next append or seal.
+    private var unfinished: [OpenPack] = []
     static let target: UInt64 = 32 << 20
+    /// Appends are written once this much is gathered.
+    static let flushSize = 1 << 20
+    /// The kernel is asked to write back every this many bytes.
+    static let writebackSize: UInt64 = 8 << 20
 
     init(repository: BackupRepository) { self.repository = repository }
 
-    var tmpPath: String { repository.tmpDir.path + "/pack-" + name }
+    /// A pack being written (in `tmp/`) or sealed.
+    final class OpenPack {
+        let name: String
+        let id: UInt32
+        var fd: Int32
+        /// Bytes of the pack, gathered ones included; bytes already in the file.
+        var size: UInt64 = 0
+        var written: UInt64 = 0
+        var writtenBack: UInt64 = 0
+        var buffer: UnsafeMutableRawBufferPointer
+        var buffered = 0
+        var entries: [(ChunkID, UInt64, UInt32)] = []
+        /// 0 writing, 1 in `packs/` (its index still to write).
+        var stage = 0
 
-    /// Appends an encoded chunk; returns where it went.
-    func append(_ id: ChunkID, _ encoded: UnsafeRawBufferPointer) throws -> ChunkLocation {
-        lock.lock()
-        defer { lock.unlock() }
-        if awaitingIndex { try writeIndexLocked() }
-        if fd < 0 {
-            name = (0..<4).map { _ in String(format: "%08x", UInt32.random(in: 0...UInt32.max)) }.joined()
-            fd = open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, BackupRepository.fileMode)
-            guard fd >= 0 else { throw DataError(.io, tmpPath, String(cString: strerror(errno))) }
-            size = 0
+        init(name: String, id: UInt32, fd: Int32) {
+            self.name = name
+            self.id = id
+            self.fd = fd
+            buffer = .allocate(byteCount: PackWriter.flushSize + 65_536, alignment: 4096)
         }
-        var header = id.bytes
-        let length = UInt32(encoded.count)
-        header += [UInt8(length & 0xff), UInt8(length >> 8 & 0xff), UInt8(length >> 16 & 0xff), UInt8(length >> 24)]
-        let ok = header.withUnsafeBytes { writeAll(fd, $0) } && writeAll(fd, encoded)
-        guard ok else {
-            let reason = String(cString: strerror(errno))
-            // A partial record would shift every later record away from the offset its index
-            // gives: cut the pack back to its last whole record before anything else is appended.
-            guard ftruncate(fd, off_t(size)) == 0, lseek(fd, off_t(size), SEEK_SET) == off_t(size) else {
-                // Cannot happen on a sane file system; if it does, this pack is lost: forget it
-                // and its chunks (never sealed, so no committed version names them).
-                close(fd)
-                fd = -1
-                unlink(tmpPath)
-                for (id, _, _) in entries { repository.index.dropPending(id) }
-                entries.removeAll()
-                throw DataError(.io, tmpPath, "cannot append to pack: \(reason)")
-            }
-            throw DataError(.io, tmpPath, "cannot append to pack: \(reason)")
+
+        deinit {
+            buffer.deallocate()
+            if fd >= 0 { close(fd) }
         }
-        let offset = size + 36
-        size += 36 + UInt64(encoded.count)
-        entries.append((id, offset, length))
-        let location = ChunkLocation(pack: tmpPath, offset: offset, length: length, pending: true)
-        repository.index.addPending(id, location)
-        CrashPoints.hit("chunk-appended")
-        if size >= Self.target { try sealLocked() }
-        return location
     }
 
+    /// Appends an encoded chunk; the chunk is visible (pending) in the index from here on.
+    func append(_ id: ChunkID, _ encoded: UnsafeRawBufferPointer) throws {
+        lock.lock()
+        var locked = true
+        defer { if locked { lock.unlock() } }
+        if !unfinished.isEmpty { try finishUnfinishedLocked() }
+        if current == nil {
+            let name = (0..<4).map { _ in String(format: "%08x", UInt32.random(in: 0...UInt32.max)) }.joined()
+            let path = repository.tmpDir.path + "/pack-" + name
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, BackupRepository.fileMode)
+            guard fd >= 0 else { throw DataError(.io, path, String(cString: strerror(errno))) }
+            current = OpenPack(name: name, id: repository.index.registerPack(name), fd: fd)
+        }
+        let pack = current!
+        let record = 36 + encoded.count
+        if pack.buffered + record > pack.buffer.count { try flushLocked(pack) }
+        let length = UInt32(encoded.count)
+        if record <= pack.buffer.count {
+            let at = pack.buffer.baseAddress! + pack.buffered
+            id.store(into: UnsafeMutableRawBufferPointer(start: at, count: 32))
+            (at + 32).storeBytes(of: length.littleEndian, as: UInt32.self)
+            (at + 36).copyMemory(from: encoded.baseAddress!, byteCount: encoded.count)
+            pack.buffered += record
+        } else {
+            // A chunk larger than the buffer (chunk sizes up to 64 MiB) goes straight to the file.
+            var header = [UInt8](repeating: 0, count: 36)
+            header.withUnsafeMutableBytes { h in
+                id.store(into: UnsafeMutableRawBufferPointer(rebasing: h[0..<32]))
+                h.storeBytes(of: length.littleEndian, toByteOffset: 32, as: UInt32.self)
+            }
+            guard header.withUnsafeBytes({ writeAll(pack.fd, $0) }) && writeAll(pack.fd, encoded) else {
+                try failedWriteLocked(pack, String(cString: strerror(errno)))
+            }
+            pack.written += UInt64(record)
+        }
+        let offset = pack.size + 36
+        pack.size += UInt64(record)
+        pack.entries.append((id, offset, length))
+        repository.index.addPending(id, pack: pack.id, offset: offset, length: length)
+        if pack.buffered >= Self.flushSize { try flushLocked(pack) }
+        CrashPoints.hit("chunk-appended")
+        guard pack.size >= Self.target else { return }
+        // Full: a new pack takes the next appends while this thread seals this one.
+        current = nil
+        sealing += 1
+        lock.unlock()
+        locked = false
+        var failure: (any Error)?
+        do { try seal(pack) } catch { failure = error }
+        lock.lock()
+        sealing -= 1
+        if failure != nil { unfinished.append(pack) }
+        lock.broadcast()
+        lock.unlock()
+        if let failure { throw failure }
+    }
+
+    /// Writes what is gathered of the pack holding `pack` (a reader wants a pending chunk).
+    func flush(pack id: UInt32) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        if let c = current, c.id == id { try flushLocked(c) }
+    }
+
+    private func flushLocked(_ pack: OpenPack) throws {
+        guard pack.buffered > 0 else { return }
+        guard writeAll(pack.fd, UnsafeRawBufferPointer(rebasing: pack.buffer[0..<pack.buffered])) else {
+            try failedWriteLocked(pack, String(cString: strerror(errno)))
+        }
+        pack.written += UInt64(pack.buffered)
+        pack.buffered = 0
+        if pack.written - pack.writtenBack >= Self.writebackSize {
+            // Start writing back now, so that the fsync at the seal has little left to do.
+            _ = haven_start_writeback(pack.fd, off_t(pack.writtenBack), off_t(pack.written - pack.writtenBack))
+            pack.writtenBack = pack.written
+        }
+    }
+
+    /// A write failed: the pack is cut back to its last whole record in the file, and the chunks
+    /// gathered after it are forgotten (a backup that deduplicated against one fails at its
+    /// commit, naming it: nothing committed ever names them).
+    private func failedWriteLocked(_ pack: OpenPack, _ reason: String) throws -> Never {
+        let path = repository.tmpDir.path + "/pack-" + pack.name
+        let keep = pack.entries.filter { $0.1 + UInt64($0.2) <= pack.written }
+        for (id, _, _) in pack.entries.dropFirst(keep.count) { repository.index.dropPending(id) }
+        pack.entries = keep
+        pack.buffered = 0
+        pack.size = pack.written
+        guard ftruncate(pack.fd, off_t(pack.written)) == 0, lseek(pack.fd, off_t(pack.written), SEEK_SET) == off_t(pack.written) else {
+            // Cannot happen on a sane file system; if it does, this pack is lost: forget it
+            // and its chunks (never sealed, so no committed version names them).
+            close(pack.fd)
+            pack.fd = -1
+            unlink(path)
+            for (id, _, _) in pack.entries { repository.index.dropPending(id) }
+            repository.index.removePack(pack.id)
+            current = nil
+            throw DataError(.io, path, "cannot append to pack: \(reason)")
+        }
+        throw DataError(.io, path, "cannot append to pack: \(reason)")
+    }
+
+    /// Seals the pack being written, and waits for seals under way on other threads (a commit).
     func seal() throws {
         lock.lock()
+        let pack = current
+        current = nil
+        while sealing > 0 { lock.wait() }
         defer { lock.unlock() }
-        try sealLocked()
+        if !unfinished.isEmpty { try finishUnfinishedLocked() }
+        guard let pack else { return }
+        do { try seal(pack) } catch {
+            unfinished.append(pack)
+            throw error
+        }
     }
 
-    /// Puts the pack in place, then its index, then makes its chunks visible as sealed.
-    private func sealLocked() throws {
-        if awaitingIndex { return try writeIndexLocked() }
-        guard fd >= 0 else { return }
-        close(fd)
-        fd = -1
-        let final = repository.packPath(name)
-        let dir = (final as NSString).deletingLastPathComponent
-        if access(dir, F_OK) != 0 { mkdir(dir, BackupRepository.directoryMode) }
-        guard rename(tmpPath, final) == 0 else { throw DataError(.io, final, String(cString: strerror(errno))) }
-        CrashPoints.hit("pack-renamed")
-        awaitingIndex = true
-        // Reads (an incremental patching a chunk) find the chunks at their new path meanwhile.
-        for (id, offset, length) in entries {
-            repository.index.addPending(id, ChunkLocation(pack: final, offset: offset, length: length, pending: true))
+    private func finishUnfinishedLocked() throws {
+        while let pack = unfinished.first {
+            try seal(pack)
+            unfinished.removeFirst()
         }
-        try writeIndexLocked()
     }
 
-    /// Writes the index of the pack just put in place, then makes its chunks visible as sealed.
-    private func writeIndexLocked() throws {
-        let final = repository.packPath(name)
-        var idx: [UInt8] = []
-        idx.reserveCapacity(entries.count * 44)
-        for (id, offset, length) in entries {
-            idx += id.bytes
-            withUnsafeBytes(of: offset.littleEndian) { idx += $0 }
-            withUnsafeBytes(of: length.littleEndian) { idx += $0 }
+    /// Flush, fsync, rename into `packs/`, fsync of its directory; then the index the same way.
+    /// Resumable: a pack already in place only has its index written.
+    private func seal(_ pack: OpenPack) throws {
+        let tmpPath = repository.tmpDir.path + "/pack-" + pack.name
+        let final = repository.packPath(pack.name)
+        if pack.stage == 0 {
+            if pack.buffered > 0 {
+                guard writeAll(pack.fd, UnsafeRawBufferPointer(rebasing: pack.buffer[0..<pack.buffered])) else {
+                    let reason = String(cString: strerror(errno))
+                    // Back to the last whole record, so that a retry appends at the right offset.
+                    _ = ftruncate(pack.fd, off_t(pack.written))
+                    _ = lseek(pack.fd, off_t(pack.written), SEEK_SET)
+                    throw DataError(.io, tmpPath, "cannot append to pack: \(reason)")
+                }
+                pack.written += UInt64(pack.buffered)
+                pack.buffered = 0
+            }
+            guard fsync(pack.fd) == 0 else { throw DataError(.io, tmpPath, "fsync: \(String(cString: strerror(errno)))") }
+            let dir = (final as NSString).deletingLastPathComponent
+            if access(dir, F_OK) != 0 {
+                mkdir(dir, BackupRepository.directoryMode)
+                try syncDirectory(repository.packsDir.path)
+            }
+            guard rename(tmpPath, final) == 0 else { throw DataError(.io, final, String(cString: strerror(errno))) }
+            CrashPoints.hit("pack-renamed")
+            close(pack.fd)
+            pack.fd = -1
+            pack.stage = 1
+            repository.index.packMoved(pack.id)
+            try syncDirectory(dir)
         }
-        let tmpIndex = repository.tmpDir.path + "/index-" + name
+        var idx = [UInt8](repeating: 0, count: pack.entries.count * 44)
+        idx.withUnsafeMutableBytes { out in
+            for (i, (id, offset, length)) in pack.entries.enumerated() {
+                id.store(into: UnsafeMutableRawBufferPointer(rebasing: out[(i * 44)..<(i * 44 + 32)]))
+                out.storeBytes(of: offset.littleEndian, toByteOffset: i * 44 + 32, as: UInt64.self)
+                out.storeBytes(of: length.littleEndian, toByteOffset: i * 44 + 40, as: UInt32.self)
+            }
+        }
+        let tmpIndex = repository.tmpDir.path + "/index-" + pack.name
         let ifd = open(tmpIndex, O_WRONLY | O_CREAT | O_TRUNC, BackupRepository.fileMode)
         guard ifd >= 0 else { throw DataError(.io, tmpIndex, String(cString: strerror(errno))) }
-        let ok = idx.withUnsafeBytes { writeAll(ifd, $0) }
+        let ok = idx.withUnsafeBytes { writeAll(ifd, $0) } && fsync(ifd) == 0
         close(ifd)
-        guard ok, rename(tmpIndex, repository.indexPath(name)) == 0 else {
+        guard ok, rename(tmpIndex, repository.indexPath(pack.name)) == 0 else {
             let reason = String(cString: strerror(errno))
             unlink(tmpIndex)
             throw DataError(.io, tmpIndex, "cannot write the pack index: \(reason)")
         }
         CrashPoints.hit("index-renamed")
-        awaitingIndex = false
-        for (id, offset, length) in entries {
-            repository.index.seal(id, ChunkLocation(pack: final, offset: offset, length: length, pending: false))
-        }
-        entries.removeAll()
-        name = ""
-        size = 0
+        try syncDirectory(repository.indexDir.path)
+        repository.index.sealPack(pack.id, entries: pack.entries)
+        pack.entries = []
     }
-}
-
-/// Every chunk's location, loaded from the index files at open and kept current as packs are
-/// sealed. Chunks of packs still being written are visible (for deduplication and reads) too.
-final class ChunkIndex: @unchecked Sendable {
-    // @unchecked: guarded by `lock`.
-    private let lock = NSLock()
-    private var sealed: [ChunkID: ChunkLocation] = [:]
-    private var pending: [ChunkID: ChunkLocation] = [:]
-    /// The packs `sealed` points into: tells cheaply whether another process's GC removed one.
-    private var packs: Set<String> = []
-
-    func load(from repo: BackupRepository) throws {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: repo.indexDir.path)) ?? []
-        var files: [(pack: String, data: Data)] = []
-        for file in names where file.hasSuffix(".idx") {
-            guard let data = FileManager.default.contents(atPath: repo.indexDir.appendingPathComponent(file).path) else { continue }
-            files.append((repo.packPath(String(file.dropLast(4))), data))
-        }
-        // Sized once: growing a table of a few hundred thousand ids rehashes it many times.
-        var map: [ChunkID: ChunkLocation] = [:]
-        map.reserveCapacity(files.reduce(0) { $0 + $1.data.count / 44 })
-        for (path, data) in files {
-            data.withUnsafeBytes { raw in
-                var i = 0
-                while i + 44 <= raw.count {
-                    let id = ChunkID(raw: UnsafeRawBufferPointer(rebasing: raw[i..<(i + 32)]))
-                    let offset = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: i + 32, as: UInt64.self))
-                    let length = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: i + 40, as: UInt32.self))
-                    map[id] = ChunkLocation(pack: path, offset: offset, length: length, pending: false)
-                    i += 44
-                }
-            }
-        }
-        lock.withLock {
-            sealed = map
-            packs = Set(files.map(\.pack))
-        }
-    }
-
-    /// Reads every index again when a pack this table points into has lost its index (a GC by
-    /// another process deleted or rewrote it): otherwise deduplication would rely on chunks gone.
-    func reloadIfPacksVanished(from repo: BackupRepository) throws {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: repo.indexDir.path)) ?? []
-        let present = Set(names.filter { $0.hasSuffix(".idx") }.map { repo.packPath(String($0.dropLast(4))) })
-        if lock.withLock({ !packs.isSubset(of: present) }) { try load(from: repo) }
-    }
-
-    /// The first non-zero id (with the reason) that is not in a sealed pack whose file exists;
-    /// nil when all are. One lock for the whole list; `packs` caches which pack files exist.
-    func firstUnsealed(_ ids: [ChunkID], packs cache: inout [String: Bool]) -> (ChunkID, String)? {
-        lock.withLock {
-            var lastPack = ""
-            for id in ids where !id.isZero {
-                guard let loc = sealed[id] else {
-                    if let p = pending[id] { return (id, "is still in a pack being written (\(p.pack))") }
-                    return (id, "is in no pack index")
-                }
-                // Chunks of a disk come in runs from the same pack: one comparison mostly.
-                if loc.pack == lastPack { continue }
-                let exists = cache[loc.pack] ?? (access(loc.pack, F_OK) == 0)
-                cache[loc.pack] = exists
-                guard exists else { return (id, "is in pack \(loc.pack), which is gone") }
-                lastPack = loc.pack
-            }
-            return nil
-        }
-    }
-
-    func find(_ id: ChunkID) -> ChunkLocation? { lock.withLock { sealed[id] ?? pending[id] } }
-    func addPending(_ id: ChunkID, _ l: ChunkLocation) { lock.withLock { pending[id] = l } }
-    func dropPending(_ id: ChunkID) { lock.withLock { pending[id] = nil } }
-
-    func seal(_ id: ChunkID, _ l: ChunkLocation) {
-        lock.withLock {
-            pending[id] = nil
-            sealed[id] = l
-            packs.insert(l.pack)
-        }
-    }
-
-    func remove(packPath: String) {
-        lock.withLock {
-            sealed = sealed.filter { $0.value.pack != packPath }
-            packs.remove(packPath)
-        }
-    }
-    var sealedEntries: [ChunkID: ChunkLocation] { lock.withLock { sealed } }
-    var count: Int { lock.withLock { sealed.count + pending.count } }
 }

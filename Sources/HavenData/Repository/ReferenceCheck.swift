@@ -15,13 +15,13 @@ extension BackupRepository {
         } catch let e as DataError where e.code == .missingChunk {
             // The table may predate a GC by another process that moved live chunks into new
             // packs: read the pack indexes again, once, before calling a chunk missing.
-            try index.load(from: self)
+            try index.load()
             try checkReferencesOnce(manifest)
         }
     }
 
     private func checkReferencesOnce(_ manifest: BackupManifest) throws {
-        var packs: [String: Bool] = [:]
+        var packs: [UInt32: Bool] = [:]
         for disk in manifest.disks {
             guard let root = ChunkID(hex: disk.index.root) else { throw DataError(.badManifest, disk.index.root, "bad index root") }
             // Upper pages (a thousandth of the entries at most), then each leaf page's entries as
@@ -48,7 +48,7 @@ extension BackupRepository {
 extension ChunkIndex {
     /// Throws `missingChunk` for the first non-zero id not in a sealed pack whose file exists.
     /// `packs` remembers, across calls, which pack files exist.
-    func requireSealed(_ ids: [ChunkID], packs: inout [String: Bool]) throws {
+    func requireSealed(_ ids: [ChunkID], packs: inout [UInt32: Bool]) throws {
         if let (id, why) = firstUnsealed(ids, packs: &packs) {
             throw DataError(.missingChunk, id.hex, "the version needs this chunk, but it \(why); nothing was committed")
         }

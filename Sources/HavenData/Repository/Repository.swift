@@ -1,4 +1,5 @@
 import CHavenSystem
+import CrashPoints
 import Crypto
 import Foundation
 import Synchronization
@@ -52,7 +53,7 @@ public final class BackupRepository: @unchecked Sendable {
     var tmpDir: URL { root.appendingPathComponent("tmp") }
     var lockFile: URL { root.appendingPathComponent("lock") }
 
-    let index = ChunkIndex()
+    let index: ChunkIndex
     private let writersLock = NSLock()
     private var idleWriters: [PackWriter] = []
     private var allWriters: [PackWriter] = []
@@ -62,6 +63,7 @@ public final class BackupRepository: @unchecked Sendable {
     private init(root: URL, config: RepositoryConfig, key: SymmetricKey?) {
         self.root = root
         self.config = config
+        index = ChunkIndex(root: root)
         if let key {
             encryptionKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Data("haven chunk encryption".utf8), outputByteCount: 32)
             idKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Data("haven chunk id".utf8), outputByteCount: 32)
@@ -126,7 +128,7 @@ public final class BackupRepository: @unchecked Sendable {
         encoder.dateEncodingStrategy = .iso8601
         try writeAtomically(try encoder.encode(config), to: root.appendingPathComponent("config.json"), tmp: root.appendingPathComponent("tmp"))
         let repo = BackupRepository(root: root, config: config, key: key)
-        try repo.index.load(from: repo)
+        try repo.index.load()
         return repo
     }
 
@@ -153,7 +155,7 @@ public final class BackupRepository: @unchecked Sendable {
         }
         let repo = BackupRepository(root: root, config: config, key: key)
         for dir in [repo.packsDir, repo.indexDir, repo.tmpDir] { try? makeDirectory(dir.path) }
-        try repo.index.load(from: repo)
+        try repo.index.load()
         return repo
     }
 
@@ -209,7 +211,9 @@ public final class BackupRepository: @unchecked Sendable {
     func indexPath(_ name: String) -> String { indexDir.path + "/" + name + ".idx" }
 
     /// Where a chunk's encoded bytes are (tests and rescue).
-    func location(of id: ChunkID) -> ChunkLocation? { index.find(id) }
+    func location(of id: ChunkID) -> ChunkLocation? {
+        index.find(id).map { ChunkLocation(pack: index.packPath($0.pack), offset: $0.offset, length: $0.length, pending: $0.pending) }
+    }
 
     /// Chunks (and index pages) stored, sealed or being written.
     public var chunkCount: Int { index.count }
@@ -228,10 +232,16 @@ public final class BackupRepository: @unchecked Sendable {
 
     func releaseWriter(_ w: PackWriter) { writersLock.withLock { idleWriters.append(w) } }
 
-    /// Closes every pack being written and publishes its index (before a commit).
+    /// Closes every pack being written and publishes its index, durably (before a commit).
     public func sealPacks() throws {
         let writers = writersLock.withLock { allWriters }
         for w in writers { try w.seal() }
+    }
+
+    /// Writes out what the writers gathered of pack `n` (a chunk of it is about to be read).
+    func flushWriters(pack n: UInt32) throws {
+        let writers = writersLock.withLock { allWriters }
+        for w in writers { try w.flush(pack: n) }
     }
 
     /// Stores a chunk unless it is already there; returns the bytes written (0 when deduplicated).
@@ -239,27 +249,40 @@ public final class BackupRepository: @unchecked Sendable {
     /// crash leaves at most a temporary file behind.
     @discardableResult
     public func putChunk(_ id: ChunkID, _ data: UnsafeRawBufferPointer) throws -> Int {
+        try putChunk(id, data, codec: ChunkCodec.current(chunkSize: config.chunkSize))
+    }
+
+    /// `putChunk` with the calling thread's codec (a worker keeps one: no lookup per chunk).
+    @discardableResult
+    func putChunk(_ id: ChunkID, _ data: UnsafeRawBufferPointer, codec: ChunkCodec) throws -> Int {
         if hasChunk(id) { return 0 }
-        let codec = ChunkCodec.current(chunkSize: config.chunkSize)
         let encoded = try encode(id, data, codec: codec)
         // One pack at a time per repository: appends are short (the page cache takes them), and a
         // backup's packs and durable steps come out the same on every run.
-        _ = try sharedWriter.append(id, encoded)
+        try sharedWriter.append(id, encoded)
         return encoded.count + 36
     }
 
     /// Reads, checks and decodes a chunk into `buffer`; returns its length. A chunk that does
     /// not decrypt, decompress or hash back to its name is reported as corrupt.
     public func getChunk(_ id: ChunkID, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try getChunk(id, into: buffer, codec: ChunkCodec.current(chunkSize: config.chunkSize))
+    }
+
+    /// `getChunk` with the calling thread's codec. The pack's descriptor is kept open for the
+    /// next chunk. In an encrypted repository the AES-GCM tag (over the chunk and, as additional
+    /// data, its id) already proves the bytes are the ones stored under this id, to the bit: the
+    /// id is not computed again. Without encryption it is (SHA-256 of the plaintext).
+    func getChunk(_ id: ChunkID, into buffer: UnsafeMutableRawBufferPointer, codec: ChunkCodec) throws -> Int {
         if id.isZero {
             buffer.initializeMemory(as: UInt8.self, repeating: 0)
             return buffer.count
         }
         guard let loc = index.find(id) else { throw DataError(.missingChunk, id.hex, "chunk is missing from the repository") }
-        let codec = ChunkCodec.current(chunkSize: config.chunkSize)
-        let fd = Glibc.open(loc.pack, O_RDONLY)
-        guard fd >= 0 else { throw DataError(.missingChunk, id.hex, "the pack holding the chunk is missing (\(loc.pack))") }
-        defer { Glibc.close(fd) }
+        if loc.pending { try flushWriters(pack: loc.pack) }
+        guard let fd = index.readDescriptor(loc.pack) else {
+            throw DataError(.missingChunk, id.hex, "the pack holding the chunk is missing (\(index.packPath(loc.pack)))")
+        }
         let length = Int(loc.length)
         codec.ensure(length)
         var done = 0
@@ -270,8 +293,10 @@ public final class BackupRepository: @unchecked Sendable {
             done += n
         }
         let n = try decode(id, UnsafeRawBufferPointer(rebasing: codec.file[0..<done]), into: buffer, codec: codec)
-        let check = chunkID(of: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-        guard check == id else { throw DataError(.corruptChunk, id.hex, "content does not match its hash") }
+        if encryptionKey == nil {
+            let check = chunkID(of: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            guard check == id else { throw DataError(.corruptChunk, id.hex, "content does not match its hash") }
+        }
         return n
     }
 
@@ -349,13 +374,13 @@ public final class BackupRepository: @unchecked Sendable {
         return try finish(payload)
     }
 
-    /// Makes every file written so far durable (one `syncfs` of the repository's file system,
-    /// far cheaper than an fsync per chunk).
+    /// Makes every pack sealed so far durable: sealing already made each pack and its index
+    /// durable (fsync of the files and of the pack's directory) before its index was visible;
+    /// what is left is `index/` itself, whose renames another process's seal may not have made
+    /// durable yet when this process read them (and deduplicated against them). Files this
+    /// process did not write are never flushed (no `syncfs` of the whole file system).
     public func syncAll() throws {
-        let fd = Glibc.open(root.path, O_RDONLY | O_DIRECTORY)
-        guard fd >= 0 else { throw DataError(.io, root.path, String(cString: strerror(errno))) }
-        defer { Glibc.close(fd) }
-        guard haven_syncfs(fd) == 0 else { throw DataError(.io, root.path, "syncfs: \(String(cString: strerror(errno)))") }
+        try syncDirectory(indexDir.path)
         CrashPoints.hit("synced")
     }
 
@@ -444,25 +469,4 @@ public enum DataWarnings {
 
     /// Every warning written so far, oldest first.
     public static var emitted: [String] { state.withLock { $0.emitted } }
-}
-
-/// Test instrumentation: with `HAVEN_CRASH_AT=N`, the process dies (`_exit`, no clean-up) at
-/// the Nth durable step of a write, so crash tests can stop a backup at a precise point.
-enum CrashPoints {
-    static let limit: Int = Int(ProcessInfo.processInfo.environment["HAVEN_CRASH_AT"] ?? "") ?? 0
-    // Guarded by `lock`.
-    nonisolated(unsafe) static var count = 0
-    static let lock = NSLock()
-
-    static func hit(_ label: String) {
-        guard limit > 0 else { return }
-        lock.lock()
-        count += 1
-        let now = count
-        lock.unlock()
-        if now >= limit {
-            FileHandle.standardError.write(Data("haven: crash point \(now) (\(label))\n".utf8))
-            _exit(99)
-        }
-    }
 }

@@ -71,7 +71,7 @@ extension BackupRepository {
     public func beginWriteSession(lockTimeout: Double? = nil) throws -> WriteSession {
         let fd = try lockDescriptor(exclusive: false, timeout: lockTimeout)
         let session = WriteSession(repository: self, descriptor: fd)
-        try index.reloadIfPacksVanished(from: self)
+        try index.reloadIfPacksVanished()
         return session
     }
 

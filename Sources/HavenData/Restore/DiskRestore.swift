@@ -1,3 +1,5 @@
+import CHavenSystem
+import CrashPoints
 import DiskFormats
 import Foundation
 
@@ -25,34 +27,69 @@ public struct DiskRestore: Sendable {
         if regular {
             guard ftruncate(fd, off_t(disk.size)) == 0 else { throw DataError(.io, path, "cannot size the file: \(String(cString: strerror(errno)))") }
         }
-        let work = entries.indices.filter { !entries[$0].isZero }
-        let cursor = IndexCursor(work)
+        // Work in spans of about 1 MiB of neighbouring chunks: each is written with as few large
+        // writes as its holes allow, and its writeback started at once (the fsync at the end then
+        // has little left to do).
+        let span = max(1, (1 << 20) / disk.chunkSize)
+        var groups: [Int] = []
+        var i = 0
+        while i < entries.count {
+            if entries[i..<min(entries.count, i + span)].contains(where: { !$0.isZero }) { groups.append(i) }
+            i += span
+        }
+        let cursor = IndexCursor(groups)
         let done = ByteCounter()
         let repo = repository
-        try runThreads(min(workers, max(1, work.count)), name: "restore") { _ in
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: disk.chunkSize, alignment: 4096)
+        try runThreads(min(workers, max(1, groups.count)), name: "restore") { _ in
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: span * disk.chunkSize, alignment: 4096)
             defer { buffer.deallocate() }
-            while let i = cursor.next() {
-                let start = Int64(i) * Int64(disk.chunkSize)
-                let length = Int(min(Int64(disk.chunkSize), disk.size - start))
-                let n = try repo.getChunk(entries[i], into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length]))
-                guard n == length else { throw DataError(.corruptChunk, entries[i].hex, "chunk has \(n) bytes, expected \(length)") }
-                var off = 0
-                let block = 65_536
-                while off < length {
-                    let len = min(block, length - off)
-                    let piece = UnsafeRawBufferPointer(rebasing: buffer[off..<(off + len)])
-                    if !piece.isZero {
-                        var w = 0
-                        while w < len {
-                            let r = pwrite(fd, piece.baseAddress! + w, len - w, off_t(start) + off_t(off + w))
-                            guard r > 0 else { throw DataError(.io, path, "write failed: \(String(cString: strerror(errno)))") }
-                            w += r
-                        }
+            let codec = ChunkCodec(chunkSize: disk.chunkSize)
+            // Disks repeat themselves (the same block in many places): the last chunks decoded
+            // are kept, and a repeat is a copy instead of a read, decryption and decompression.
+            var recent = RecentChunks(capacity: 32, chunkSize: disk.chunkSize)
+            defer { recent.release() }
+            while let first = cursor.next() {
+                let spanStart = Int64(first) * Int64(disk.chunkSize)
+                let last = min(entries.count, first + span)
+                let spanLength = Int(min(Int64(last - first) * Int64(disk.chunkSize), disk.size - spanStart))
+                for c in first..<last {
+                    let at = (c - first) * disk.chunkSize
+                    let length = Int(min(Int64(disk.chunkSize), disk.size - Int64(c) * Int64(disk.chunkSize)))
+                    let view = UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + length)])
+                    if entries[c].isZero {
+                        view.initializeMemory(as: UInt8.self, repeating: 0)
+                    } else if !recent.copy(entries[c], into: view) {
+                        let n = try repo.getChunk(entries[c], into: view, codec: codec)
+                        guard n == length else { throw DataError(.corruptChunk, entries[c].hex, "chunk has \(n) bytes, expected \(length)") }
+                        recent.keep(entries[c], UnsafeRawBufferPointer(view))
                     }
-                    off += len
                 }
-                progress?(TransferProgress(bytesDone: done.add(Int64(length)), bytesTotal: disk.size))
+                // Runs of non-zero 64 KiB blocks, each one write; zero blocks stay holes.
+                let block = 65_536
+                var off = 0
+                while off < spanLength {
+                    let blockLen = min(block, spanLength - off)
+                    if UnsafeRawBufferPointer(rebasing: buffer[off..<(off + blockLen)]).isZero {
+                        off += blockLen
+                        continue
+                    }
+                    var end = off + blockLen
+                    while end < spanLength {
+                        let len = min(block, spanLength - end)
+                        if UnsafeRawBufferPointer(rebasing: buffer[end..<(end + len)]).isZero { break }
+                        end += len
+                    }
+                    var w = 0
+                    while w < end - off {
+                        let r = pwrite(fd, buffer.baseAddress! + off + w, end - off - w, off_t(spanStart) + off_t(off + w))
+                        if r < 0 && errno == EINTR { continue }
+                        guard r > 0 else { throw DataError(.io, path, "write failed: \(String(cString: strerror(errno)))") }
+                        w += r
+                    }
+                    if regular { _ = haven_start_writeback(fd, off_t(spanStart) + off_t(off), off_t(end - off)) }
+                    off = end
+                }
+                progress?(TransferProgress(bytesDone: done.add(Int64(spanLength)), bytesTotal: disk.size))
             }
         }
     }
@@ -91,6 +128,7 @@ public struct DiskRestore: Sendable {
             try body(fd, true)
             guard fsync(fd) == 0 else { throw DataError(.io, tmp, "fsync failed: \(String(cString: strerror(errno)))") }
             close(fd)
+            CrashPoints.hit("restored image written")
         } catch {
             close(fd)
             unlink(tmp)
@@ -106,6 +144,7 @@ public struct DiskRestore: Sendable {
             fsync(dfd)
             close(dfd)
         }
+        CrashPoints.hit("restored image renamed")
     }
 
     /// The size of the VHD `toVHDStream` produces (for a Content-Length upload).
@@ -168,11 +207,14 @@ public struct DiskRestore: Sendable {
         guard probe.size >= disk.size else {
             throw DataError(.nbd, endpoint.description, "the export has \(probe.size) bytes, the disk \(disk.size)")
         }
+        // The connection that checked the size writes too: one handshake fewer.
+        let spare = Handoff(probe)
         let work = entries.indices.filter { !(targetIsZero && entries[$0].isZero) }
         let cursor = IndexCursor(work)
         let repo = repository
         try runThreads(min(connections, max(1, work.count)), name: "nbd-write") { _ in
-            let conn = try NBDConnection(endpoint, writable: true)
+            let conn = try spare.take() ?? NBDConnection(endpoint, writable: true)
+            let codec = ChunkCodec(chunkSize: disk.chunkSize)
             var buffers: [(Int64, UnsafeMutableRawBufferPointer)] = []
             var inFlight: [(Int64, UnsafeMutableRawBufferPointer)] = []
             // libnbd reads a write's buffer until the command completes: finish the connection
@@ -187,7 +229,7 @@ public struct DiskRestore: Sendable {
                     let length = Int(min(Int64(disk.chunkSize), disk.size - start))
                     let b = buffers.popLast()?.1 ?? UnsafeMutableRawBufferPointer.allocate(byteCount: disk.chunkSize, alignment: 4096)
                     let view = UnsafeMutableRawBufferPointer(rebasing: b[0..<length])
-                    if entries[i].isZero { view.initializeMemory(as: UInt8.self, repeating: 0) } else { _ = try repo.getChunk(entries[i], into: view) }
+                    if entries[i].isZero { view.initializeMemory(as: UInt8.self, repeating: 0) } else { _ = try repo.getChunk(entries[i], into: view, codec: codec) }
                     let cookie = try conn.startWrite(from: b.baseAddress!, count: length, offset: start)
                     inFlight.append((cookie, b))
                 }
@@ -231,5 +273,51 @@ final class ByteCounter: @unchecked Sendable {
         defer { lock.unlock() }
         total += n
         return total
+    }
+}
+
+/// A value handed to the first thread that asks (a connection opened before the threads start).
+final class Handoff<T>: @unchecked Sendable {
+    // @unchecked: guarded by `lock`; the value goes to exactly one thread.
+    private let lock = NSLock()
+    private var value: T?
+    init(_ value: T) { self.value = value }
+    func take() -> T? {
+        lock.withLock {
+            defer { value = nil }
+            return value
+        }
+    }
+}
+
+/// The chunks a restore thread decoded last (a small ring): a disk's repeated blocks are copied.
+struct RecentChunks {
+    private var ids: [ChunkID]
+    private let memory: UnsafeMutableRawBufferPointer
+    private var lengths: [Int]
+    private var next = 0
+    private let chunkSize: Int
+
+    init(capacity: Int, chunkSize: Int) {
+        self.chunkSize = chunkSize
+        ids = Array(repeating: .zero, count: capacity)
+        lengths = Array(repeating: 0, count: capacity)
+        memory = .allocate(byteCount: capacity * chunkSize, alignment: 64)
+    }
+
+    // The ring's memory lives as long as the thread that made it; freed with it.
+    func release() { memory.deallocate() }
+
+    func copy(_ id: ChunkID, into out: UnsafeMutableRawBufferPointer) -> Bool {
+        guard let i = ids.firstIndex(of: id), lengths[i] == out.count else { return false }
+        out.baseAddress!.copyMemory(from: memory.baseAddress! + i * chunkSize, byteCount: out.count)
+        return true
+    }
+
+    mutating func keep(_ id: ChunkID, _ bytes: UnsafeRawBufferPointer) {
+        (memory.baseAddress! + next * chunkSize).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        ids[next] = id
+        lengths[next] = bytes.count
+        next = (next + 1) % ids.count
     }
 }

@@ -1,34 +1,56 @@
 import Foundation
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// A blocking queue of bounded size between producer and consumer threads: producers wait when
-/// it is full (so memory stays bounded), consumers wait when it is empty.
+/// it is full (so memory stays bounded), consumers wait when it is empty. Each side waits on a
+/// condition of its own and is woken one at a time (no broadcast per element: a full backup
+/// hands over tens of thousands of chunks, and every broadcast woke every thread).
 final class BoundedQueue<Element>: @unchecked Sendable {
-    // @unchecked: every access to `items` and `closed` holds `condition`.
-    private let condition = NSCondition()
+    // @unchecked: every access to `items`, `head` and `closed` holds `mutex`.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let notEmpty = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let notFull = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var items: [Element] = []
     private var head = 0
     private var closed = false
     let capacity: Int
 
-    init(capacity: Int) { self.capacity = max(1, capacity) }
+    init(capacity: Int) {
+        self.capacity = max(1, capacity)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(notEmpty, nil)
+        pthread_cond_init(notFull, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(notEmpty)
+        pthread_cond_destroy(notFull)
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        notEmpty.deallocate()
+        notFull.deallocate()
+    }
 
     /// Returns false when the queue was closed (the element is dropped).
     @discardableResult
     func push(_ item: Element) -> Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        while items.count - head >= capacity && !closed { condition.wait() }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while items.count - head >= capacity && !closed { pthread_cond_wait(notFull, mutex) }
         if closed { return false }
         items.append(item)
-        condition.broadcast()
+        pthread_cond_signal(notEmpty)
         return true
     }
 
     /// The next element, or nil once closed and drained.
     func pop() -> Element? {
-        condition.lock()
-        defer { condition.unlock() }
-        while items.count == head && !closed { condition.wait() }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while items.count == head && !closed { pthread_cond_wait(notEmpty, mutex) }
         if items.count == head { return nil }
         let item = items[head]
         head += 1
@@ -36,7 +58,7 @@ final class BoundedQueue<Element>: @unchecked Sendable {
             items.removeFirst(head)
             head = 0
         }
-        condition.broadcast()
+        pthread_cond_signal(notFull)
         return item
     }
 
@@ -44,8 +66,8 @@ final class BoundedQueue<Element>: @unchecked Sendable {
     /// returned (so that the caller can give back what the elements hold).
     @discardableResult
     func close(discard: Bool = false) -> [Element] {
-        condition.lock()
-        defer { condition.unlock() }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
         closed = true
         var dropped: [Element] = []
         if discard {
@@ -53,12 +75,12 @@ final class BoundedQueue<Element>: @unchecked Sendable {
             items.removeAll()
             head = 0
         }
-        condition.broadcast()
+        pthread_cond_broadcast(notEmpty)
+        pthread_cond_broadcast(notFull)
         return dropped
     }
 }
 
-/// Runs `count` threads and waits for all of them; the first error thrown is rethrown.
 func runThreads(_ count: Int, name: String, _ body: @escaping @Sendable (Int) throws -> Void) throws {
     let group = DispatchGroup()
     let failure = FirstError()

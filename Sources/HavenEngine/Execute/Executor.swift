@@ -19,6 +19,8 @@ public struct ExecutionContext: Sendable {
     let emitEvent: @Sendable (ExecutionEvent) -> Void
     let repositories = RepositoryCache()
     let limits: [String: PoolLimiters]
+    /// The appliances of the plan's AppliancePools, leased one per concurrent transfer.
+    public let appliances: ApplianceLeases
 
     init(sessions: PoolSessions, catalog: Catalog, state: StateDirectory, instance: String, plan: Plan, now: @escaping @Sendable () -> Date,
          logger: Logger, emit: @escaping @Sendable (ExecutionEvent) -> Void, limiters: [String: PoolLimiters] = [:]) {
@@ -36,6 +38,14 @@ public struct ExecutionContext: Sendable {
             limits[name] = limiters[name] ?? PoolLimiters(snapshots: AsyncLimiter(p.snapshots), transfers: AsyncLimiter(p.transfers))
         }
         self.limits = limits
+        var l = logger
+        l[metadataKey: "component"] = "appliances"
+        let applianceLogger = l
+        appliances = ApplianceLeases(settings: plan.appliancePools, sessions: sessions, catalog: catalog, state: state, instance: instance, now: now,
+                                     log: { text in
+                                         applianceLogger.info("\(text)")
+                                         emit(.log(nil, text))
+                                     })
     }
 
     func emit(_ e: ExecutionEvent) { emitEvent(e) }
@@ -104,11 +114,17 @@ public struct Executor: Sendable {
         case .backup(let job): return try await BackupRun(ctx: ctx, action: a, job: job, client: try ctx.client(a.pool)).run()
         case .replicate(let job):
             return try await ReplicateRun(ctx: ctx, action: a, job: job, source: try ctx.client(a.pool), target: try ctx.client(job.targetPool)).run()
+        case .failback(let job):
+            return try await FailbackRun(ctx: ctx, action: a, job: job, source: try ctx.client(a.pool), target: try ctx.client(job.targetPool)).run()
+        case .removeReplica(let r): return try await RemoveReplicaRun(ctx: ctx, action: a, job: r, client: try ctx.client(a.pool)).run()
         case .deleteSnapshot(let r): return try await RemovalRunner.snapshot(a, r, ctx)
         case .retireAnchor(let r): return try await RemovalRunner.anchor(a, r, ctx)
         case .purgeSnapshotData(let r): return try await RemovalRunner.purge(a, r, ctx)
         case .prune(let p): return try await RepositoryRunner.prune(a, p, ctx)
         case .gc(let g): return try await RepositoryRunner.gc(a, g, ctx)
+        case .provisionAppliance(let job): return try await ApplianceRunner.provision(a, job, ctx)
+        case .startAppliance(let t): return try await ApplianceRunner.start(a, t, ctx)
+        case .removeAppliance(let t): return try await ApplianceRunner.remove(a, t, ctx)
         }
     }
 }

@@ -59,28 +59,32 @@ final class ExportDiskSource: DiskSource, @unchecked Sendable {
 
     func read(_ jobs: [ReadJob], buffers: BufferPool, deliver: @escaping @Sendable (ReadJob, ChunkBuffer) throws -> Void) throws {
         let chunker = Chunker(buffers: buffers, size: size, deliver: deliver)
-        let done = DispatchSemaphore(value: 0)
-        let failure = Failure()
         let client = self.client
         let vdi = self.vdi
-        Task {
-            do {
-                try await client.exportRawVDI(vdi, format: .raw) { try chunker.feed($0) }
-                try chunker.flush()
-            } catch {
-                failure.error = error
-            }
-            done.signal()
+        try runBlocking {
+            try await client.exportRawVDI(vdi, format: .raw) { try chunker.feed($0) }
+            try chunker.flush()
         }
-        done.wait()
-        if let e = failure.error { throw e }
         guard Int64(chunker.index) * Int64(buffers.size) >= size || chunker.index == jobs.count else {
             throw DataError(.io, label, "the export ended after \(chunker.index) of \(jobs.count) chunks")
         }
     }
 
+}
+
+/// Runs an async transfer from a data-plane thread (which must not return before it ends) and
+/// waits for it.
+func runBlocking(_ operation: @escaping @Sendable () async throws -> Void) throws {
     final class Failure: @unchecked Sendable {
-        // @unchecked: written by the transfer task before it signals, read after the wait.
+        // @unchecked: written by the task before it signals, read after the wait.
         var error: (any Error)?
     }
+    let done = DispatchSemaphore(value: 0)
+    let failure = Failure()
+    Task {
+        do { try await operation() } catch { failure.error = error }
+        done.signal()
+    }
+    done.wait()
+    if let e = failure.error { throw e }
 }

@@ -1,14 +1,17 @@
 import Foundation
 import HavenCore
+import HavenMover
 import XenAPI
 
 /// Reads a pool into an `ObservedPool` with one `get_all_records` per class: the number of calls
 /// does not grow with the number of VMs.
 public enum Observer {
-    /// The classes read, in order: 8 calls per pool.
+    /// The classes read, in order: 10 calls per pool (11 with guest metrics).
     public static let callsPerPool = 10
 
-    public static func observe(_ client: XenAPIClient, name: String) async throws -> ObservedPool {
+    /// `guestMetrics`: read VM_guest_metrics too (the addresses guests report), for pools with an
+    /// AppliancePool: one more call, still independent of the number of VMs.
+    public static func observe(_ client: XenAPIClient, name: String, guestMetrics: Bool = false) async throws -> ObservedPool {
         // The session transfers use is reused: observing never logs out a session that is in use.
         let caps = try await client.currentCapabilities()
         let vmRecords = try await client.records(VMRecord.self)
@@ -19,6 +22,7 @@ public enum Observer {
         let networks = try await client.records(NetworkRecord.self)
         let vifs = try await client.records(VIFRecord.self)
         let poolRecord = try await client.records(PoolRecord.self).values.first
+        let metrics = guestMetrics ? try await client.records(VMGuestMetricsRecord.self) : [:]
         let vdiUUID = Dictionary(uniqueKeysWithValues: vdis.map { ($0.key, $0.value.uuid) })
         let srUUID = Dictionary(uniqueKeysWithValues: srs.map { ($0.key, $0.value.uuid) })
         let vmUUID = Dictionary(uniqueKeysWithValues: vmRecords.map { ($0.key, $0.value.uuid) })
@@ -31,7 +35,23 @@ public enum Observer {
         }
         var vms: [ObservedVM] = []
         var snapshots: [ObservedSnapshot] = []
+        var appliances: [ObservedAppliance] = []
+        var templates: [String: String] = [:]
+        var guestAddresses: [String: String] = [:]
         for (_, vm) in vmRecords {
+            let addresses = metrics[vm.guestMetrics]?.addresses ?? []
+            if vm.isRealVM && vm.otherConfig[OwnershipMarks.role] == OwnershipMarks.applianceRole {
+                // Disks plugged in that are not the appliance's own: a transfer is using it.
+                let foreign = vm.vbds.compactMap { vbds[$0] }.filter { $0.type == "Disk" && !$0.vdi.isNull && $0.currentlyAttached }
+                    .compactMap { vdis[$0.vdi] }.filter { $0.otherConfig[OwnershipMarks.role] != OwnershipMarks.applianceDiskRole }.map(\.uuid).sorted()
+                appliances.append(ObservedAppliance(
+                    uuid: vm.uuid, name: vm.nameLabel, powerState: vm.powerState.rawValue, owner: vm.otherConfig[OwnershipMarks.owner] ?? "",
+                    appliancePool: vm.otherConfig[OwnershipMarks.appliancePool] ?? "", staticAddress: vm.xenstoreData[MoverXenstore.ip],
+                    addresses: addresses, foreignDisks: foreign))
+                continue
+            }
+            for a in addresses where vm.isRealVM { guestAddresses[a] = vm.nameLabel }
+            if vm.isATemplate && !vm.isASnapshot { templates[vm.nameLabel] = vm.uuid }
             if vm.isRealVM {
                 var o = ObservedVM(uuid: vm.uuid, name: vm.nameLabel, powerState: vm.powerState.rawValue, tags: vm.tags, disks: disks(vm))
                 o.networks = vm.vifs.compactMap { vifs[$0] }.sorted { $0.device < $1.device }.compactMap { networks[$0.network]?.nameLabel }
@@ -61,6 +81,9 @@ public enum Observer {
         pool.nbdTLS = nbd.contains { $0.purpose.contains("nbd") }
         pool.networks = networks.values.map(\.nameLabel).sorted()
         pool.defaultSR = poolRecord.flatMap { srUUID[$0.defaultSR] }
+        pool.appliances = appliances.sorted { ($0.name, $0.uuid) < ($1.name, $1.uuid) }
+        pool.templates = templates
+        pool.guestAddresses = guestAddresses
         return pool
     }
 }

@@ -12,6 +12,8 @@ public struct ReconcileRequest: Sendable {
     public var now: @Sendable () -> Date
     /// `haven backup now`: plan backups whatever the schedule (never with a saved plan).
     public var forceBackup: ForceBackup?
+    /// `haven failback`: plan this replica's fail-back without `reverse: true`.
+    public var failback: FailbackRequest?
     /// The daemon's work queue: only these (policy, VM) keys, and housekeeping when asked.
     public var keys: KeyScope?
     /// False when the caller already holds the pools' locks (the daemon holds them for all its workers).
@@ -24,9 +26,10 @@ public struct ReconcileRequest: Sendable {
     public var busy: (@Sendable () -> Set<WorkKey>)?
 
     public init(scope: TargetScope, savedPlan: Plan? = nil, lockTimeout: Double? = 0, now: @escaping @Sendable () -> Date = { Date() },
-                forceBackup: ForceBackup? = nil, keys: KeyScope? = nil) {
+                forceBackup: ForceBackup? = nil, failback: FailbackRequest? = nil, keys: KeyScope? = nil) {
         self.keys = keys
         self.scope = scope
+        self.failback = failback
         self.forceBackup = forceBackup
         self.savedPlan = savedPlan
         self.lockTimeout = lockTimeout
@@ -79,6 +82,9 @@ extension Engine {
         var keys = request.keys
         if let busy = request.busy { keys?.busy = busy() }
         try clearStaleIntents(observation, now: request.now(), keys: keys)
+        // This run holds every pool's lock in scope (or the daemon holds them for it): a lease left
+        // by a process that is gone is stale.
+        try ApplianceLeases.clearStale(catalog)
         let plan: Plan
         if let saved = request.savedPlan {
             guard saved.formatVersion == Plan.currentFormatVersion else {
@@ -94,12 +100,13 @@ extension Engine {
             // moment it was made, and must come out the same, action for action. A plan edited
             // by hand (another version to prune, another repository path) is refused.
             let again = try self.plan(observation, now: saved.generatedAt, scope: request.scope.policies)
-            guard again.actions == saved.actions, again.pools == saved.pools else {
+            guard again.actions == saved.actions, again.pools == saved.pools, again.appliancePools == saved.appliancePools else {
                 throw EngineError(.stale, "plan", "the saved plan does not match what the configuration, the pools and the catalog give (it was edited, or made by another version of haven); run `haven diff --out` again")
             }
             plan = again
         } else {
-            plan = try self.plan(observation, now: request.now(), scope: request.scope.policies, force: request.forceBackup, keys: keys)
+            plan = try self.plan(observation, now: request.now(), scope: request.scope.policies, force: request.forceBackup, failback: request.failback,
+                                 keys: keys)
         }
         var report = ReconcileReport(plan: plan, approved: true, result: ExecutionResult(), unreachable: observation.unreachable)
         report.observation = observation

@@ -68,6 +68,12 @@ extension Engine {
                     if !v.cbtEnabled { try await withRetry { try await client.enableCBT(b.vdi) } }
                     disks[b.userdevice] = v.uuid
                 }
+                // The fail-back anchor: the replica's disks as they are before it starts, reduced to
+                // CBT metadata, so a fail-back sends only what the running replica changes.
+                try await recordFailoverAnchors(client, replica: replica, record: record, name: rec.nameLabel, now: now)
+                if let newest = points.first, newest.ref != point.ref {
+                    try await client.setOtherConfig(replica, key: failoverBehindMark, value: point.record.uuid)
+                }
                 var failed = ReplicaRecord(policy: record.policy, sourcePool: record.sourcePool, sourceVM: record.sourceVM, sourceName: record.sourceName,
                                            targetPool: record.targetPool, replicaUUID: record.replicaUUID, disks: disks, lastSync: record.lastSync)
                 failed.failedOverAt = now
@@ -76,6 +82,41 @@ extension Engine {
                 return FailoverOutcome(replicaName: rec.nameLabel, targetPool: record.targetPool, restorePoint: point.record.uuid,
                                        restorePointTime: ISO8601DateFormatter().string(from: point.time), started: start)
             }
+        }
+    }
+
+    /// A snapshot of the replica whose disks keep only their CBT metadata, recorded as the
+    /// failover anchors (catalog key `failover:POLICY`); the snapshot VM itself goes.
+    func recordFailoverAnchors(_ client: XenAPIClient, replica: VMRef, record: ReplicaRecord, name: String, now: Date) async throws {
+        let owner = replicationOwnerKey(record.policy)
+        let snap = try await withRetry { try await client.snapshot(replica, name: "\(name) failover anchor \(ISO8601DateFormatter().string(from: now))") }
+        let snapRecord = try await client.record(snap)
+        try catalog.own(OwnedObject(pool: record.targetPool, cls: "VM", uuid: snapRecord.uuid, role: "failover-anchor", policy: owner, vmUUID: record.sourceVM, createdAt: now))
+        try await client.setOtherConfig(snap, key: OwnershipMarks.owner, value: instance)
+        try await client.setOtherConfig(snap, key: OwnershipMarks.role, value: "failover-anchor")
+        try await client.setOtherConfig(snap, key: OwnershipMarks.policy, value: owner)
+        var disks: [(String, VDIRef, String)] = []
+        for vbd in snapRecord.vbds {
+            let b = try await client.record(vbd)
+            guard b.type == "Disk", !b.vdi.isNull else { continue }
+            let v = try await client.record(b.vdi)
+            try await client.setOtherConfig(b.vdi, key: OwnershipMarks.owner, value: instance)
+            try await client.setOtherConfig(b.vdi, key: OwnershipMarks.role, value: "failover-anchor")
+            try await client.setOtherConfig(b.vdi, key: OwnershipMarks.policy, value: owner)
+            try catalog.own(OwnedObject(pool: record.targetPool, cls: "VDI", uuid: v.uuid, role: "failover-anchor", policy: owner, vmUUID: record.sourceVM, createdAt: now))
+            disks.append((b.userdevice, b.vdi, v.uuid))
+        }
+        try await withRetry { try await client.destroy(snap) }
+        try catalog.disown(pool: record.targetPool, uuid: snapRecord.uuid)
+        var replicaDisks: [String: String] = [:]
+        for vbd in try await client.record(replica).vbds {
+            let b = try await client.record(vbd)
+            if b.type == "Disk", !b.vdi.isNull { replicaDisks[b.userdevice] = try await client.record(b.vdi).uuid }
+        }
+        for (key, ref, uuid) in disks {
+            try await withRetry(attempts: 8) { try await client.dataDestroy(ref) }
+            try catalog.setAnchor(Anchor(pool: record.targetPool, policy: failoverAnchorKey(record.policy), vmUUID: record.sourceVM, diskKey: key,
+                                         sourceVDI: replicaDisks[key] ?? "", snapshotVM: "", snapshotVDI: uuid, backupID: "", dataDestroyed: true))
         }
     }
 }

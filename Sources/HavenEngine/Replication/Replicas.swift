@@ -129,6 +129,16 @@ extension Engine {
                         done.append("retired replication anchor \(a.snapshotVDI) on \(record.sourcePool)")
                     }
                 }
+                // A replica deleted while failed over leaves its failover anchors (CBT metadata) on the target.
+                for a in try catalog.view().anchors where a.pool == record.targetPool && a.policy == failoverAnchorKey(policy) && a.vmUUID == record.sourceVM {
+                    if let v = try await lookup({ try await target.vdi(uuid: a.snapshotVDI) }),
+                       try await target.record(v).otherConfig[OwnershipMarks.owner] == instance {
+                        try await withRetry { try await target.destroy(v) }
+                    }
+                    try catalog.disown(pool: record.targetPool, uuid: a.snapshotVDI)
+                    try catalog.removeAnchor(pool: record.targetPool, snapshotVDI: a.snapshotVDI)
+                    done.append("retired failover anchor \(a.snapshotVDI) on \(record.targetPool)")
+                }
                 try catalog.removeReplica(policy: policy, sourcePool: record.sourcePool, sourceVM: record.sourceVM)
                 return done
             }

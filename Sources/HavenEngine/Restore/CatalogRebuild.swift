@@ -2,11 +2,13 @@ import Foundation
 import HavenCatalog
 import HavenCore
 import HavenData
+import HavenMover
 import HavenSpec
 import XenAPI
 
 /// Rebuilds the catalog from what cannot be lost: the repositories' manifests (the backups) and
-/// the pools' ownership marks (snapshots, CBT anchors, CBT haven enabled).
+/// the pools' ownership marks (snapshots, replicas and their disks, CBT anchors of backups and of
+/// replications, delta bases, CBT haven enabled, appliances and their disks).
 public enum CatalogRebuild {
     public static func rebuild(engine: Engine, repositories: [String: BackupRepository]) async throws -> CatalogView {
         var view = CatalogView()
@@ -17,28 +19,79 @@ public enum CatalogRebuild {
             }
         }
         let byID = Dictionary(uniqueKeysWithValues: view.backups.map { ($0.id, $0) })
+        struct PoolRecords {
+            var vms: [VMRef: VMRecord]
+            var vdis: [VDIRef: VDIRecord]
+            var vbds: [VBDRef: VBDRecord]
+        }
+        var pools: [(String, PoolRecords)] = []
         for pool in engine.desired.pools {
             guard let client = engine.clients[pool.name] else { continue }
-            let vms = try await client.records(VMRecord.self)
-            let vdis = try await client.records(VDIRecord.self)
-            let vbds = try await client.records(VBDRecord.self)
+            pools.append((pool.name, PoolRecords(vms: try await client.records(VMRecord.self), vdis: try await client.records(VDIRecord.self),
+                                                 vbds: try await client.records(VBDRecord.self))))
+        }
+        // Replicas name their source VM and their policy (`replication:NAME`); they may live on
+        // another pool than their source, so every pool is read before any is rebuilt.
+        var replicationOf: [String: String] = [:]
+        for (_, p) in pools {
+            for vm in p.vms.values where vm.otherConfig[OwnershipMarks.owner] == engine.instance && !vm.isASnapshot
+                && vm.otherConfig[OwnershipMarks.role] == "replica" {
+                if let source = vm.otherConfig[OwnershipMarks.source], let policy = vm.otherConfig[OwnershipMarks.policy] { replicationOf[source] = policy }
+            }
+        }
+        for (poolName, p) in pools {
+            let (vms, vdis, vbds) = (p.vms, p.vdis, p.vbds)
             let vdiUUID = Dictionary(uniqueKeysWithValues: vdis.map { ($0.key, $0.value.uuid) })
-            for (_, vm) in vms where vm.otherConfig[OwnershipMarks.owner] == engine.instance && vm.isASnapshot {
-                view.inventory.append(OwnedObject(pool: pool.name, cls: "VM", uuid: vm.uuid, role: vm.otherConfig[OwnershipMarks.role] ?? "",
+            // haven's snapshots, and its replicas (VMs, not snapshots, that carry its mark).
+            for (_, vm) in vms where vm.otherConfig[OwnershipMarks.owner] == engine.instance
+                && (vm.isASnapshot || vm.otherConfig[OwnershipMarks.role] == "replica") {
+                view.inventory.append(OwnedObject(pool: poolName, cls: "VM", uuid: vm.uuid, role: vm.otherConfig[OwnershipMarks.role] ?? "",
                                                   policy: vm.otherConfig[OwnershipMarks.policy] ?? "", vmUUID: vm.otherConfig[OwnershipMarks.source] ?? "",
                                                   createdAt: ISO8601DateFormatter().date(from: vm.otherConfig["haven.created"] ?? "") ?? Date()))
             }
-            for (_, vdi) in vdis {
-                if vdi.otherConfig[OwnershipMarks.cbt] == engine.instance && !vdi.isASnapshot {
-                    let policy = engine.desired.backupPolicies.first { $0.spec.pool.value == pool.name && $0.spec.cbt }?.name ?? ""
-                    view.cbtMarks.append(CBTMark(pool: pool.name, vdiUUID: vdi.uuid, policy: policy))
+            // Appliances: the VM, its own disks, and the pin of the certificate haven handed to it (public, in xenstore_data).
+            var applianceDisks = Set<String>()
+            for (_, vm) in vms where vm.isRealVM && vm.otherConfig[OwnershipMarks.owner] == engine.instance
+                && vm.otherConfig[OwnershipMarks.role] == OwnershipMarks.applianceRole {
+                let ap = vm.otherConfig[OwnershipMarks.appliancePool] ?? ""
+                let created = ISO8601DateFormatter().date(from: vm.otherConfig["haven.created"] ?? "") ?? Date()
+                view.inventory.append(OwnedObject(pool: poolName, cls: "VM", uuid: vm.uuid, role: OwnershipMarks.applianceRole, policy: applianceOwnerKey(ap),
+                                                  vmUUID: vm.uuid, createdAt: created))
+                for vbd in vm.vbds.compactMap({ vbds[$0] }) where !vbd.vdi.isNull {
+                    guard let v = vdis[vbd.vdi], v.otherConfig[OwnershipMarks.owner] == engine.instance,
+                          v.otherConfig[OwnershipMarks.role] == OwnershipMarks.applianceDiskRole else { continue }
+                    applianceDisks.insert(v.uuid)
+                    view.inventory.append(OwnedObject(pool: poolName, cls: "VDI", uuid: v.uuid, role: OwnershipMarks.applianceDiskRole,
+                                                      policy: applianceOwnerKey(ap), vmUUID: vm.uuid, createdAt: created))
+                }
+                let pin = vm.xenstoreData[MoverXenstore.certificate].flatMap { try? CertificatePin(certificatePEM: $0) }?.description ?? ""
+                view.appliances.append(ApplianceRecord(pool: poolName, uuid: vm.uuid, name: vm.nameLabel, appliancePool: ap,
+                                                       staticAddress: vm.xenstoreData[MoverXenstore.ip] ?? "", pin: pin, createdAt: created))
+            }
+            for (ref, vdi) in vdis where !applianceDisks.contains(vdi.uuid) {
+                // The VM a disk belongs to (the disk's current VBD on a VM that is not a snapshot).
+                let diskOf = { (uuid: String) in vbds.values.first { vdiUUID[$0.vdi] == uuid && vms[$0.vm]?.isRealVM == true } }
+                if vdi.otherConfig[OwnershipMarks.cbt] == engine.instance && !vdi.isASnapshot && vdi.type != "cbt_metadata" {
+                    let vmUUID = diskOf(vdi.uuid).flatMap { vms[$0.vm]?.uuid } ?? ""
+                    let policy = replicationOf[vmUUID]
+                        ?? engine.desired.backupPolicies.first { $0.spec.pool.value == poolName && $0.spec.cbt }?.name ?? ""
+                    view.cbtMarks.append(CBTMark(pool: poolName, vdiUUID: vdi.uuid, policy: policy))
                 }
                 guard vdi.otherConfig[OwnershipMarks.owner] == engine.instance else { continue }
+                if vdi.otherConfig[OwnershipMarks.role] == "replica-disk" {
+                    // A replica's own disk; a restore point's disks (snapshots) go with the restore point.
+                    guard !vdi.isASnapshot, let vbd = vbds.values.first(where: { $0.vdi == ref }), let replica = vms[vbd.vm] else { continue }
+                    view.inventory.append(OwnedObject(pool: poolName, cls: "VDI", uuid: vdi.uuid, role: "replica-disk",
+                                                      policy: vdi.otherConfig[OwnershipMarks.policy] ?? replica.otherConfig[OwnershipMarks.policy] ?? "",
+                                                      vmUUID: replica.otherConfig[OwnershipMarks.source] ?? "", createdAt: Date()))
+                    continue
+                }
                 let sourceUUID = vdiUUID[vdi.snapshotOf] ?? ""
                 // Which VM and disk the snapshot came from: the source VDI's current VBD.
-                let vbd = vbds.values.first { vdiUUID[$0.vdi] == sourceUUID && vms[$0.vm]?.isRealVM == true }
+                let vbd = diskOf(sourceUUID)
                 let vmUUID = vbd.flatMap { vms[$0.vm]?.uuid } ?? ""
-                // The newest backup of that VM whose disk was read from this snapshot VDI.
+                // The newest backup of that VM whose disk was read from this snapshot VDI; else,
+                // when the VM is replicated, the replication's anchor.
                 var backupID = ""
                 var policy = ""
                 for (id, b) in byID where b.vmUUID == vmUUID {
@@ -47,10 +100,15 @@ public enum CatalogRebuild {
                         policy = b.policy
                     }
                 }
-                view.inventory.append(OwnedObject(pool: pool.name, cls: "VDI", uuid: vdi.uuid, role: vdi.otherConfig[OwnershipMarks.role] ?? "",
+                if backupID.isEmpty, let replication = replicationOf[vmUUID] { policy = replication }
+                view.inventory.append(OwnedObject(pool: poolName, cls: "VDI", uuid: vdi.uuid, role: vdi.otherConfig[OwnershipMarks.role] ?? "",
                                                   policy: policy, vmUUID: vmUUID, createdAt: Date()))
-                if vdi.cbtEnabled, !backupID.isEmpty, let vbd {
-                    view.anchors.append(Anchor(pool: pool.name, policy: policy, vmUUID: vmUUID, diskKey: vbd.userdevice, sourceVDI: sourceUUID,
+                if vdi.otherConfig[OwnershipMarks.role] == "delta-base", vdi.type != "cbt_metadata", !backupID.isEmpty, let vbd {
+                    let snapshotVM = vbds.values.first { vdiUUID[$0.vdi] == vdi.uuid && vms[$0.vm]?.isASnapshot == true }.flatMap { vms[$0.vm]?.uuid } ?? ""
+                    view.anchors.append(Anchor(pool: poolName, policy: policy, vmUUID: vmUUID, diskKey: vbd.userdevice, sourceVDI: sourceUUID,
+                                               snapshotVM: snapshotVM, snapshotVDI: vdi.uuid, backupID: backupID, dataDestroyed: false, kind: .delta))
+                } else if vdi.cbtEnabled, !policy.isEmpty, let vbd {
+                    view.anchors.append(Anchor(pool: poolName, policy: policy, vmUUID: vmUUID, diskKey: vbd.userdevice, sourceVDI: sourceUUID,
                                                snapshotVM: "", snapshotVDI: vdi.uuid, backupID: backupID, dataDestroyed: vdi.type == "cbt_metadata"))
                 }
             }

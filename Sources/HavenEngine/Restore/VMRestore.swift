@@ -21,7 +21,49 @@ public struct VMRestore: Sendable {
         public var keptIdentity: Bool
     }
 
+    /// What a restore has made on the pool so far, removed again when it fails, and what it is doing.
+    final class Progress: @unchecked Sendable {
+        // @unchecked: used by the one task running the restore, one step after the other.
+        var vm: VMRef?
+        var vdis: [VDIRef] = []
+        var step = "reading the target pool"
+    }
+
+    /// Restores the VM; on failure removes what it created (the VM, the disks made or imported)
+    /// and says what it was doing, so a failed restore is neither a half VM nor a bare xapi code.
     public func restore(_ manifest: BackupManifest, srName: String, name requested: String?, log: @escaping @Sendable (String) -> Void) async throws -> Outcome {
+        let progress = Progress()
+        do {
+            return try await restore(manifest, srName: srName, name: requested, progress: progress, log: log)
+        } catch let e as EngineError where progress.vm == nil && progress.vdis.isEmpty {
+            throw e
+        } catch {
+            let undone = await undo(progress)
+            throw EngineError(.restore, manifest.id, "restoring \(manifest.vmName) from \(manifest.id) failed while \(progress.step): \(error); \(undone)")
+        }
+    }
+
+    func undo(_ p: Progress) async -> String {
+        guard p.vm != nil || !p.vdis.isEmpty else { return "nothing was created on the pool" }
+        var left: [String] = []
+        if let vm = p.vm {
+            // An imported VM's disks are its VBDs' (VM.destroy leaves disks behind).
+            if let record = try? await client.record(vm) {
+                for vbd in record.vbds {
+                    if let b = try? await client.record(vbd), b.type == "Disk", !b.vdi.isNull, !p.vdis.contains(b.vdi) { p.vdis.append(b.vdi) }
+                }
+            }
+            do { try await client.destroy(vm) } catch { left.append("VM \(vm.raw) (\(error))") }
+        }
+        for v in p.vdis {
+            do { try await client.destroy(v) } catch let e as XenAPIError where e.code == XenAPIError.Code.handleInvalid {
+            } catch { left.append("VDI \(v.raw) (\(error))") }
+        }
+        return left.isEmpty ? "what it had created on the pool was removed" : "could not remove \(left.joined(separator: ", ")); remove them by hand"
+    }
+
+    func restore(_ manifest: BackupManifest, srName: String, name requested: String?, progress: Progress,
+                 log: @escaping @Sendable (String) -> Void) async throws -> Outcome {
         let srs = try await client.records(SRRecord.self)
         guard let (srRef, _) = srs.first(where: { $0.value.nameLabel == srName }) else {
             throw EngineError(.restore, srName, "no SR named '\(srName)' on the target pool (there are: \(srs.values.map(\.nameLabel).sorted().joined(separator: ", ")))")
@@ -31,7 +73,7 @@ public struct VMRestore: Sendable {
         let stamp = ISO8601DateFormatter().string(from: manifest.createdAt)
         let name = requested ?? (originalExists ? "\(manifest.vmName) (restored \(stamp))" : manifest.vmName)
         if let archive = XVAArchive.stream(of: manifest) {
-            return try await restoreXVA(manifest, archive: archive, sr: srRef, name: name, originalExists: originalExists, log: log)
+            return try await restoreXVA(manifest, archive: archive, sr: srRef, name: name, originalExists: originalExists, progress: progress, log: log)
         }
         var record: [String: XenValue] = [:]
         let copied = ["name_description", "memory_static_max", "memory_static_min", "memory_dynamic_max", "memory_dynamic_min", "memory_target",
@@ -50,13 +92,18 @@ public struct VMRestore: Sendable {
         record["other_config"] = .structure(other)
         record["name_label"] = .string(name)
         record["is_a_template"] = false
+        progress.step = "creating the VM"
         let vm = try await client.createVM(record)
+        progress.vm = vm
         log("created VM \(name)")
         for disk in manifest.disks {
+            progress.step = "creating disk \(disk.key) (\(disk.name), \(disk.size) bytes) on SR \(srName)"
             let vdi = try await client.createVDI([
                 "name_label": .string(disk.name), "name_description": .string("restored from \(manifest.id)"), "SR": srRef.value,
                 "virtual_size": .int(disk.size), "type": "user", "sharable": false, "read_only": false, "other_config": [:],
             ])
+            progress.vdis.append(vdi)
+            progress.step = "writing disk \(disk.key) (\(disk.name)) through /import_raw_vdi"
             let restore = DiskRestore(repository: repository)
             let length = try restore.vhdSize(disk)
             let stream = StreamPipe(vhdOf: disk, restore: restore)
@@ -67,12 +114,14 @@ public struct VMRestore: Sendable {
                 stream.abandon()
                 throw error
             }
+            progress.step = "attaching disk \(disk.key) to the VM"
             _ = try await client.createVBD([
                 "VM": vm.value, "VDI": vdi.value, "userdevice": .string(disk.key), "bootable": .bool(disk.key == "0"), "mode": "RW",
                 "type": "Disk", "empty": false, "other_config": [:], "qos_algorithm_type": "", "qos_algorithm_params": [:],
             ])
             log("restored disk \(disk.key) (\(disk.name), \(disk.size) bytes)")
         }
+        progress.step = "creating the network interfaces"
         let networks = try await client.records(NetworkRecord.self)
         for vif in manifest.vifs ?? [] {
             guard let (net, _) = networks.first(where: { $0.value.nameLabel == vif.network }) ?? networks.first else { continue }
@@ -90,8 +139,9 @@ extension VMRestore {
     /// `/import` and xapi recreates the VM, its disks (the exported bytes), VBDs and VIFs (with new
     /// MACs and uuids, as any import without `restore=true`). What the import cannot know is
     /// put right afterwards.
-    func restoreXVA(_ manifest: BackupManifest, archive: DiskVersion, sr: SRRef, name: String, originalExists: Bool,
+    func restoreXVA(_ manifest: BackupManifest, archive: DiskVersion, sr: SRRef, name: String, originalExists: Bool, progress: Progress,
                     log: @escaping @Sendable (String) -> Void) async throws -> Outcome {
+        progress.step = "importing the XVA archive through /import"
         let pipe = StreamPipe(rawOf: archive, restore: DiskRestore(repository: repository))
         let imported: [VMRef]
         do {
@@ -101,6 +151,8 @@ extension VMRestore {
             pipe.abandon()
             throw error
         }
+        if imported.count == 1 { progress.vm = imported[0] }
+        progress.step = "setting up the imported VM"
         guard imported.count == 1, let vm = imported.first else {
             throw EngineError(.restore, manifest.id, "importing the XVA of \(manifest.id) gave \(imported.count) VMs (\(imported.map(\.raw).joined(separator: ", "))), expected one")
         }

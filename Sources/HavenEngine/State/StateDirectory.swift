@@ -49,6 +49,39 @@ public struct StateDirectory: Sendable {
 
     public var scratch: URL { url.appendingPathComponent("tmp") }
 
+    /// The token key of one appliance: `appliances/POOL/UUID.key`, 0600 in a 0700 directory.
+    /// Never in the catalog, a log or a plan.
+    public func applianceKeyFile(pool: String, uuid: String) -> URL {
+        url.appendingPathComponent("appliances").appendingPathComponent(pool).appendingPathComponent("\(uuid).key")
+    }
+
+    public func writeApplianceKey(_ key: [UInt8], pool: String, uuid: String) throws {
+        let file = applianceKeyFile(pool: pool, uuid: uuid)
+        let dir = file.deletingLastPathComponent()
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for d in [dir.deletingLastPathComponent(), dir] { chmod(d.path, 0o700) }
+        // Created 0600 before a byte is written: the key is never readable by others, not even briefly.
+        let tmp = dir.appendingPathComponent(".\(uuid).key.tmp").path
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw EngineError(.action, file.path, "cannot create \(tmp): \(String(cString: strerror(errno)))") }
+        let written = key.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        fsync(fd)
+        close(fd)
+        guard written == key.count, rename(tmp, file.path) == 0 else {
+            unlink(tmp)
+            throw EngineError(.action, file.path, "cannot write \(file.path)")
+        }
+    }
+
+    /// nil when the file is missing (an appliance provisioned by another state directory).
+    public func readApplianceKey(pool: String, uuid: String) -> [UInt8]? {
+        (try? Data(contentsOf: applianceKeyFile(pool: pool, uuid: uuid))).map { [UInt8]($0) }
+    }
+
+    public func removeApplianceKey(pool: String, uuid: String) {
+        try? FileManager.default.removeItem(at: applianceKeyFile(pool: pool, uuid: uuid))
+    }
+
     /// Takes the pool's lock if it is free, and keeps it until `release` (the daemon holds a
     /// pool's lock while any of its workers acts on the pool). Fails naming the holder otherwise.
     public func tryPoolLock(_ pool: String) throws -> PoolLock {

@@ -47,7 +47,7 @@ struct SimMethod: Sendable {
 
 extension SimPool {
     /// Classes whose generic getters, setters and map operations are served.
-    static let classes = ["session", "pool", "host", "VM", "VM_metrics", "VBD", "VDI", "SR", "PBD", "SM", "network", "PIF", "VIF", "task",
+    static let classes = ["session", "pool", "host", "VM", "VM_metrics", "VM_guest_metrics", "VBD", "VDI", "SR", "PBD", "SM", "network", "PIF", "VIF", "task",
                           "message"]
 
     static let writableFields: [String: Set<String>] = [
@@ -60,7 +60,7 @@ extension SimPool {
         "network": ["name_label", "name_description", "other_config", "tags", "MTU"],
         "pool": ["name_label", "name_description", "other_config", "tags", "default_SR"],
         "host": ["name_label", "name_description", "other_config", "tags"],
-        "task": ["other_config"], "VIF": ["other_config"], "VM_metrics": ["other_config"], "PIF": ["other_config"], "PBD": ["other_config"],
+        "task": ["other_config"], "VIF": ["other_config"], "VM_metrics": ["other_config"], "VM_guest_metrics": ["other_config"], "PIF": ["other_config"], "PBD": ["other_config"],
         "SM": ["other_config"], "message": [], "session": ["other_config"],
     ]
 

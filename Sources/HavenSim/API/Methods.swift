@@ -58,6 +58,22 @@ extension SimPool {
         t["VM.set_ha_restart_priority"] = SimMethod(arity: 2) { c in
             try c.pool.setHARestartPriority(c, try c.ref(0, "VM"), try c.string(1)); return ""
         }
+        // xapi_vm.ml `set_memory_limits`: a halted VM, static_min ≤ dynamic_min ≤ dynamic_max ≤ static_max.
+        t["VM.set_memory_limits"] = SimMethod(arity: 5) { c in
+            let vm = try c.ref(0, "VM")
+            let values = try (1...4).map { i -> Int64 in
+                guard let v = c.params[i].intValue ?? c.params[i].stringValue.flatMap({ Int64($0) }) else { throw c.fail("FIELD_TYPE_ERROR", "param \(i)") }
+                return v
+            }
+            let power = c.db.field(vm, "power_state")?.stringValue ?? "Halted"
+            guard power == "Halted" else { throw c.fail(XenAPIError.Code.vmBadPowerState, vm, "halted", power.lowercased()) }
+            guard values[0] <= values[2], values[2] <= values[3], values[3] <= values[1] else { throw c.fail("MEMORY_CONSTRAINT_VIOLATION") }
+            c.db.update(vm) { f in
+                for (i, k) in ["memory_static_min", "memory_static_max", "memory_dynamic_min", "memory_dynamic_max"].enumerated() { f[k] = .int(values[i]) }
+                f["memory_target"] = .int(values[3])
+            }
+            return ""
+        }
         t["VM.clean_shutdown"] = SimMethod(arity: 1) { c in try c.pool.changePower(c, try c.ref(0, "VM"), op: "clean_shutdown"); return "" }
         t["VM.hard_shutdown"] = SimMethod(arity: 1) { c in try c.pool.changePower(c, try c.ref(0, "VM"), op: "hard_shutdown"); return "" }
         // VDI

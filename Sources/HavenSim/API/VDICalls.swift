@@ -305,8 +305,10 @@ extension SimPool {
                 f["currently_attached"] = true
                 f["device"] = .string("xvd" + String(UnicodeScalar(UInt8(97 + n % 26))))
             }
+            applianceVBDChanged(vbd, plugged: true)
         } else {
             if !attached { throw c.fail(XenAPIError.Code.deviceAlreadyDetached, vbd) }
+            applianceVBDChanged(vbd, plugged: false)
             db.set(vbd, "currently_attached", false)
         }
     }

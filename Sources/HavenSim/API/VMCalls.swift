@@ -116,6 +116,8 @@ extension SimPool {
     func destroyVM(_ c: SimCall, _ vm: String) throws {
         try checkOperation(c, vm, "destroy", allowed: ["Halted", "Suspended"])
         let f = db.get(vm, "VM")!
+        // A destroyed appliance's DHCP leases go back to the pool (its VIFs and their MACs go).
+        if isAppliance(vm) { releaseLeases(vm) }
         for vbd in f["VBDs"]?.stringArray ?? [] {
             if let vdi = db.field(vbd, "VDI")?.stringValue { db.removeFromSet(vdi, "VBDs", vbd) }
             db.remove(vbd)
@@ -126,6 +128,10 @@ extension SimPool {
         }
         if let of = f["snapshot_of"]?.stringValue, db.get(of) != nil { db.removeFromSet(of, "snapshots", vm) }
         if let m = f["metrics"]?.stringValue, db.get(m, "VM_metrics") != nil { db.remove(m) }
+        deleteGuestMetrics(vm)
+        if isAppliance(vm) {
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent("appliances/\(f["uuid"]?.stringValue ?? "-")"))
+        }
         db.remove(vm)
     }
 
@@ -176,13 +182,19 @@ extension SimPool {
         case "start", "start_on":
             try checkOperation(c, vm, op, allowed: ["Halted"])
             try validateBootParameters(c, vm)
+            // xapi drops the guest metrics at start (a clone's would be wrong); the guest agent
+            // reports fresh ones.
+            deleteGuestMetrics(vm)
             powerOn(vm)
+            startAppliance(vm)
         case "clean_shutdown":
             try checkOperation(c, vm, "clean_shutdown", allowed: ["Running"])
             powerOff(vm)
+            stopAppliance(vm)
         default:
             try checkOperation(c, vm, "hard_shutdown", allowed: ["Running", "Paused", "Suspended"])
             powerOff(vm)
+            stopAppliance(vm)
         }
         refreshAllowedOperations(vm)
     }

@@ -49,8 +49,17 @@ extension SimPool {
             try db.withLock {
                 let power = db.field(vm, "power_state")?.stringValue ?? "Halted"
                 switch action {
-                case "start": if power != "Running" { powerOn(vm) }
-                case "shutdown": if power != "Halted" { powerOff(vm) }
+                case "start":
+                    if power != "Running" {
+                        deleteGuestMetrics(vm)
+                        powerOn(vm)
+                        startAppliance(vm)
+                    }
+                case "shutdown":
+                    if power != "Halted" {
+                        powerOff(vm)
+                        stopAppliance(vm)
+                    }
                 default: throw SimError("power action must be start or shutdown")
                 }
                 refreshAllowedOperations(vm)
@@ -61,9 +70,13 @@ extension SimPool {
             try apply(rule)
             return ["faults": .strings(db.withLock { faults.map(\.text) })]
         case "fault-clear":
-            db.withLock { faults.removeAll() }
+            let hadDeny = db.withLock {
+                defer { faults.removeAll() }
+                return faults.contains { $0.kind == .denyInbound }
+            }
             saveFaults()
             for h in hosts { h.nbd?.setDropAfter(0) }
+            if hadDeny { restartAppliances() }
             return ["faults": []]
         case "faults":
             return ["faults": .strings(db.withLock { faults.map(\.text) })]
@@ -99,8 +112,10 @@ extension SimPool {
             }
             return
         }
+        let wasDenied = denyInbound
         db.withLock { faults.append(rule) }
         saveFaults()
         if rule.kind == .nbdDrop { for h in hosts { h.nbd?.setDropAfter(rule.bytes) } }
+        if rule.kind == .denyInbound, !wasDenied { restartAppliances() }
     }
 }

@@ -83,6 +83,10 @@ extension SimPool {
                     "purpose": .strings(n.purpose ?? []), "allowed_operations": [], "current_operations": [:],
                 ])
                 netByName[n.name] = net
+                if let dhcp = n.dhcp {
+                    _ = try DHCPRange(dhcp, network: n.name)
+                    db.set(net, "__dhcp_range", .string(dhcp))
+                }
                 for h in hosts {
                     let pif = db.insert("PIF", [
                         "device": .string("eth\(i)"), "network": .string(net), "host": .string(h.ref),
@@ -116,6 +120,7 @@ extension SimPool {
         record["tags"] = .strings(v.tags ?? [])
         record["other_config"] = .map(v.otherConfig ?? [:])
         record["metrics"] = .string(db.insert("VM_metrics", Templates.vmMetrics()))
+        if v.appliance == true { record["__appliance"] = true }
         let vm = db.insert("VM", record)
         for (n, d) in (v.disks ?? []).enumerated() {
             var sr = defaultSR

@@ -12,8 +12,11 @@ import XenAPI
 /// - `task-fail:METHOD:CODE` — the task of a call of METHOD fails with CODE: an `Async.` call's
 ///   task fails halfway; a synchronous call (which xapi also runs in a task) fails with CODE.
 /// - `sr-full:SR` — calls that allocate on the SR named SR fail with SR_FULL.
+/// - `deny-inbound` — the pool's appliances accept no connection from outside their site (a DR
+///   site that only connects outward): other appliances cannot reach their movers; haven, whose
+///   connections come from 127.0.0.1, still can; their own outbound connections still work.
 struct FaultRule: Codable, Hashable, Sendable {
-    enum Kind: String, Codable, Sendable { case error, latency, sessionExpiry, nbdDrop, failover, taskFail, srFull }
+    enum Kind: String, Codable, Sendable { case error, latency, sessionExpiry, nbdDrop, failover, taskFail, srFull, denyInbound }
 
     var kind: Kind
     var method: String = "*"
@@ -81,8 +84,11 @@ struct FaultRule: Codable, Hashable, Sendable {
             try need(2, "sr-full:SR")
             rule.kind = .srFull
             rule.target = parts[1...].joined(separator: ":")
+        case "deny-inbound":
+            guard parts.count == 1 else { throw SimError("fault '\(text)': deny-inbound takes no argument (name the pool with --pool)") }
+            rule.kind = .denyInbound
         default:
-            throw SimError("fault '\(text)': unknown kind '\(parts[0])' (error, latency, session-expiry, nbd-drop, failover, task-fail, sr-full)")
+            throw SimError("fault '\(text)': unknown kind '\(parts[0])' (error, latency, session-expiry, nbd-drop, failover, task-fail, sr-full, deny-inbound)")
         }
         return rule
     }

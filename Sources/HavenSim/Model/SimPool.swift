@@ -53,6 +53,8 @@ public final class SimPool: @unchecked Sendable {
     /// Every nbdkit start and restart runs on this thread.
     let nbdSupervisor = NBDSupervisor()
     var controlToken = ""
+    /// Running appliances' guests, by VM ref. Guarded by `db.lock`.
+    var appliances: [String: ApplianceGuest] = [:]
     private var flusher: Thread?
     private var stopping = false
 
@@ -117,6 +119,7 @@ public final class SimPool: @unchecked Sendable {
             host.server = server
         }
         try nbdSupervisor.run { [self] in try reconfigureNBD() }
+        startRunningAppliances()
         flusher = Thread { [weak self] in self?.flushLoop() }
         flusher?.start()
     }
@@ -127,6 +130,7 @@ public final class SimPool: @unchecked Sendable {
             h.server?.stop()
             h.nbd?.stop()
         }
+        stopAppliances()
         nbdSupervisor.stop()
         flush()
     }

@@ -15,7 +15,8 @@ final class ChildProcess: @unchecked Sendable {
     private let lock = NSLock()
     private var reaped = false
 
-    init(executable: String, arguments: [String], stderrPath: String?) throws {
+    /// `inherit` maps descriptors of this process to the numbers the child sees them as.
+    init(executable: String, arguments: [String], stderrPath: String?, inherit: [(parent: Int32, child: Int32)] = []) throws {
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -32,6 +33,7 @@ final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, stderrPath ?? "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        for (parent, child) in inherit { posix_spawn_file_actions_adddup2(&actions, parent, child) }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }
         var child: pid_t = 0

@@ -47,6 +47,9 @@ public struct World: Codable, Sendable {
         public var name: String
         public var purpose: [String]?
         public var bridge: String?
+        /// A DHCP server's pool on this network, `FIRST-LAST` (IPv4): appliances without a static
+        /// address lease one when they start.
+        public var dhcp: String?
     }
 
     public struct VMSpec: Codable, Sendable {
@@ -57,9 +60,12 @@ public struct World: Codable, Sendable {
         public var networks: [String]?
         public var memory: String?
         public var disks: [DiskSpec]?
+        /// A data-mover appliance template: VMs cloned or copied from it run `haven mover` when
+        /// started.
+        public var appliance: Bool?
 
         enum CodingKeys: String, CodingKey {
-            case name, power, tags, networks, memory, disks
+            case name, power, tags, networks, memory, disks, appliance
             case otherConfig = "other_config"
         }
     }

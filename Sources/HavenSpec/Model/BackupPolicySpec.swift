@@ -5,7 +5,7 @@ public struct BackupPolicySpec: ResourceSpec, Hashable {
     public static let kind = ResourceKind.backupPolicy
 
     public enum Method: String, Sendable, Hashable, Codable, CaseIterable {
-        /// CBT where the pool supports it, else rolling-snapshot VHD deltas.
+        /// CBT where the pool supports it (and `cbt` is true), else rolling-snapshot VHD deltas.
         case auto, cbt, delta, xva
     }
 
@@ -109,10 +109,10 @@ public struct BackupPolicySpec: ResourceSpec, Hashable {
             FieldInfo("pool", .reference(kind: "Pool"), required: true, "The Pool whose VMs are backed up."),
             FieldInfo("vms", .object(VMSelector.shape("spec.vms")), required: true, "Which VMs."),
             FieldInfo("schedule", .object(Schedule.shape("spec.schedule", defaultEvery: "24h")), default: "every: 24h", "When."),
-            FieldInfo("cbt", .boolean, default: "true (false with method: xva)",
+            FieldInfo("cbt", .boolean, default: "true (false with method: xva or delta)",
                       "Enable changed-block tracking on the VMs' disks where the pool supports it."),
             FieldInfo("method", .enumeration(Method.allCases.map(\.rawValue)), default: "auto",
-                      "auto: CBT where possible, else VHD deltas; cbt; delta (rolling snapshot VHD delta); xva (whole-VM export)."),
+                      "auto: CBT where possible (cbt true, licensed, API 2.8+, CBT-capable SRs), else VHD deltas; cbt; delta (VHD delta against the previous backup's snapshot, kept on the pool); xva (whole-VM export)."),
             FieldInfo("quiesce", .enumeration(Quiesce.allCases.map(\.rawValue)), default: "off",
                       "Application-consistent snapshots: prefer (fall back to crash-consistent), require, off."),
             FieldInfo("hooks", .object(Hooks.shape), "Commands run before and after the snapshot."),
@@ -121,9 +121,9 @@ public struct BackupPolicySpec: ResourceSpec, Hashable {
             FieldInfo("repository", .reference(kind: "Repository"), required: true, "Where backups go."),
             FieldInfo("retention", .object(Retention.shape), default: "keepLast: 7", "How long backups are kept."),
             FieldInfo("snapshotRetention", .integer(min: 0, max: 100), default: "1",
-                      "Snapshots kept on the pool when purgeSnapshotData is false."),
+                      "Snapshots kept on the pool when purgeSnapshotData is false. With VHD deltas the newest snapshot's disks are kept as the delta base either way; 0 keeps none (every backup reads whole disks)."),
             FieldInfo("purgeSnapshotData", .boolean, default: "true",
-                      "After a CBT backup, destroy the snapshot's data and keep only its CBT metadata."),
+                      "After a CBT backup, destroy the snapshot's data and keep only its CBT metadata. With VHD deltas: remove the snapshot VM and keep only its disks, whole, as the next delta's base."),
             FieldInfo("appliances", .reference(kind: "AppliancePool"), "AppliancePool whose appliances move the data."),
             FieldInfo("suspend", .boolean, default: "false", "Plan nothing for this policy."),
         ])
@@ -137,11 +137,16 @@ extension BackupPolicySpec {
         schedule = Schedule(r.mapping("schedule"), defaultEvery: SpecDuration(seconds: 86_400))
         method = r.enumeration("method", Method.self) ?? .auto
         let explicitCBT = r.bool("cbt")
-        cbt = explicitCBT ?? (method != .xva)
+        cbt = explicitCBT ?? (method != .xva && method != .delta)
         if explicitCBT == true, method == .xva {
             ctx.sink.error(
                 .cbtWithXVA, at: r.valueLocation("method"),
                 "\(ctx.resource): 'cbt: true' cannot be combined with 'method: xva' (an XVA export copies the whole VM and uses no changed-block tracking); set 'cbt: false' or use method auto, cbt or delta")
+        }
+        if explicitCBT == true, method == .delta {
+            ctx.sink.error(
+                .conflictingFields, at: r.valueLocation("method"),
+                "\(ctx.resource): 'cbt: true' cannot be combined with 'method: delta' (VHD deltas compare against a kept snapshot, without changed-block tracking); set 'cbt: false' or use method auto or cbt")
         }
         if explicitCBT == false, method == .cbt {
             ctx.sink.error(

@@ -1,6 +1,6 @@
 /// "Did you mean" for misspelt keys and names.
-enum Suggestion {
-    static func closest(to word: String, in candidates: [String]) -> String? {
+public enum Suggestion {
+    public static func closest(to word: String, in candidates: [String]) -> String? {
         let lower = word.lowercased()
         if let exactCase = candidates.first(where: { $0.lowercased() == lower }) { return exactCase }
         var best: (String, Int)?

@@ -181,6 +181,7 @@ extension XenAPIClient {
     /// The pool's capabilities, logging in only when there is no session yet.
     public func currentCapabilities() async throws -> PoolCapabilities {
         if let c = capabilities { return c }
+        if let c = try await ensureSession() { return c }
         return try await login()
     }
 }

@@ -19,11 +19,20 @@ public struct XenMethod: Sendable, Hashable, CustomStringConvertible {
     public var description: String { name }
     public var asyncName: String { "Async.\(name)" }
 
+    /// True for a call that changes a pool's objects (not a read, a session, an event wait or a
+    /// task's own bookkeeping): such calls are crash points (`CrashPoints`).
+    public var changesPool: Bool {
+        let parts = name.split(separator: ".", maxSplits: 1)
+        guard parts.count == 2, !["session", "event", "task"].contains(parts[0]) else { return false }
+        let message = parts[1]
+        return !(message.hasPrefix("get_") || message == "list_changed_blocks")
+    }
+
     static func getAllRecords(_ cls: String) -> XenMethod { XenMethod("\(cls).get_all_records", 1) }
     static func getRecord(_ cls: String) -> XenMethod { XenMethod("\(cls).get_record", 2) }
 
     /// The classes the client reads whole records of.
-    static let recordClasses = ["pool", "host", "VM", "VM_metrics", "VBD", "VDI", "SR", "PBD", "SM", "network", "PIF", "VIF", "task",
+    static let recordClasses = ["pool", "host", "VM", "VM_metrics", "VM_guest_metrics", "VBD", "VDI", "SR", "PBD", "SM", "network", "PIF", "VIF", "task",
                                 "message"]
 }
 
@@ -71,6 +80,8 @@ extension XenMethod {
     public static let vmSetHARestartPriority = XenMethod("VM.set_ha_restart_priority", 3)
     public static let vmAddTags = XenMethod("VM.add_tags", 3)
     public static let vmRemoveTags = XenMethod("VM.remove_tags", 3)
+    public static let vmSetXenstoreData = XenMethod("VM.set_xenstore_data", 3)
+    public static let vmSetMemoryLimits = XenMethod("VM.set_memory_limits", 6)
 
     public static let vdiGetRecord = XenMethod("VDI.get_record", 2)
     public static let vdiGetByUUID = XenMethod("VDI.get_by_uuid", 2)
@@ -116,7 +127,7 @@ extension XenMethod {
         vmSnapshot, vmSnapshotLegacy, vmDestroy, vmCreate, vmClone, vmCopy, vmProvision, vmStart, vmCleanShutdown,
         vmHardShutdown, vmSetNameLabel, vmSetIsATemplate, vmAddToOtherConfig, vmRemoveFromOtherConfig,
         vmAddToBlockedOperations, vmRemoveFromBlockedOperations, vmStartOn, vmRevert, vmSetBlockedOperations,
-        vmSetHARestartPriority, vifGetRecord, vmMetricsGetRecord, vmAddTags, vmRemoveTags, vdiGetRecord, vdiGetByUUID, srGetByUUID,
+        vmSetHARestartPriority, vifGetRecord, vmMetricsGetRecord, vmAddTags, vmRemoveTags, vmSetXenstoreData, vmSetMemoryLimits, vdiGetRecord, vdiGetByUUID, srGetByUUID,
         vdiEnableCBT, vdiDisableCBT, vdiListChangedBlocks, vdiDataDestroy, vdiGetNBDInfo, vdiCreate, vdiDestroy,
         vdiSnapshot, vdiAddToOtherConfig, vdiRemoveFromOtherConfig, vdiSetNameLabel, vbdGetRecord, vbdCreate, vbdPlug,
         vbdUnplug, vbdDestroy, vifCreate, vifDestroy, networkAddPurpose, networkRemovePurpose, taskCreate, taskGetRecord,

@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 
 /// The disk formats `/export_raw_vdi` and `/import_raw_vdi` speak.
@@ -27,6 +28,9 @@ extension XenAPIClient {
         sink: @escaping @Sendable (UnsafeRawBufferPointer) throws -> Void
     ) async throws -> String {
         let task = try await createTask(label: "haven \(path)")
+        // Only the imports change a pool; an export is a read.
+        let changes = method == .put
+        if changes { CrashPoints.hit("before \(path)") }
         let url = try await dataURL(path, query + [("task_id", task.raw)])
         let http = self.http
         // The body closure is used only on the transfer thread, which this call waits for.
@@ -51,6 +55,7 @@ extension XenAPIClient {
         guard head.status == 200, taskError == nil else {
             throw DataPathError(status: head.status, path: path, taskError: taskError)
         }
+        if changes { CrashPoints.hit("after \(path)") }
         return result
     }
 

@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 import Synchronization
 
@@ -154,6 +155,21 @@ public actor XenAPIClient {
         }
     }
 
+    /// A login under way: concurrent first calls wait for it instead of each opening a session
+    /// of its own (all but the last would be left open on the pool).
+    private var pendingLogin: Task<PoolCapabilities, any Error>?
+
+    /// Logs in when there is no session, joining a login already under way.
+    @discardableResult
+    func ensureSession() async throws -> PoolCapabilities? {
+        if session != nil { return capabilities }
+        if let p = pendingLogin { return try await p.value }
+        let t = Task { try await self.login() }
+        pendingLogin = t
+        defer { pendingLogin = nil }
+        return try await t.value
+    }
+
     public func logout() async {
         guard let s = session else { return }
         _ = try? await send(.sessionLogout, [.string(s)])
@@ -163,7 +179,9 @@ public actor XenAPIClient {
     /// Calls a method with the session prepended; logs in again once on `SESSION_INVALID` and
     /// follows a master change (`HOST_IS_SLAVE`) once.
     public func call(_ method: XenMethod, _ params: [XenValue]) async throws -> XenValue {
-        if session == nil { try await login() }
+        try await ensureSession()
+        let changes = method.changesPool
+        if changes { CrashPoints.hit("before xapi \(method.name)") }
         var attempt = 0
         while true {
             attempt += 1
@@ -171,7 +189,9 @@ public actor XenAPIClient {
             // before the retried call lands (a pool ending idle sessions aggressively, a heavily
             // loaded client); a third refusal is the answer.
             do {
-                return try await send(method, [.string(session ?? "")] + params)
+                let reply = try await send(method, [.string(session ?? "")] + params)
+                if changes { CrashPoints.hit("after xapi \(method.name)") }
+                return reply
             } catch let e as XenAPIError where attempt <= 2 && e.code == XenAPIError.Code.sessionInvalid {
                 session = nil
                 try await login()
@@ -185,8 +205,10 @@ public actor XenAPIClient {
 
     /// Starts `Async.<method>` and returns the task.
     public func callAsync(_ method: XenMethod, _ params: [XenValue]) async throws -> XenRef<TaskRecord> {
-        if session == nil { try await login() }
+        try await ensureSession()
+        if method.changesPool { CrashPoints.hit("before xapi Async.\(method.name)") }
         let v = try await send(method, [.string(session ?? "")] + params, async: true)
+        if method.changesPool { CrashPoints.hit("after xapi Async.\(method.name)") }
         return XenRef(v.stringValue ?? "")
     }
 
@@ -271,7 +293,7 @@ public actor XenAPIClient {
 
     /// The session reference, for HTTP data paths and NBD export names.
     public func sessionReference() async throws -> String {
-        if session == nil { try await login() }
+        try await ensureSession()
         return session ?? ""
     }
 }

@@ -155,7 +155,7 @@ struct BackupRun {
         for vif in vmRecord.vifs {
             if let r = try? await client.record(vif) { vifs.append(VIFInfo(device: r.device, mac: r.mac, network: networks[r.network]?.nameLabel ?? "")) }
         }
-        let incremental = job.method == .cbtIncremental && fallbacks.count < versions.count
+        let incremental = (job.method == .cbtIncremental || job.method == .deltaIncremental) && fallbacks.count < versions.count
         var manifest = BackupManifest(
             createdAt: started, kind: incremental ? .incremental : (job.method == .xva ? .xva : .full),
             vmUUID: vmRecord.uuid, vmName: vmRecord.nameLabel,
@@ -190,22 +190,35 @@ struct BackupRun {
 
     func purge(_ snapshot: VMRef, snapRecord: VMRecord, snapDisks: [String: (VDIRef, VDIRecord)], otherSnapDisks: [(VDIRef, VDIRecord)],
                vmRecord: VMRecord, backupID: String, started: Date) async throws {
-        let anchorCapable = job.keepAnchors && !snapDisks.isEmpty && snapDisks.values.allSatisfy { $0.1.cbtEnabled }
+        // Delta bases need the snapshot's data; CBT anchors only its CBT metadata.
+        let delta = job.deltaBases == true
+        let anchorCapable = job.keepAnchors && !snapDisks.isEmpty && (delta || snapDisks.values.allSatisfy { $0.1.cbtEnabled })
+        let kind: AnchorKind = delta ? .delta : .cbt
         if anchorCapable {
-            for (key, (_, info)) in snapDisks {
+            for (key, (ref, info)) in snapDisks {
                 let source = job.disks.first { $0.key == key }?.vdiUUID ?? ""
+                if delta {
+                    try await client.setOtherConfig(ref, key: OwnershipMarks.role, value: "delta-base")
+                    try ctx.catalog.own(OwnedObject(pool: pool, cls: "VDI", uuid: info.uuid, role: "delta-base", policy: policy,
+                                                    vmUUID: vmRecord.uuid, createdAt: started))
+                }
                 try ctx.catalog.setAnchor(Anchor(pool: pool, policy: policy, vmUUID: vmRecord.uuid, diskKey: key, sourceVDI: source,
-                                                 snapshotVM: snapRecord.uuid, snapshotVDI: info.uuid, backupID: backupID, dataDestroyed: false))
+                                                 snapshotVM: snapRecord.uuid, snapshotVDI: info.uuid, backupID: backupID, dataDestroyed: false,
+                                                 kind: kind))
             }
         }
         guard job.purgeSnapshotData else { return }
         try await withRetry(on: log) { try await client.destroy(snapshot) }
         try ctx.catalog.disown(pool: pool, uuid: snapRecord.uuid)
         for (key, (ref, info)) in snapDisks {
-            if anchorCapable {
+            let source = job.disks.first { $0.key == key }?.vdiUUID ?? ""
+            if anchorCapable && delta {
+                // The disk stays whole, without its snapshot VM: the next delta's base.
+                try ctx.catalog.setAnchor(Anchor(pool: pool, policy: policy, vmUUID: vmRecord.uuid, diskKey: key, sourceVDI: source,
+                                                 snapshotVM: "", snapshotVDI: info.uuid, backupID: backupID, dataDestroyed: false, kind: .delta))
+            } else if anchorCapable {
                 try await withRetry(attempts: 8, on: log) { try await client.dataDestroy(ref) }
                 try await client.setOtherConfig(ref, key: OwnershipMarks.role, value: "cbt-anchor")
-                let source = job.disks.first { $0.key == key }?.vdiUUID ?? ""
                 try ctx.catalog.setAnchor(Anchor(pool: pool, policy: policy, vmUUID: vmRecord.uuid, diskKey: key, sourceVDI: source,
                                                  snapshotVM: "", snapshotVDI: info.uuid, backupID: backupID, dataDestroyed: true))
                 try ctx.catalog.own(OwnedObject(pool: pool, cls: "VDI", uuid: info.uuid, role: "cbt-anchor", policy: policy,
@@ -255,16 +268,41 @@ struct BackupRun {
             }
             if let fallback { log(fallback) } else { log("disk \(disk.key): \(changed?.blocks.count ?? 0) changed blocks since \(base)") }
         }
-        let useNBD = job.method == .cbtIncremental || job.method == .fullNBD
-        let infos = useNBD ? (try? await client.nbdInfo(snapVDI)) ?? [] : []
-        if let info = infos.first {
+        // A VHD delta against the previous backup's snapshot disk, kept on the pool for it.
+        var deltaBase: VDIRef?
+        if let anchor = disk.anchorVDI, let base = disk.baseBackup, job.method == .deltaIncremental {
+            do {
+                let from = try await client.vdi(uuid: anchor)
+                previous = try repo.manifest(base).disks.first { $0.key == disk.key }
+                if previous == nil {
+                    fallback = "disk \(disk.key): read in full, because version \(base) has no disk \(disk.key)"
+                } else {
+                    deltaBase = from
+                }
+            } catch let e as XenAPIError where e.code == XenAPIError.Code.uuidInvalid || e.code == XenAPIError.Code.handleInvalid {
+                fallback = "disk \(disk.key): read in full, because its delta base \(anchor) is gone (\(e.code))"
+            } catch let e as DataError where e.code == .noSuchVersion {
+                fallback = "disk \(disk.key): read in full, because its base version \(base) is gone from the repository"
+            }
+            if let fallback { log(fallback) }
+        }
+        let useNBD = job.method == .cbtIncremental || job.method == .fullNBD || job.method == .deltaIncremental
+        let infos = useNBD && deltaBase == nil ? (try? await client.nbdInfo(snapVDI)) ?? [] : []
+        if let deltaBase {
+            let client = self.client
+            source = VHDDeltaDiskSource(size: snapInfo.virtualSize, label: "/export_raw_vdi?format=vhd&base \(snapInfo.uuid)") { sink in
+                try runBlocking { try await client.exportRawVDI(snapVDI, format: .vhd, base: deltaBase, sink: sink) }
+            }
+        } else if let info = infos.first {
             let endpoint = NBDEndpoint(address: info.address, port: info.port, exportName: info.exportName,
                                        tls: settings.nbdTLS ? .certificate(info.cert) : .off)
             let size = snapInfo.virtualSize
             let connections = settings.nbdConnections
             source = try await blocking { try NBDDiskSource(endpoint, size: size, connections: connections) }
         } else {
-            if settings.nbdRequired { throw EngineError(.action, disk.name, "no NBD server for \(disk.name) and spec.nbd.required is true") }
+            if settings.nbdRequired {
+                throw EngineError(.action, disk.name, "no NBD server for \(disk.name) and spec.nbd.required is true")
+            }
             source = ExportDiskSource(client: client, vdi: snapVDI, size: snapInfo.virtualSize, label: "/export_raw_vdi \(snapInfo.uuid)")
         }
         let request = DiskBackup.Request(key: disk.key, name: disk.name, vdiUUID: disk.vdiUUID, sourceSnapshotVDI: snapInfo.uuid, source: source,

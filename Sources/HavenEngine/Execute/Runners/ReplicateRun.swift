@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 import HavenCatalog
 import HavenCore
@@ -37,6 +38,7 @@ struct ReplicateRun {
         }
         let vmRecord = try await source.record(vmRef)
         let started = ctx.now()
+        if job.xva { return try await runXVA(vmRef: vmRef, vmRecord: vmRecord, started: started) }
         var notes: [String] = []
 
         // The replica first: a replica found running is never written, and nothing is snapshotted for it.
@@ -73,18 +75,32 @@ struct ReplicateRun {
                                                 vmUUID: vmRecord.uuid, createdAt: started))
                 snapDisks[b.userdevice] = (b.vdi, v)
             }
-            var written: Int64 = 0
+            var counters = CopyCounters()
             let rewriteNow = rewrite
+            // singlePass: the repository is held shared from the first chunk to the commit.
+            let pass = try job.singlePass.map { SinglePass(repo: try ctx.repository($0.repository), base: $0.baseBackup) }
+            var session: WriteSession?
+            if let repo = pass?.repo { session = try await blocking { try repo.beginWriteSession(lockTimeout: 600) } }
+            defer { session?.close() }
+            var versions: [DiskVersion] = []
             for disk in job.disks {
                 try Task.checkCancellation()
                 guard let (snapVDI, snapInfo) = snapDisks[disk.key], let replicaVDI = replica.disks[disk.key] else {
                     throw EngineError(.action, vmRecord.nameLabel, "disk \(disk.key) is missing on the snapshot or the replica")
                 }
-                let (bytes, said) = try await limits.transfers.with {
-                    try await copy(disk, snapVDI: snapVDI, snapInfo: snapInfo, replicaVDI: replicaVDI, rewrite: rewriteNow[disk.key] ?? [])
+                let (c, said, version) = try await limits.transfers.with {
+                    try await copy(disk, snapVDI: snapVDI, snapInfo: snapInfo, replicaVDI: replicaVDI, rewrite: rewriteNow[disk.key] ?? [], pass: pass)
                 }
-                written += bytes
+                counters = counters + c
                 notes += said
+                if let version { versions.append(version) }
+            }
+            // The replica holds the snapshot; the backup version is committed next (a failure here
+            // leaves the replica written without a restore point: the next sync's guard rewrites it).
+            var backupID: String?
+            if let pass, let session {
+                backupID = try await commitSinglePass(pass, session: session, versions: versions, vm: vmRecord, snapshot: snapshot, started: started)
+                notes.append("singlePass: backup version \(backupID!) committed to \(job.singlePass!.repository.name)")
             }
             // The replica now equals the snapshot: a restore point, and the record, before anything is cleaned up.
             let point = try await restorePoint(replica, started: started)
@@ -94,14 +110,15 @@ struct ReplicateRun {
             replica.restorePoint = point
             do {
                 try await pruneRestorePoints(replica)
-                try await anchor(snapshot, snapDisks: snapDisks, vm: vmRecord, started: started)
+                try await anchor(snapshot, snapDisks: snapDisks, vm: vmRecord, started: started, backupID: backupID ?? "")
             } catch {
                 let text = "clean-up after the sync did not finish (\(error)); the next run retries it"
                 log(text)
                 notes.append(text)
             }
-            return ActionOutcome("\(job.mode.rawValue) sync of \(vmRecord.nameLabel) to \(job.replicaName) on \(job.targetPool): \(job.disks.count) disk\(job.disks.count == 1 ? "" : "s"), wrote \(written) bytes; restore point \(point)",
-                                 bytesRead: written, notes: notes)
+            return ActionOutcome("\(job.mode.rawValue) sync of \(vmRecord.nameLabel) to \(job.replicaName) on \(job.targetPool): \(job.disks.count) disk\(job.disks.count == 1 ? "" : "s"), read \(counters.read) bytes, wrote \(counters.written) bytes (VHD of \(counters.sent) bytes); restore point \(point)"
+                                    + (backupID.map { "; backup version \($0)" } ?? ""),
+                                 backupID: backupID, bytesRead: counters.read, bytesStored: counters.written, notes: notes)
         } catch {
             let me = self
             let snap = snapshot
@@ -131,6 +148,10 @@ struct ReplicateRun {
             guard rec.powerState == .halted else {
                 throw EngineError(.action, rec.nameLabel, "the replica \(rec.nameLabel) is \(rec.powerState.rawValue.lowercased()): a running replica is never written")
             }
+            // Blocked again on every sync (an admin may have lifted it, a fail-back re-blocks it too).
+            if Set(rec.blockedOperations.keys) != Set(Self.blockedOperations) {
+                try await target.setBlockedOperations(ref, Dictionary(uniqueKeysWithValues: Self.blockedOperations.map { ($0, blockReason(vmRecord.nameLabel)) }))
+            }
             var disks: [String: VDIRef] = [:]
             var uuids: [String: String] = [:]
             for vbd in rec.vbds {
@@ -153,7 +174,7 @@ struct ReplicateRun {
                       "HVM_boot_params", "HVM_shadow_multiplier", "platform", "PCI_bus", "recommendations", "user_version",
                       "hardware_platform_version", "has_vendor_device", "domain_type", "bios_strings"]
         for k in copied { if let v = vmRecord.fields[k] { record[k] = v } }
-        let reason = "haven replica of \(vmRecord.nameLabel) (ReplicationPolicy \(policy)): start it with `haven failover \(policy) \(vmRecord.nameLabel)`"
+        let reason = blockReason(vmRecord.nameLabel)
         record["name_label"] = .string(job.replicaName)
         record["is_a_template"] = false
         record["ha_always_run"] = false
@@ -167,7 +188,12 @@ struct ReplicateRun {
             OwnershipMarks.owner: .string(ctx.instance), OwnershipMarks.role: "replica", OwnershipMarks.policy: .string(owner),
             OwnershipMarks.source: .string(vmRecord.uuid), "haven.created": .string(ISO8601DateFormatter().string(from: started)),
         ])
+        // The intent first: a replica created by a run that dies before the catalog knows it is
+        // found by the next plan (its marks, this intent) and removed.
+        let intent = "\(replicaIntentPrefix)\(job.replicaName) \(ISO8601DateFormatter().string(from: started))"
+        try ctx.catalog.recordIntent(SnapshotIntent(pool: job.targetPool, vmUUID: vmRecord.uuid, policy: owner, name: intent, requestedAt: started))
         let ref = try await target.createVM(record)
+        CrashPoints.step("replica-created")
         let uuid = try await target.record(ref).uuid
         // VM.create ignores blocked_operations (xapi drops it): set them on the VM that now exists.
         try await target.setBlockedOperations(ref, Dictionary(uniqueKeysWithValues: Self.blockedOperations.map { ($0, reason) }))
@@ -187,6 +213,7 @@ struct ReplicateRun {
             ])
             let vdiUUID = try await target.record(vdi).uuid
             try ctx.catalog.own(OwnedObject(pool: job.targetPool, cls: "VDI", uuid: vdiUUID, role: "replica-disk", policy: owner, vmUUID: vmRecord.uuid, createdAt: started))
+            CrashPoints.step("replica-disk-created")
             _ = try await target.createVBD([
                 "VM": ref.value, "VDI": vdi.value, "userdevice": .string(d.key), "bootable": .bool(d.key == "0"), "mode": "RW", "type": "Disk",
                 "empty": false, "other_config": [:], "qos_algorithm_type": "", "qos_algorithm_params": [:],
@@ -211,7 +238,12 @@ struct ReplicateRun {
         }
         try ctx.catalog.setReplica(ReplicaRecord(policy: policy, sourcePool: sourcePool, sourceVM: vmRecord.uuid, sourceName: vmRecord.nameLabel,
                                                  targetPool: job.targetPool, replicaUUID: uuid, disks: uuids, lastSync: nil))
+        try ctx.catalog.clearIntent(pool: job.targetPool, name: intent)
         return Replica(ref: ref, uuid: uuid, disks: disks, diskUUIDs: uuids)
+    }
+
+    func blockReason(_ source: String) -> String {
+        "haven replica of \(source) (ReplicationPolicy \(policy)): start it with `haven failover \(policy) \(source)`"
     }
 
     /// The replica's newest restore point, and per disk the blocks written on the replica since
@@ -250,116 +282,149 @@ struct ReplicateRun {
         return out
     }
 
-    /// Copies one disk: the 2 MiB VHD blocks holding changed 64 KiB blocks, read from the
-    /// snapshot over NBD, written onto the replica's VDI. Returns the bytes written.
-    func copy(_ disk: ReplicaDiskJob, snapVDI: VDIRef, snapInfo: VDIRecord, replicaVDI: VDIRef, rewrite: Set<Int>) async throws -> (Int64, [String]) {
+    /// singlePass: the repository and the version the incremental patches.
+    struct SinglePass: Sendable {
+        let repo: BackupRepository
+        let base: String?
+    }
+
+    /// Copies one disk: the changed 64 KiB blocks (every block on an initial or full sync; on an
+    /// initial sync the zero ones are skipped) read from the snapshot over NBD and written onto
+    /// the replica's VDI as a VHD delta of small blocks. With singlePass the same read feeds the
+    /// backup version (stored, not committed).
+    func copy(_ disk: ReplicaDiskJob, snapVDI: VDIRef, snapInfo: VDIRecord, replicaVDI: VDIRef, rewrite: Set<Int>,
+              pass: SinglePass?) async throws -> (CopyCounters, [String], DiskVersion?) {
         var notes: [String] = []
+        let clock = ContinuousClock.now
         let size = snapInfo.virtualSize
-        let perVHD = VHD.blockSize / ChangedBlocks.blockSize
-        let vhdBlocks = Int((size + Int64(VHD.blockSize) - 1) / Int64(VHD.blockSize))
+        let total = Int((size + Int64(ChangedBlocks.blockSize) - 1) / Int64(ChangedBlocks.blockSize))
         var wanted = Set<Int>()
-        var skipZero = false
+        var cbtKnown = false
         switch job.mode {
-        case .initial:
-            wanted = Set(0..<vhdBlocks)
-            skipZero = true
-        case .full:
-            wanted = Set(0..<vhdBlocks)
+        case .initial, .full:
+            wanted = Set(0..<total)
         case .incremental:
             if let anchor = disk.anchorVDI {
                 do {
                     let from = try await source.vdi(uuid: anchor)
                     let bitmap = try await withRetry(on: log) { try await source.listChangedBlocks(from: from, to: snapVDI) }
-                    for b in try ChangedBlocks(base64: bitmap, diskSize: size).blocks { wanted.insert(b / perVHD) }
+                    wanted = Set(try ChangedBlocks(base64: bitmap, diskSize: size).blocks)
+                    cbtKnown = true
                 } catch let e as XenAPIError where BackupRun.chainBroken(e) {
-                    wanted = Set(0..<vhdBlocks)
+                    wanted = Set(0..<total)
                     let text = "disk \(disk.key): every block, because the CBT chain is broken (\(e.code))"
                     log(text)
                     notes.append(text)
                 }
             } else {
-                wanted = Set(0..<vhdBlocks)
+                wanted = Set(0..<total)
             }
-            for b in rewrite { wanted.insert(b / perVHD) }
+            wanted.formUnion(rewrite)
         }
-        log("disk \(disk.key): \(wanted.count) of \(vhdBlocks) blocks of 2 MiB to write")
-        guard !wanted.isEmpty else { return (0, notes) }
+        log("disk \(disk.key): \(wanted.count) of \(total) blocks of 64 KiB to copy")
+        guard !wanted.isEmpty || pass != nil else { return (CopyCounters(), notes, nil) }
         let settings = ctx.settings(sourcePool)
         guard let info = try await source.nbdInfo(snapVDI).first else {
             throw EngineError(.action, disk.name, "no NBD server for \(disk.name): replication reads over NBD")
         }
         let endpoint = NBDEndpoint(address: info.address, port: info.port, exportName: info.exportName,
                                    tls: settings.nbdTLS ? .certificate(info.cert) : .off)
-        // Staged in a sparse scratch file: the readers deliver out of order, the VHD goes out in order.
-        let scratch = ctx.state.scratch.appendingPathComponent("replica-\(snapInfo.uuid).raw").path
-        let fd = open(scratch, O_RDWR | O_CREAT | O_TRUNC, 0o600)
-        guard fd >= 0 else { throw EngineError(.action, scratch, "cannot create \(scratch): \(String(cString: strerror(errno)))") }
-        defer {
-            close(fd)
-            unlink(scratch)
-        }
+        let staged = try StagedDisk(scratch: ctx.state.scratch, name: snapInfo.uuid, size: size)
+        defer { staged.close() }
         let blocks = wanted.sorted()
         let connections = settings.nbdConnections
-        let dropZero = skipZero
-        let present: [Int] = try await blocking {
-            let nbd = try NBDDiskSource(endpoint, size: size, connections: connections)
-            let jobs = blocks.map { b -> ReadJob in
-                let start = Int64(b) * Int64(VHD.blockSize)
-                return ReadJob(chunk: b, ranges: [ByteRange(offset: start, length: Int(min(Int64(VHD.blockSize), size - start)))])
+        var counters = CopyCounters()
+        var version: DiskVersion?
+        if let pass {
+            // One read for both: the backup's read jobs go through a tee that stages the bytes.
+            var previous: DiskVersion?
+            var changed: ChangedBlocks?
+            if let base = pass.base, cbtKnown {
+                previous = try? pass.repo.manifest(base).disks.first { $0.key == disk.key }
+                if previous != nil { changed = ChangedBlocks(diskSize: size, blocks: blocks) }
             }
-            let pool = BufferPool(size: VHD.blockSize, limit: 2 * connections * 8 + 4)
-            let nonZero = Mutex<Set<Int>>([])
-            try nbd.read(jobs, buffers: pool, deliver: { job, buffer in
-                defer { pool.release(buffer) }
-                let n = job.bytes
-                let bytes = UnsafeRawBufferPointer(rebasing: buffer.memory[0..<n])
-                if bytes.contains(where: { $0 != 0 }) { nonZero.withLock { _ = $0.insert(job.chunk) } }
-                var done = 0
-                while done < n {
-                    let w = pwrite(fd, bytes.baseAddress! + done, n - done, off_t(job.ranges[0].offset) + off_t(done))
-                    guard w > 0 else { throw EngineError(.action, scratch, "cannot write \(scratch): \(String(cString: strerror(errno)))") }
-                    done += w
-                }
-            })
-            let found = nonZero.withLock { $0 }
-            return dropZero ? blocks.filter(found.contains) : blocks
+            if previous == nil && job.mode == .incremental {
+                let text = "singlePass: disk \(disk.key) is read whole for its backup version (no version of the last sync to patch)"
+                log(text)
+                notes.append(text)
+            }
+            let key = disk.key, name = disk.name, vdi = disk.sourceVDI, snap = snapInfo.uuid, prev = previous, ch = changed
+            let reporter = ProgressThrottle(action: action, disk: disk.name, emit: ctx.emitEvent)
+            version = try await blocking {
+                let nbd = try NBDDiskSource(endpoint, size: size, connections: connections)
+                let request = DiskBackup.Request(key: key, name: name, vdiUUID: vdi, sourceSnapshotVDI: snap, source: TeeDiskSource(inner: nbd, staged: staged),
+                                                 previous: prev, changed: ch)
+                return try DiskBackup(repository: pass.repo).run(request) { p in reporter.report(p.bytesDone, p.bytesTotal) }
+            }
+            reporter.finish()
+            counters.read = version!.readBytes
+        } else {
+            try await blocking {
+                let nbd = try NBDDiskSource(endpoint, size: size, connections: connections)
+                try staged.read(blocks: blocks, from: nbd)
+            }
+            counters.read = staged.extents(blocks).reduce(0) { $0 + Int64($1.length) }
         }
-        guard !present.isEmpty else { return (0, notes) }
-        let layout = VHD.Layout(size: UInt64(size), presentBlocks: present)
-        let pipe = StreamPipe { emit in
-            try VHD.write(size: UInt64(size), presentBlocks: present, readBlock: { block, buffer in
-                let start = Int64(block) * Int64(VHD.blockSize)
-                let n = Int(min(Int64(VHD.blockSize), size - start))
-                var done = 0
-                while done < n {
-                    let r = pread(fd, buffer.baseAddress! + done, n - done, off_t(start) + off_t(done))
-                    guard r >= 0 else { throw EngineError(.action, scratch, "cannot read \(scratch)") }
-                    if r == 0 { break }
-                    done += r
-                }
-            }, emit: emit)
+        let nonZero = staged.nonZero.withLock { $0 }
+        let send = job.mode == .initial ? blocks.filter(nonZero.contains) : blocks
+        let (written, sent) = try await staged.send(blocks: send, to: target, vdi: replicaVDI)
+        counters.written = written
+        counters.sent = sent
+        let d = (ContinuousClock.now - clock).components
+        // The data path alone (changed blocks, NBD read, VHD delta written): what `make bench` compares with reading the blocks.
+        let seconds = String(format: "%.3f", Double(d.seconds) + Double(d.attoseconds) / 1e18)
+        log("disk \(disk.key): \(send.count) blocks of 64 KiB copied in \(seconds) s (read \(counters.read) bytes, wrote \(written), VHD of \(sent))")
+        return (counters, notes, version)
+    }
+
+    /// Commits the singlePass version: a backup like any other (restorable, listed), whose
+    /// policy is the ReplicationPolicy and whose note says it came from the replication.
+    func commitSinglePass(_ pass: SinglePass, session: WriteSession, versions: [DiskVersion], vm: VMRecord, snapshot: VMRef, started: Date) async throws -> String {
+        let snapUUID = try await source.record(snapshot).uuid
+        var vifs: [VIFInfo] = []
+        let networks = try await source.records(NetworkRecord.self)
+        for vif in vm.vifs {
+            if let r = try? await source.record(vif) { vifs.append(VIFInfo(device: r.device, mac: r.mac, network: networks[r.network]?.nameLabel ?? "")) }
         }
-        do {
-            try await target.importRawVDI(replicaVDI, format: .vhd, length: layout.fileSize) { try pipe.read(into: $0) }
-            try pipe.finish()
-        } catch {
-            pipe.abandon()
-            throw error
-        }
-        return (Int64(present.count) * Int64(VHD.blockSize), notes)
+        let incremental = pass.base != nil && versions.count == job.disks.count && job.mode == .incremental
+        let note = "single pass: the read of ReplicationPolicy \(policy)'s \(job.mode.rawValue) sync to \(job.replicaName) on \(job.targetPool)"
+        var manifest = BackupManifest(createdAt: started, kind: incremental ? .incremental : .full, vmUUID: vm.uuid, vmName: vm.nameLabel,
+                                      pool: sourcePool, policy: policy, vmRecord: vm.fields, sourceSnapshotUUID: snapUUID, disks: versions,
+                                      notes: ["method": "single-pass", "reason": action.reason, "replica": job.replicaName])
+        manifest.vifs = vifs
+        let toCommit = manifest
+        try Task.checkCancellation()
+        try await blocking { try session.commit(toCommit) }
+        session.close()
+        try ctx.catalog.record(BackupRecord(
+            id: manifest.id, repository: job.singlePass!.repository.name, pool: sourcePool, policy: policy, vmUUID: vm.uuid, vmName: vm.nameLabel,
+            createdAt: started, kind: manifest.kind.rawValue, size: manifest.totalSize, storedBytes: manifest.storedBytes, note: note))
+        return manifest.id
     }
 
     /// A snapshot of the replica, marked as haven's restore point.
     func restorePoint(_ replica: Replica, started: Date) async throws -> String {
         let name = "\(job.replicaName) restore point \(ISO8601DateFormatter().string(from: started))"
-        let snap = try await withRetry(on: log) { try await target.snapshot(replica.ref, name: name) }
+        // The intent first, as for a backup's snapshot: a restore point the pool makes after this
+        // process died is found by it (the replica, the exact name) and removed by the next run.
+        try ctx.catalog.recordIntent(SnapshotIntent(pool: job.targetPool, vmUUID: replica.uuid, policy: owner, name: name, requestedAt: started))
+        let snap: VMRef
+        do {
+            snap = try await withRetry(on: log) { try await target.snapshot(replica.ref, name: name) }
+        } catch let e as XenAPIError {
+            try? ctx.catalog.clearIntent(pool: job.targetPool, name: name)
+            throw e
+        }
         let uuid = try await target.record(snap).uuid
-        try ctx.catalog.own(OwnedObject(pool: job.targetPool, cls: "VM", uuid: uuid, role: "restore-point", policy: owner,
-                                        vmUUID: action.vm?.uuid ?? "", createdAt: started))
+        // Marked before it is in the inventory, and only then is the intent cleared: killed at any
+        // point, the restore point is either found by its intent or fully haven's.
         for (k, v) in [(OwnershipMarks.owner, ctx.instance), (OwnershipMarks.role, "restore-point"), (OwnershipMarks.policy, owner),
                        ("haven.created", ISO8601DateFormatter().string(from: started))] {
             try await target.setOtherConfig(snap, key: k, value: v)
         }
+        try ctx.catalog.own(OwnedObject(pool: job.targetPool, cls: "VM", uuid: uuid, role: "restore-point", policy: owner,
+                                        vmUUID: action.vm?.uuid ?? "", createdAt: started))
+        try ctx.catalog.clearIntent(pool: job.targetPool, name: name)
         return uuid
     }
 
@@ -375,15 +440,18 @@ struct ReplicateRun {
                 let b = try await target.record(vbd)
                 if b.type == "Disk", !b.vdi.isNull { vdis.append(b.vdi) }
             }
-            try await withRetry(on: log) { try await target.destroy(ref) }
+            // The disks before the snapshot VM: killed in between, the VM (marked, in the
+            // inventory) is still there to be found and removed by the next run; the other way
+            // round its disks would be left carrying marks no inventory entry covers.
             for v in vdis { try await withRetry(on: log) { try await target.destroy(v) } }
+            try await withRetry(on: log) { try await target.destroy(ref) }
             try ctx.catalog.disown(pool: job.targetPool, uuid: rec.uuid)
             log("removed restore point \(rec.nameLabel) (keep \(job.keep))")
         }
     }
 
     /// The snapshot's disks become the next sync's anchors (CBT metadata only); the previous anchors go.
-    func anchor(_ snapshot: VMRef, snapDisks: [String: (VDIRef, VDIRecord)], vm: VMRecord, started: Date) async throws {
+    func anchor(_ snapshot: VMRef, snapDisks: [String: (VDIRef, VDIRecord)], vm: VMRecord, started: Date, backupID: String = "") async throws {
         let snapUUID = try await source.record(snapshot).uuid
         let previous = try ctx.catalog.view().anchors.filter { $0.pool == sourcePool && $0.policy == owner && $0.vmUUID == vm.uuid }
         try await withRetry(on: log) { try await source.destroy(snapshot) }
@@ -393,7 +461,7 @@ struct ReplicateRun {
             try await source.setOtherConfig(ref, key: OwnershipMarks.role, value: "cbt-anchor")
             let sourceVDI = job.disks.first { $0.key == key }?.sourceVDI ?? ""
             try ctx.catalog.setAnchor(Anchor(pool: sourcePool, policy: owner, vmUUID: vm.uuid, diskKey: key, sourceVDI: sourceVDI, snapshotVM: "",
-                                             snapshotVDI: info.uuid, backupID: "", dataDestroyed: true))
+                                             snapshotVDI: info.uuid, backupID: backupID, dataDestroyed: true))
             try ctx.catalog.own(OwnedObject(pool: sourcePool, cls: "VDI", uuid: info.uuid, role: "cbt-anchor", policy: owner, vmUUID: vm.uuid, createdAt: started))
         }
         for a in previous where !snapDisks.values.contains(where: { $0.1.uuid == a.snapshotVDI }) {

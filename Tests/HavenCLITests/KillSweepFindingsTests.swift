@@ -1,0 +1,106 @@
+import Foundation
+import Testing
+import XenAPI
+
+/// What the kill sweep of `make reliability` found, each replayed at the crash point that showed
+/// it (`HAVEN_CRASH_AT=LABEL#K`: the Kth durable step of that name, whatever runs beside it).
+@Suite struct KillSweepFindingsTests {
+    static let srs = "[{name: Local storage, type: ext, size: 64Gi, default: true}, {name: Replica storage, type: ext, size: 64Gi}]"
+
+    func anchors(_ c: XenAPIClient, of disk: String) async throws -> [VDIRecord] {
+        let vdis = try await c.records(VDIRecord.self)
+        guard let source = vdis.first(where: { $0.value.uuid == disk })?.key else { return [] }
+        return vdis.values.filter { $0.snapshotOf == source && $0.type == "cbt_metadata" }
+    }
+
+    /// A backup records its new CBT anchor and is killed before the old one is retired: the old
+    /// one used to stay on the SR forever (nothing planned it away). The next plan retires it.
+    @Test func anAnchorReplacedByAKilledBackupIsRetiredByTheNextRun() async throws {
+        let vms = """
+                  - name: web
+                    power: Running
+                    disks: [{name: web-root, size: 2Mi, fill: {seed: 51}}]
+            """
+        let s = try Scenario(vms: vms, policy: """
+            apiVersion: haven/v1
+            kind: BackupPolicy
+            metadata: {name: daily}
+            spec: {pool: lab, vms: {names: [web]}, schedule: {every: 1h}, repository: local}
+            """)
+        #expect(try s.apply().status == 0)
+        let c = s.client()
+        let disk = try await c.record(try await c.diskVDIs(try await c.vmNamed("web").0)[0]).uuid
+        let first = try await anchors(c, of: disk)
+        #expect(first.count == 1)
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "10"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        // The second `set anchor` of the purge: the new anchor is recorded with its data destroyed.
+        let killed = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": "catalog set anchor#2"])
+        #expect(killed.status == 99, "\(killed.stderr)")
+        #expect(try await anchors(c, of: disk).count == 2, "killed before the old anchor was retired")
+        let diff = try s.diff()
+        #expect(diff.stdout.contains("retire CBT anchor \(first[0].uuid)") && diff.stdout.contains("stopped before removing it"), "\(diff.stdout)")
+        #expect(try s.apply().status == 0)
+        let left = try await anchors(c, of: disk)
+        #expect(left.count == 1 && left[0].uuid != first[0].uuid, "only the new anchor stays")
+        #expect(try s.diff().status == 0)
+    }
+
+    /// A replication sync killed right after the pool made the restore point, before haven marked
+    /// it as one: the snapshot carries the marks it copied from the replica (role `replica`) and
+    /// used to stay forever, in no inventory, beside the `keep` restore points.
+    @Test func aRestorePointMadeForAKilledSyncIsFoundByItsIntentAndRemoved() async throws {
+        let vms = """
+                  - name: web
+                    power: Running
+                    disks: [{name: web-root, size: 2Mi, fill: {seed: 52}}]
+            """
+        let s = try Scenario(vms: vms, policy: ReplicationEndToEndTests.policy(keep: 2), srs: Self.srs)
+        #expect(try s.apply().status == 0)
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "10"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        // VM.snapshot #1 is the source's snapshot, #2 the replica's restore point.
+        let killed = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": "after xapi VM.snapshot#2"])
+        #expect(killed.status == 99, "\(killed.stderr)")
+        let c = s.client()
+        func points() async throws -> [VMRecord] {
+            try await c.records(VMRecord.self).values.filter { $0.isASnapshot && $0.nameLabel.hasPrefix("replica-web restore point") }
+        }
+        let unfinished = try await points().filter { $0.otherConfig["haven.role"] != "restore-point" }
+        #expect(unfinished.count == 1, "the pool made the restore point; haven died before marking it")
+        let diff = try s.diff()
+        #expect(diff.stdout.contains("left by a run that stopped during VM.snapshot"), "\(diff.stdout)")
+        #expect(try s.apply().status == 0)
+        let after = try await points()
+        #expect(!after.contains { $0.uuid == unfinished.first?.uuid }, "the unfinished restore point is gone")
+        #expect(after.count == 2 && after.allSatisfy { $0.otherConfig["haven.role"] == "restore-point" })
+        #expect(try s.diff().status == 0)
+    }
+
+    /// `haven catalog rebuild` used to drop the replica VM from the inventory and to record its
+    /// disks as anchors of no policy: the next apply planned "retire CBT anchor" on the replica's
+    /// own disks. After a rebuild nothing is planned, and the next sync is an incremental.
+    @Test func aRebuiltCatalogKeepsTheReplicaAndItsDisks() async throws {
+        let s = try Scenario(vms: ReplicationEndToEndTests.vms, policy: ReplicationEndToEndTests.policy(), srs: Self.srs)
+        #expect(try s.apply().status == 0)
+        let rebuild = try s.haven(["catalog", "rebuild", "-f", s.config])
+        #expect(rebuild.status == 0, "\(rebuild.stdout)\(rebuild.stderr)")
+        let diff = try s.diff()
+        #expect(diff.status == 0, "nothing to do after a rebuild: \(diff.stdout)")
+        #expect(!diff.stdout.contains("retire"))
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "5"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        let actions = try s.planActions().filter { $0["kind"] as? String == "replicate" }
+        #expect((actions.first?["headline"] as? String)?.contains("changed blocks") == true, "\(actions)")
+        #expect(try s.apply().status == 0)
+        let c = s.client()
+        let replica = try await c.records(VMRecord.self).first { $0.value.isRealVM && $0.value.nameLabel == "replica-web" }
+        let (web, _) = try await c.vmNamed("web")
+        let sources = try await c.diskVDIs(web)
+        let copies = try await c.diskVDIs(try #require(replica?.key))
+        #expect(sources.count == copies.count)
+        for (a, b) in zip(sources, copies) {
+            #expect(try s.sha(s.diskFile(try await c.record(a).uuid)) == s.sha(s.diskFile(try await c.record(b).uuid)))
+        }
+    }
+}

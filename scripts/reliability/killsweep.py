@@ -1,0 +1,262 @@
+"""kill -9 sweep: haven is killed at numbered durable steps (HAVEN_CRASH_AT: `_exit` with no
+clean-up) and at random moments (SIGKILL, seeded) during backups (full and incremental), prune,
+GC, replication, restores (to a file and to the pool), `backups forget`, `catalog rebuild` and
+the catalog writes inside them. After every kill:
+
+- every version in the repository restores bit-identically (`haven restore --to-file`, compared
+  with the source disk's bytes when the version was taken), and no version vanished that no
+  prune or forget removed;
+- `haven repo verify` passes (no dangling chunk reference, no damaged manifest);
+- no orphan: every pool object with this haven's owner or CBT mark is in the catalog or planned
+  away by `haven diff`, and unmarked snapshots named like haven's are planned away;
+- the user's own objects (a look-alike snapshot, a VM and a disk with haven-like marks) are
+  unchanged;
+and the next `haven apply` succeeds, after which `haven diff` has nothing left to do.
+"""
+
+import os
+import random
+import signal
+import time
+
+from common import check_orphans, sha256_file
+from world import Bench
+
+# How often each operation is the one killed (apply covers incremental backups, prune, GC
+# planning, replication sync, snapshot clean-up and the catalog writes of all of them).
+OPERATIONS = [("apply", 8), ("backup-full", 2), ("repo-gc", 2), ("forget", 1), ("restore-file", 2), ("restore-pool", 2),
+              ("catalog-rebuild", 1)]
+if os.environ.get("RELIABILITY_KILL_OPS"):
+    OPERATIONS = [(o, w) for o, w in OPERATIONS if o in os.environ["RELIABILITY_KILL_OPS"].split(",")]
+RECOVER_EVERY = int(os.environ.get("RELIABILITY_RECOVER_EVERY", "4"))
+REMOVES_VERSIONS = ("apply", "forget", "backup-full")
+
+
+class Killed:
+    """What a killed (or not killed) run gave."""
+
+    def __init__(self, how, point, rc, out, err, args):
+        self.how, self.point, self.rc, self.out, self.err, self.args = how, point, rc, out, err, args
+
+    def brief(self, n=600):
+        return "haven %s -> rc %s\n%s" % (" ".join(self.args), self.rc, (self.out + self.err)[-n:])
+
+
+class Sweep(Bench):
+    def __init__(self, res, root, seed, target, budget, worker=0):
+        super().__init__(res, root, "killsweep-%d" % worker, "kill-sweep")
+        self.worker = worker
+        self.seed, self.target, self.budget = seed, target, budget
+        self.rng = random.Random(seed)
+        self.steps = {}           # operation -> steps of its last clean run
+        self.durations = {}       # operation -> seconds of its last clean run
+        self.tried = {}           # operation -> crash points already used
+        self.kills = []
+        self.labels = {}          # crash point label -> kills there
+        self.leftovers = {"partial-files": 0, "partial-restored-vms": 0}
+        self.counter = 0
+        self.recoveries = 0
+
+    def prepare(self, op):
+        """Arguments of one run of `op`, and the source hashes the versions it makes will hold
+        (None: it makes none)."""
+        scn = self.scn
+        self.counter += 1
+        if op in ("apply", "backup-full"):
+            hashes = self.guest_writes(self.rng, self.counter)
+            if op == "apply":
+                return ["apply", "-f", scn.config, "--auto-approve"], hashes
+            return ["backup", "now", "daily", "--full", "-f", scn.config], hashes
+        ids = sorted(self.expected)
+        if op == "repo-gc":
+            return ["repo", "gc", "-f", scn.config, "--safety-window", "0s"], None
+        if op == "forget":
+            if len(ids) <= 3:
+                return None, None
+            return ["backups", "forget", "-f", scn.config, "--state", scn.state, "--yes", self.rng.choice(ids)], None
+        if op == "restore-file":
+            vid = self.rng.choice(ids)
+            key = self.rng.choice(sorted(self.expected[vid]))
+            path = os.path.join(scn.dir, "restore-target-%d.raw" % self.counter)
+            self.restore_target = (path, self.expected[vid][key])
+            return ["restore", "-f", scn.config, "--backup", vid, "--disk", key, "--to-file", path], None
+        if op == "restore-pool":
+            vid = self.rng.choice(ids)
+            return ["restore", "-f", scn.config, "--backup", vid, "--to-pool", "lab", "--sr", "Local storage", "--name",
+                    "restored-%d" % self.counter], None
+        if op == "catalog-rebuild":
+            return ["catalog", "rebuild", "-f", scn.config], None
+        raise ValueError(op)
+
+    def clean_run(self, op, args):
+        """A run of `op` without a kill, traced: learns its steps and duration."""
+        trace = os.path.join(self.scn.dir, "trace-%s.txt" % op)
+        if os.path.exists(trace):
+            os.unlink(trace)
+        r = self.scn.haven(args, env={"HAVEN_CRASH_TRACE": trace}, timeout=300)
+        if r.rc == 0:
+            self.steps[op] = sum(1 for _ in open(trace)) if os.path.exists(trace) else 0
+            self.durations[op] = r.seconds
+        return r
+
+    def killed_run(self, op, args):
+        """Runs `op` and kills it at a crash point (HAVEN_CRASH_AT) or, three times in ten, with
+        SIGKILL at a random moment."""
+        steps = self.steps.get(op, 0)
+        if steps and self.rng.random() < 0.7:
+            tried = self.tried.setdefault(op, set())
+            fresh = [k for k in range(1, steps + 1) if k not in tried]
+            k = self.rng.choice(fresh or range(1, steps + 1))
+            tried.add(k)
+            r = self.scn.haven(args, env={"HAVEN_CRASH_AT": str(k)}, timeout=300)
+            if r.rc == 99:
+                label = next((ln.split("(", 1)[1].rstrip(")") for ln in r.err.splitlines() if "crash point" in ln), "?")
+                return Killed("crash-at", "%d %s" % (k, label), r.rc, r.out, r.err, args)
+            return Killed("finished", None, r.rc, r.out, r.err, args)
+        delay = self.rng.uniform(0.05, max(0.2, self.durations.get(op, 2.0)))
+        p = self.scn.start_haven(args)
+        time.sleep(delay)
+        finished = p.poll() is not None
+        if not finished:
+            os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        return Killed("finished" if finished else "sigkill", "t=%.2fs" % delay, p.returncode, out.decode(errors="replace"),
+                      err.decode(errors="replace"), args)
+
+    def check_after(self, op, hashes, context):
+        problems = self.note_versions(hashes, op, allow_removal=op in REMOVES_VERSIONS)
+        problems += self.verify()
+        problems += self.restore_all("k%d" % self.counter)
+        problems += check_orphans(self.scn, self.user_uuids)
+        problems += self.check_user_objects()
+        if op == "restore-file":
+            path, digest = self.restore_target
+            if os.path.exists(path) and sha256_file(path) != digest:
+                problems.append("a killed restore left %s with wrong contents" % path)
+            partial = [n for n in os.listdir(self.scn.dir) if ".haven-partial-" in n]
+            self.leftovers["partial-files"] += len(partial)
+            for n in partial:
+                os.unlink(os.path.join(self.scn.dir, n))
+            if os.path.exists(path):
+                os.unlink(path)
+        if op == "restore-pool":
+            name = "restored-%d" % self.counter
+            self.leftovers["partial-restored-vms"] += sum(1 for v in self.scn.pool.call("VM.get_all_records").values()
+                                                          if v["name_label"] == name)
+        for p in problems:
+            self.res.fail(self.section, "after %s" % context, p)
+
+    def recover(self, context):
+        """The next apply succeeds and leaves nothing to do."""
+        self.recoveries += 1
+        args, hashes = self.prepare("apply")
+        r = self.clean_run("apply", args)
+        problems = [] if r.rc == 0 else ["the next apply failed: " + r.brief()]
+        problems += self.note_versions(hashes, "apply", allow_removal=True)
+        if r.rc == 0:
+            problems += self.in_sync()
+        for p in problems:
+            self.res.fail(self.section, "recovery after %s" % context, p)
+
+    def run(self):
+        start = time.monotonic()
+        self.start()
+        # The first apply: CBT on, full backups, the replica's initial sync.
+        args, hashes = self.prepare("apply")
+        r = self.clean_run("apply", args)
+        if r.rc != 0:
+            self.res.fail(self.section, "the first apply failed", r.brief())
+            return self.summary(start)
+        self.note_versions(hashes, "apply", True)
+        # Every operation's steps, learnt from one clean run each.
+        for op in [o for o, _ in OPERATIONS if o not in ("apply", "forget")]:
+            a, h = self.prepare(op)
+            r = self.clean_run(op, a)
+            if r.rc != 0:
+                self.res.fail(self.section, "a clean %s failed" % op, r.brief())
+            if h is not None:
+                self.note_versions(h, op, True)
+        self.steps["forget"] = 4
+        ops, weights = [o for o, _ in OPERATIONS], [w for _, w in OPERATIONS]
+        failures_before = len(self.res.failures)
+        while len(self.kills) < self.target and time.monotonic() - start < self.budget:
+            op = self.rng.choices(ops, weights)[0]
+            args, hashes = self.prepare(op)
+            if args is None:
+                continue
+            k = self.killed_run(op, args)
+            if k.how == "finished":
+                if k.rc != 0:
+                    self.res.fail(self.section, "%s (not killed) failed" % op, k.brief())
+                self.note_versions(hashes, op, allow_removal=op in REMOVES_VERSIONS)
+                continue
+            label = k.point.split(" ", 1)[1] if k.how == "crash-at" else "SIGKILL at a random moment"
+            self.labels[label] = self.labels.get(label, 0) + 1
+            self.kills.append({"operation": op, "how": k.how, "point": k.point, "worker": self.worker, "seed": self.seed})
+            context = "worker %d: %s killed (%s %s)" % (self.worker, op, k.how, k.point)
+            self.check_after(op, hashes, context)
+            # A later killed run recovers first (and must not fail before its kill point); after
+            # every fourth kill a clean apply must succeed and leave nothing to do.
+            if len(self.kills) % RECOVER_EVERY == 0:
+                self.recover(context)
+            if len(self.res.failures) - failures_before > 25:
+                self.res.fail(self.section, "too many failures; the sweep stopped early")
+                break
+        self.recover("the sweep")
+        for p in self.verify() + self.restore_all("final") + self.check_user_objects():
+            self.res.fail(self.section, "at the end", p)
+        return self.summary(start)
+
+    def summary(self, start):
+        distinct = {(k["operation"], k["point"]) for k in self.kills}
+        by_op = {}
+        for k in self.kills:
+            by_op[k["operation"]] = by_op.get(k["operation"], 0) + 1
+        at_points = sum(1 for k in self.kills if k["how"] == "crash-at")
+        return {
+            "kills": len(self.kills), "distinctKillPoints": len(distinct), "crashPointKills": at_points,
+            "randomSigkills": len(self.kills) - at_points, "byOperation": by_op, "byStep": dict(sorted(self.labels.items())),
+            "stepsPerCleanRun": self.steps, "cleanAppliesAfterKills": self.recoveries, "restoresCompared": self.restores,
+            "versionsAtEnd": len(self.expected), "leftovers": self.leftovers, "seconds": round(time.monotonic() - start, 1),
+            "seed": self.seed, "killList": self.kills,
+        }
+
+
+def merge(parts):
+    out = {"workers": len(parts), "seed": parts[0]["seed"], "seconds": max(p["seconds"] for p in parts)}
+    out["killList"] = [k for p in parts for k in p["killList"]]
+    # The same step number of the same operation counts once, whichever pool it was killed on.
+    out["distinctKillPoints"] = len({(k["operation"], k["point"]) for k in out["killList"] if k["how"] == "crash-at"}) + sum(
+        1 for k in out["killList"] if k["how"] != "crash-at")
+    for key in ("kills", "crashPointKills", "randomSigkills", "cleanAppliesAfterKills", "restoresCompared",
+                "versionsAtEnd"):
+        out[key] = sum(p[key] for p in parts)
+    for key in ("byOperation", "byStep", "leftovers"):
+        merged = {}
+        for p in parts:
+            for k, v in p[key].items():
+                merged[k] = merged.get(k, 0) + v
+        out[key] = dict(sorted(merged.items()))
+    out["stepsPerCleanRun"] = parts[0]["stepsPerCleanRun"]
+    return out
+
+
+def run(res, root, seed, target=200, budget=900, workers=2):
+    """`workers` sweeps side by side, each on a pool of its own (seeds seed*100+i), sharing the
+    target number of kills."""
+    import concurrent.futures
+
+    def one(i):
+        sweep = Sweep(res, root, seed * 100 + i, (target + workers - 1 - i) // workers, budget, worker=i)
+        try:
+            return sweep.run()
+        finally:
+            sweep.scn.stop()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(one, range(workers)))
+    summary = merge(parts)
+    summary["seed"] = seed
+    if summary["kills"] < target:
+        res.fail("kill-sweep", "only %d kills within the time budget (%d s); %d wanted" % (summary["kills"], budget, target))
+    return summary
