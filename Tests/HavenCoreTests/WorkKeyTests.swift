@@ -40,6 +40,22 @@ import Testing
         #expect(!hk.actions.contains { $0.kind == .disableCBT && $0.vm?.name == "web" })
     }
 
+    @Test func housekeepingLeavesBusyVMsAlone() {
+        var w = World()
+        w.vm("web", disks: ["root"], cbt: true)
+        // A snapshot of web whose intent is recorded but which is not in the inventory yet: left by a dead
+        // run — or made a moment ago by a worker still running.
+        w.pool.snapshots.append(ObservedSnapshot(uuid: "snap-1", name: "haven daily web", snapshotOf: "web-uuid", otherConfig: [:], disks: []))
+        w.catalog.intents = [SnapshotIntent(pool: "lab", vmUUID: "web-uuid", policy: "daily", name: "haven daily web", requestedAt: w.now)]
+        let planner = Planner(instance: w.instance)
+        func deletes(busy: Set<WorkKey>) -> Bool {
+            planner.plan(desired: w.desired(), observed: ["lab": w.pool], catalog: w.catalog, now: w.now,
+                         keys: KeyScope(keys: [], housekeeping: true, busy: busy)).actions.contains { $0.kind == .deleteSnapshot }
+        }
+        #expect(deletes(busy: []), "a dead run's snapshot is adopted and removed")
+        #expect(!deletes(busy: [key("web")]), "not while a worker reconciles web")
+    }
+
     @Test func keysAreTimedWhenThePlannerWillPlanThem() {
         var w = World()
         w.vm("web", disks: ["root"], cbt: true)

@@ -87,19 +87,31 @@ import Testing
         #expect(q.next(now: at(1))?.key == drBackup)
     }
 
-    @Test func housekeepingRunsAloneOnItsPoolAndKeepsItsTurn() {
-        var q = WorkQueueState(limits: ["lab": 4])
+    @Test func housekeepingNeverWaitsBehindALongBackupAndKnowsWhatIsBusy() {
+        var q = WorkQueueState(limits: ["lab": 1])
         let a = key("a"), b = key("b"), hk = WorkKey.housekeeping("lab")
         q.add(a, now: t0)
         #expect(q.next(now: t0)?.key == a)
-        q.add(hk, now: t0)
         q.add(b, now: t0)
-        #expect(q.next(now: t0) == nil, "housekeeping waits for a; b waits behind the housekeeping")
+        q.add(hk, now: t0)
+        #expect(q.next(now: t0)?.key == hk, "b waits for the pool's one slot; the housekeeping does not")
+        #expect(q.busyKeys == [a], "what the housekeeping leaves alone")
+        q.add(hk, now: t0)
+        #expect(q.next(now: t0) == nil, "one housekeeping per pool at a time, as any key")
         q.done(a, now: at(1))
-        #expect(q.next(now: at(1))?.key == hk)
-        #expect(q.next(now: at(1)) == nil, "nothing else on lab while the housekeeping runs")
-        q.done(hk, now: at(2))
-        #expect(q.next(now: at(2))?.key == b)
+        #expect(q.next(now: at(1))?.key == b)
+    }
+
+    @Test func keysThroughOneAppliancePoolRunOneAtATime() {
+        var q = WorkQueueState(limits: ["lab": 4])
+        q.appliancePools = ["abd-daily": ["movers"]]
+        let a = key("a", policy: "abd-daily"), b = key("b", policy: "abd-daily"), c = key("c")
+        for k in [a, b, c] { q.add(k, now: t0) }
+        #expect(q.next(now: t0)?.key == a)
+        #expect(q.next(now: t0)?.key == c, "b waits for the AppliancePool; a key without appliances goes on")
+        #expect(q.next(now: t0) == nil)
+        q.done(a, now: at(1))
+        #expect(q.next(now: at(1))?.key == b)
     }
 
     @Test func timersWakeExactlyWhenDueAndTheEarliestWins() {

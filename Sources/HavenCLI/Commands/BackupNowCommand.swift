@@ -44,20 +44,27 @@ struct BackupNowCommand: AsyncParsableCommand {
 
     func run() async throws {
         let desired = try options.loadDesired()
-        var chosen = desired.backupPolicies
+        let engine = try options.engine(desired)
+        // `haven suspend` counts as `suspend: true`.
+        let byCommand = Set(try engine.catalog.suspensions().map(\.policy))
+        var chosen = desired.backupPolicies.map { p in
+            var p = p
+            if byCommand.contains(p.name) { p.spec.suspend = true }
+            return p
+        }
         if let policy {
-            guard let p = desired.backupPolicies.first(where: { $0.name == policy }) else {
+            guard let p = chosen.first(where: { $0.name == policy }) else {
                 throw CLIError("no BackupPolicy '\(policy)' is declared in \(options.config)" + didYouMean(policy, desired.backupPolicies.map(\.name)), code: .usage)
             }
             if p.spec.suspend {
-                throw CLIError("BackupPolicy \(policy) is suspended (spec.suspend: true); nothing was backed up", code: .usage)
+                let how = byCommand.contains(policy) ? "by `haven suspend`; `haven resume \(policy)` undoes it" : "spec.suspend: true"
+                throw CLIError("BackupPolicy \(policy) is suspended (\(how)); nothing was backed up", code: .usage)
             }
             chosen = [p]
         } else {
             chosen = chosen.filter { !$0.spec.suspend }
             guard !chosen.isEmpty else { throw CLIError("every BackupPolicy is suspended; nothing was backed up", code: .usage) }
         }
-        let engine = try options.engine(desired)
         let scope = TargetScope(pools: Array(Set(chosen.map(\.spec.pool.value))).sorted(), policies: Set(chosen.map(\.name)))
         let request = ReconcileRequest(scope: scope, lockTimeout: lockTimeout, now: { currentTime() },
                                        forceBackup: ForceBackup(policy: policy, vm: vm, full: full))

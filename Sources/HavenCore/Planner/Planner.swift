@@ -193,6 +193,9 @@ extension Planner {
             keyScope?.covers(kind, pool: pool, policy: policy, vm: vm) ?? true
         }
 
+        /// A VM another worker of the daemon is acting on: its objects are not the housekeeping's now.
+        func busy(_ pool: String, _ vm: String) -> Bool { keyScope?.isBusy(pool: pool, vm: vm) ?? false }
+
         /// A haven replica is selected by its name or uuid only, never by `all` or a tag: backing up or
         /// replicating the replicas of a pool is never implied.
         static func selects(_ sel: VMSelector, _ vm: ObservedVM) -> Bool {
@@ -600,7 +603,7 @@ extension Planner {
             for (poolName, pool) in observed.sorted(by: { $0.key < $1.key }) {
                 let intents = catalog.intents.filter { $0.pool == poolName }
                 var adopted = Set<String>()
-                for i in intents {
+                for i in intents where !busy(poolName, i.vmUUID) {
                     for s in pool.snapshots where s.snapshotOf == i.vmUUID && s.name == i.name && (s.otherConfig[OwnershipMarks.owner] ?? planner.instance) == planner.instance
                         && !(inventoryByPool[poolName] ?? []).contains(where: { $0.uuid == s.uuid }) {
                         adopted.insert(s.uuid)
@@ -625,7 +628,7 @@ extension Planner {
                 let covers = covered[poolName] ?? []
                 // Replicas, their restore points and replication's anchors are the replication's own business.
                 for o in (inventoryByPool[poolName] ?? []) where !covers.contains(o.vmUUID) && !o.policy.hasPrefix("replication:")
-                    && !o.policy.hasPrefix("appliance:") {
+                    && !o.policy.hasPrefix("appliance:") && !busy(poolName, o.vmUUID) {
                     guard owned(poolName, o.cls, o.uuid, in: pool) else { continue }
                     let vm = VMIdentity(uuid: o.vmUUID, name: pool.vms.first { $0.uuid == o.vmUUID }?.name ?? o.vmUUID)
                     let why = "the VM is no longer covered by any backup policy (its backups stay until retention or `haven backups forget`)"
@@ -641,6 +644,7 @@ extension Planner {
                 for mark in catalog.cbtMarks where mark.pool == poolName && !(wantedCBT[poolName] ?? []).contains(mark.vdiUUID) {
                     guard let vdi = pool.vdis[mark.vdiUUID], vdi.cbtEnabled, !vdi.isSnapshot, vdi.otherConfig[OwnershipMarks.cbt] == planner.instance else { continue }
                     let owner = pool.vms.first { $0.disks.contains { $0.vdiUUID == vdi.uuid } }
+                    if let owner, busy(poolName, owner.uuid) { continue }
                     let vm = owner.map { VMIdentity(uuid: $0.uuid, name: $0.name) }
                     let disk = DiskJob(key: owner?.disks.first { $0.vdiUUID == vdi.uuid }?.userdevice ?? "", vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
                     // Anchors go first: switching CBT off breaks their chain anyway.

@@ -53,7 +53,7 @@ extension Planner.Context {
         // A sync removes its source snapshot as soon as the replica holds it: one found now was left
         // by a sync that stopped (a crash, a kill); it goes.
         for snap in source.snapshots where snap.otherConfig[OwnershipMarks.policy] == owner && snap.otherConfig[OwnershipMarks.role] == "replication-snapshot"
-            && owned(sourceName, "VM", snap.uuid, in: source) && (housekeeping || planned(.replication, sourceName, r.name, snap.snapshotOf)) {
+            && owned(sourceName, "VM", snap.uuid, in: source) && ((housekeeping && !busy(sourceName, snap.snapshotOf)) || planned(.replication, sourceName, r.name, snap.snapshotOf)) {
             let vm = source.vms.first { $0.uuid == snap.snapshotOf }.map { VMIdentity(uuid: $0.uuid, name: $0.name) }
             add(PlannedAction(key: ActionKey(.deleteSnapshot, pool: sourceName, subject: snap.uuid, policy: owner),
                               action: .deleteSnapshot(OwnedRemoval(uuid: snap.uuid, label: "\(snap.name) (\(snap.uuid))")), vm: vm,

@@ -7,7 +7,7 @@ public struct WorkKey: Sendable, Hashable, Comparable, Codable, CustomStringConv
     public enum Kind: String, Sendable, Hashable, Codable, Comparable {
         case backup
         case replication
-        /// The pool's housekeeping: runs alone on its pool (it reads every snapshot haven made).
+        /// The pool's housekeeping: clean-up of the whole pool, leaving busy keys' VMs alone.
         case pool
 
         public static func < (a: Kind, b: Kind) -> Bool { a.rawValue < b.rawValue }
@@ -43,13 +43,19 @@ public struct KeyScope: Sendable, Hashable {
     public var keys: Set<WorkKey>
     /// Clean-up of what no policy covers, snapshots of dead runs, replicas of removed policies.
     public var housekeeping: Bool
+    /// Keys other workers are reconciling right now: the housekeeping leaves their VMs' objects
+    /// alone (a snapshot just made, not yet recorded, looks like one a dead run left).
+    public var busy: Set<WorkKey> = []
 
-    public init(keys: Set<WorkKey>, housekeeping: Bool = false) {
+    public init(keys: Set<WorkKey>, housekeeping: Bool = false, busy: Set<WorkKey> = []) {
         self.keys = keys
         self.housekeeping = housekeeping
+        self.busy = busy
     }
 
     func covers(_ kind: WorkKey.Kind, pool: String, policy: String, vm: String) -> Bool {
         keys.contains(WorkKey(kind, pool: pool, policy: policy, vm: vm))
     }
+
+    public func isBusy(pool: String, vm: String) -> Bool { busy.contains { $0.pool == pool && $0.vm == vm } }
 }

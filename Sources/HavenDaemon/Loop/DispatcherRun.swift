@@ -51,6 +51,12 @@ final class DispatcherRun {
             d.queue.mutate { q in
                 q.limits = Dictionary(uniqueKeysWithValues: desired.pools.map { ($0.name, max(1, $0.spec.limits.transfers)) })
                 q.targets = Dictionary(desired.replicationPolicies.map { ($0.name, $0.spec.target.pool.value) }) { a, _ in a }
+                var through: [String: [String]] = [:]
+                for p in desired.backupPolicies { if let ap = p.spec.appliances?.value { through[p.name, default: []].append(ap) } }
+                for r in desired.replicationPolicies {
+                    through[r.name, default: []] += [r.spec.appliances.source?.value, r.spec.appliances.target?.value].compactMap { $0 }
+                }
+                q.appliancePools = through.filter { !$0.value.isEmpty }
                 for (pool, keys) in known where !declared.contains(pool) {
                     for k in keys { q.remove(k) }
                     q.remove(.housekeeping(pool))
@@ -131,6 +137,8 @@ final class DispatcherRun {
                                      now: { Date() }, keys: KeyScope(keys: key.isHousekeeping ? [] : [key], housekeeping: key.isHousekeeping))
             r.takeLocks = false
             r.keepSessions = true
+            let queue = d.queue
+            if key.isHousekeeping { r.busy = { queue.read(\.busyKeys) } }
             return r
         }()
         let recorder = DaemonRunRecorder(catalog: engine.catalog, command: "daemon \(key)", logger: logger)

@@ -6,7 +6,8 @@ import HavenCore
 /// processed marks it dirty and it is queued once more when done; failures are retried after a
 /// per-key exponential backoff (5 ms doubling up to 1000 s); delayed adds wait in a timer list
 /// whose earliest entry is when the dispatcher must wake. Beyond client-go: per-pool limits (a
-/// key counts against each pool it acts on) and a pool's housekeeping runs alone on its pool.
+/// key counts against each pool it acts on). A pool's housekeeping is outside the limits: it is
+/// short, and it must never wait behind an hours-long backup (it leaves busy keys' VMs alone).
 ///
 /// Pure: every operation takes `now`; the owner keeps it behind a lock and sleeps until `nextWake`.
 public struct WorkQueueState: Sendable {
@@ -29,8 +30,10 @@ public struct WorkQueueState: Sendable {
     public var limits: [String: Int] = [:]
     /// Replication policy -> its target pool: a replication key acts on both pools.
     public var targets: [String: String] = [:]
+    /// Policy -> the AppliancePools its transfers go through: one key at a time per
+    /// AppliancePool, as each plan provisions and leases appliances on its own.
+    public var appliancePools: [String: [String]] = [:]
     private var busy: [String: Int] = [:]
-    private var housekeeping: Set<String> = []
     /// Adds (`workqueue_adds_total`) and retries (`workqueue_retries_total`) so far.
     public private(set) var adds = 0
     public private(set) var retries = 0
@@ -114,9 +117,11 @@ public struct WorkQueueState: Sendable {
         }
         var blocked = Set<String>()
         for (i, key) in queue.enumerated() {
-            let pools = pools(of: key)
-            if pools.contains(where: blocked.contains) || !canStart(key, pools) {
-                blocked.formUnion(pools)
+            let pools = limited(key)
+            // What is at its limit holds this key, and every later key needing it (first come, first served).
+            let full = pools.filter { blocked.contains($0) || busy[$0, default: 0] >= limit($0) }
+            if !full.isEmpty {
+                blocked.formUnion(full)
                 continue
             }
             queue.remove(at: i)
@@ -124,15 +129,17 @@ public struct WorkQueueState: Sendable {
             let waited = addedAt.removeValue(forKey: key).map { now.timeIntervalSince($0) } ?? 0
             processing[key] = now
             for p in pools { busy[p, default: 0] += 1 }
-            if key.isHousekeeping { housekeeping.insert(key.pool) }
             return (key, waited)
         }
         return nil
     }
 
-    private func canStart(_ key: WorkKey, _ pools: [String]) -> Bool {
-        if key.isHousekeeping { return busy[key.pool, default: 0] == 0 }
-        return pools.allSatisfy { !housekeeping.contains($0) && busy[$0, default: 0] < max(1, limits[$0] ?? 1) }
+    private func limit(_ resource: String) -> Int { resource.hasPrefix("appliances:") ? 1 : max(1, limits[resource] ?? 1) }
+
+    /// What a key counts against: its pools, and (limit 1) the AppliancePools it transfers
+    /// through; nothing for housekeeping.
+    private func limited(_ key: WorkKey) -> [String] {
+        key.isHousekeeping ? [] : pools(of: key) + (appliancePools[key.policy] ?? []).map { "appliances:" + $0 }
     }
 
     /// The worker finished the key (whatever the outcome): a key that became dirty meanwhile is
@@ -140,8 +147,7 @@ public struct WorkQueueState: Sendable {
     @discardableResult
     public mutating func done(_ key: WorkKey, now: Date) -> Double {
         guard let started = processing.removeValue(forKey: key) else { return 0 }
-        for p in pools(of: key) { busy[p, default: 0] -= 1 }
-        if key.isHousekeeping { housekeeping.remove(key.pool) }
+        for p in limited(key) { busy[p, default: 0] -= 1 }
         if dirty.remove(key) != nil {
             queued.insert(key)
             queue.append(key)
@@ -159,6 +165,9 @@ public struct WorkQueueState: Sendable {
     public var isIdle: Bool { queue.isEmpty && processing.isEmpty }
 
     public func isProcessing(_ key: WorkKey) -> Bool { processing[key] != nil }
+
+    /// The (policy, VM) keys being processed: what a housekeeping run must leave alone.
+    public var busyKeys: Set<WorkKey> { Set(processing.keys.filter { !$0.isHousekeeping }) }
 
     /// How long the longest-running key has been processed (`workqueue_longest_running_processor_seconds`).
     public func longestRunning(now: Date) -> Double { processing.values.map { now.timeIntervalSince($0) }.max() ?? 0 }

@@ -20,6 +20,10 @@ public struct ReconcileRequest: Sendable {
     public var takeLocks = true
     /// True when the caller logs the sessions out itself (the daemon's workers share them).
     public var keepSessions = false
+    /// The keys other workers reconcile, asked once the pools are read (the housekeeping leaves
+    /// them alone: whatever started before the read is in it, whatever starts later made nothing
+    /// the plan could see).
+    public var busy: (@Sendable () -> Set<WorkKey>)?
 
     public init(scope: TargetScope, savedPlan: Plan? = nil, lockTimeout: Double? = 0, now: @escaping @Sendable () -> Date = { Date() },
                 forceBackup: ForceBackup? = nil, failback: FailbackRequest? = nil, keys: KeyScope? = nil) {
@@ -75,7 +79,9 @@ extension Engine {
     private func reconcileObserved(_ request: ReconcileRequest, events: @escaping @Sendable (ExecutionEvent) -> Void,
                                    approve: @escaping @Sendable (Plan) async throws -> Bool) async throws -> ReconcileReport {
         let observation = await observe(pools: request.scope.pools)
-        try clearStaleIntents(observation, now: request.now(), keys: request.keys)
+        var keys = request.keys
+        if let busy = request.busy { keys?.busy = busy() }
+        try clearStaleIntents(observation, now: request.now(), keys: keys)
         // This run holds every pool's lock in scope (or the daemon holds them for it): a lease left
         // by a process that is gone is stale.
         try ApplianceLeases.clearStale(catalog)
@@ -99,7 +105,8 @@ extension Engine {
             }
             plan = again
         } else {
-            plan = try self.plan(observation, now: request.now(), scope: request.scope.policies, force: request.forceBackup, failback: request.failback, keys: request.keys)
+            plan = try self.plan(observation, now: request.now(), scope: request.scope.policies, force: request.forceBackup, failback: request.failback,
+                                 keys: keys)
         }
         var report = ReconcileReport(plan: plan, approved: true, result: ExecutionResult(), unreachable: observation.unreachable)
         report.observation = observation
@@ -118,6 +125,7 @@ extension Engine {
     func clearStaleIntents(_ observation: Observation, now: Date, keys: KeyScope? = nil) throws {
         for i in try catalog.view().intents where now.timeIntervalSince(i.requestedAt) > 600 {
             if let keys, !keys.housekeeping, !keys.keys.contains(where: { $0.pool == i.pool && $0.vm == i.vmUUID }) { continue }
+            if let keys, keys.isBusy(pool: i.pool, vm: i.vmUUID) { continue }
             guard let pool = observation.pools[i.pool] else { continue }
             if !pool.snapshots.contains(where: { $0.snapshotOf == i.vmUUID && $0.name == i.name }) {
                 try catalog.clearIntent(pool: i.pool, name: i.name)
