@@ -181,10 +181,7 @@ extension Planner {
                 add(PlannedAction(key: ActionKey(.gc, pool: pool, subject: repo), action: .gc(GCJob(repository: target, safetyWindowSeconds: 3_600)),
                                   reason: "versions were pruned; their unshared chunks can go", after: list + writers))
             }
-            if housekeeping {
-                cleanup()
-                notActedOn()
-            }
+            if housekeeping { cleanup() }
         }
 
         /// Clean-up runs with a whole-pool plan (no `--target` policy), and in the daemon only as
