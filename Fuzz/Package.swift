@@ -9,11 +9,7 @@ import PackageDescription
 let haven = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().lastPathComponent.lowercased()
 
 func fuzzer(_ name: String, _ products: [String]) -> Target {
-    .executableTarget(
-        name: name,
-        dependencies: products.map { .product(name: $0, package: haven) },
-        swiftSettings: [.unsafeFlags(["-parse-as-library"])]
-    )
+    .executableTarget(name: name, dependencies: ["FuzzDriver"] + products.map { .product(name: $0, package: haven) })
 }
 
 let package = Package(
@@ -21,6 +17,9 @@ let package = Package(
     platforms: [.macOS(.v14)],
     dependencies: [.package(path: "..")],
     targets: [
+        // libFuzzer's LLVMFuzzerRunDriver: SwiftPM gives each executable a main of its own, so the
+        // targets call the driver from theirs instead of using libFuzzer's main.
+        .target(name: "FuzzDriver"),
         fuzzer("FuzzSpecYAML", ["HavenSpec"]),
         fuzzer("FuzzXMLRPC", ["XenAPI"]),
         fuzzer("FuzzJSONRPC", ["XenAPI"]),

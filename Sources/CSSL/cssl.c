@@ -7,6 +7,7 @@
 #include <openssl/bn.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,11 +154,15 @@ void haven_tls_client_free(haven_tls_client *client) {
     free(client);
 }
 
-haven_tls_conn *haven_tls_connect(haven_tls_client *client, int fd) {
+haven_tls_conn *haven_tls_connect(haven_tls_client *client, int fd, int *sys_errno) {
+    *sys_errno = 0;
     SSL *ssl = SSL_new(client->ctx);
     if (!ssl) return NULL;
     SSL_set_fd(ssl, fd);
-    if (SSL_connect(ssl) != 1) {
+    int rc = SSL_connect(ssl);
+    if (rc != 1) {
+        int saved = errno;
+        if (SSL_get_error(ssl, rc) == SSL_ERROR_SYSCALL) *sys_errno = saved ? saved : ECONNRESET;
         ERR_clear_error();
         SSL_free(ssl);
         return NULL;

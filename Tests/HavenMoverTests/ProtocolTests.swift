@@ -141,6 +141,31 @@ import Testing
         #expect(summary.blocks == 41 - 14)
     }
 
+    @Test func aReadOnlyDiskIsReadButNotWritten() async throws {
+        let h = try MoverHarness()
+        let original = try h.makeDisk("xvdc", size: 65536 * 4)
+        FileManager.default.createFile(atPath: h.devices.appendingPathComponent(".xvdc.ro").path, contents: nil)
+        do {
+            _ = try await h.client(.write).writeBlocks(disk: "xvdc") { _ in [UInt8](repeating: 1, count: 65536) }
+            Issue.record("a read-only disk was written")
+        } catch let e as MoverError {
+            #expect(e.code == .forbidden)
+        }
+        #expect(try h.contents("xvdc") == original)
+        let collector = BlockCollector(size: 65536 * 4)
+        _ = try await h.client(.read).readBlocks(disk: "xvdc") { collector.add($0) }
+        #expect(collector.bytes == original)
+        #expect(try await h.client(.read).disks().map(\.name) == ["xvdc"])
+    }
+
+    @Test func aServerOnPortZeroSaysWhichPortItGot() async throws {
+        let h = try MoverHarness(name: "abd-ephemeral") { $0.port = 0 }
+        let port = h.server.port
+        #expect(port > 0 && port != 2811)
+        let id = try await MoverClient(endpoint: MoverEndpoint(host: h.host, port: port, pin: h.credentials.pin), token: h.token()).identify()
+        #expect(id.address == "\(h.host):\(port)")
+    }
+
     @Test func probeReachesAPeer() async throws {
         let a = try MoverHarness(name: "abd-a")
         let b = try MoverHarness(name: "abd-b")

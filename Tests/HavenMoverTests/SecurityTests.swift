@@ -118,7 +118,15 @@ import Testing
         var options = MoverClient.Options()
         options.resumeAttempts = 0
         let pusher = MoverClient(endpoint: source.endpoint, token: source.token(.read), options: options)
-        #expect(await code { _ = try await pusher.push(disk: "xvdb", to: target.peer(disk: "xvdb", .write)) } == .peerUnreachable)
+        do {
+            _ = try await pusher.push(disk: "xvdb", to: target.peer(disk: "xvdb", .write))
+            Issue.record("a push into a mover that refuses inbound connections worked")
+        } catch let e as MoverError {
+            #expect(e.code == .peerUnreachable)
+            // What diag tells the user: the peer refused, not that it is slow or absent.
+            #expect(e.message.contains("refused the connection"))
+            #expect(e.message.contains(target.host))
+        }
         #expect(target.server.statistics.connectionsRefused >= 1)
         // …but the DR mover pulls from it.
         _ = try await target.client(.write).pull(disk: "xvdb", from: source.peer(disk: "xvdb", .read))

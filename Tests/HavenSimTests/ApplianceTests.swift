@@ -205,6 +205,13 @@ import Testing
         let drPeer = MoverPeer(endpoint: MoverEndpoint(host: drIP, pin: drCreds.pin),
                                token: drCreds.issueToken(jobID: "sync", scope: .write, expires: Date().addingTimeInterval(600)), disk: "xvdc")
         #expect(try await mover(prodIP, prodCreds).probe(drPeer).name == "abd-dr")
+        // The source disk is plugged read-only: the mover reads it, and refuses to write it.
+        do {
+            _ = try await mover(prodIP, prodCreds).writeBlocks(disk: "xvdb", range: BlockRange(first: 0, count: 1)) { _ in [UInt8](repeating: 9, count: 65536) }
+            Issue.record("a disk plugged RO was written")
+        } catch let e as MoverError {
+            #expect(e.code == .forbidden)
+        }
 
         _ = try Simulator.control(stateDirectory: sim.state.appendingPathComponent("state"), pool: "dr", ["command": "fault", "rule": "deny-inbound"])
         // haven still reaches the DR appliance; the production appliance does not.

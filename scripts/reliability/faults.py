@@ -44,10 +44,12 @@ TIMEOUT = 180
 
 
 class Matrix(Bench):
-    def __init__(self, res, root, seed):
-        super().__init__(res, root, "faults", "fault-matrix", PASSWORD)
+    def __init__(self, res, root, seed, rules=RULES, worker=0, filesystem=True):
+        super().__init__(res, root, "faults-%d" % worker, "fault-matrix", PASSWORD)
+        self.rules, self.filesystem = rules, filesystem
         self.rng = random.Random(seed)
         self.seed = seed
+        self.worker = worker
         self.counter = 0
         self.cells = []
 
@@ -83,7 +85,9 @@ class Matrix(Bench):
             # SR_FULL [3145728, 68719476736]`) or a few words is not a reason a user can act on.
             lines = [ln.strip() for ln in (r.err + r.out).splitlines()
                      if re.search(r"error|failed|cannot|refused|not ", ln, re.I) and not ln.lstrip().startswith("{")]
-            reason = lines[-1] if lines else ""
+            # A failed action is the cause; actions skipped because of it are consequences.
+            causes = [ln for ln in lines if not ln.startswith(("skipped", "↷", "- skipped"))]
+            reason = (causes or lines or [""])[-1]
             bare = re.fullmatch(r"(haven: )?(error: )?[A-Z0-9_]+( \[[^\]]*\])?", reason)
             if bare or len(reason.split()) < 5:
                 return None, "exit 2 without a clear error: " + r.brief()
@@ -115,7 +119,7 @@ class Matrix(Bench):
                            "problems": problems})
         for p in problems:
             self.res.fail("fault-matrix", "%s x %s" % (rule_name, op), p)
-        print("    %-44s %-10s %s" % (rule_name, op, (outcome or "FAILED")[:90]), flush=True)
+        print("    %-44s %-8s %s" % (rule_name, op, (outcome or "FAILED")[:100]), flush=True)
 
     def run(self):
         start = time.monotonic()
@@ -125,7 +129,7 @@ class Matrix(Bench):
             self.res.fail("fault-matrix", "the first apply failed", r.brief())
             return self.summary(start)
         self.note_versions(self.source_hashes(), "apply", True)
-        for name, rule in RULES:
+        for name, rule in self.rules:
             for op in OPERATIONS:
                 # GC speaks to no pool: the pool's faults cannot reach it (its own row is the full file system).
                 if op == "gc" and not rule.startswith("error:*"):
@@ -133,7 +137,8 @@ class Matrix(Bench):
                 self.cell(name, rule, op)
             for p in self.restore_all("row"):
                 self.res.fail("fault-matrix", "after the row %s" % name, p)
-        self.full_filesystem()
+        if self.filesystem:
+            self.full_filesystem()
         for p in self.restore_all("final"):
             self.res.fail("fault-matrix", "at the end", p)
         return self.summary(start)
@@ -193,9 +198,23 @@ class Matrix(Bench):
                 "seconds": round(time.monotonic() - start, 1), "seed": self.seed}
 
 
-def run(res, root, seed):
-    m = Matrix(res, root, seed)
-    try:
-        return m.run()
-    finally:
-        m.scn.stop()
+def run(res, root, seed, workers=3):
+    """The rules shared out between `workers` matrices side by side, each on a pool of its own."""
+    import concurrent.futures
+
+    def one(i):
+        m = Matrix(res, root, seed * 100 + i, rules=RULES[i::workers], worker=i, filesystem=i == 0)
+        try:
+            return m.run()
+        finally:
+            m.scn.stop()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(one, range(workers)))
+    out = {"cells": sum(p["cells"] for p in parts), "table": [c for p in parts for c in p["table"]],
+           "restoresCompared": sum(p["restoresCompared"] for p in parts), "seconds": max(p["seconds"] for p in parts), "seed": seed,
+           "workers": workers, "outcomes": {}}
+    for p in parts:
+        for k, v in p["outcomes"].items():
+            out["outcomes"][k] = out["outcomes"].get(k, 0) + v
+    return out

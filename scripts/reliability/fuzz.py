@@ -72,9 +72,10 @@ def run_target(res, bindir, work, target, max_len, seconds, runs):
     return out
 
 
-def run(res, root, seconds=60, runs=1_000_000, targets=None):
+def run(res, root, bindir=None, build_seconds=0.0, seconds=60, runs=1_000_000, targets=None):
     start = time.monotonic()
-    bindir, build_seconds = build(res)
+    if bindir is None:
+        bindir, build_seconds = build(res)
     out = {"buildSeconds": round(build_seconds, 1), "secondsPerTarget": seconds, "runsPerTarget": runs, "targets": []}
     if not bindir:
         return out
@@ -83,7 +84,7 @@ def run(res, root, seconds=60, runs=1_000_000, targets=None):
         if targets and target not in targets:
             continue
         t = run_target(res, bindir, work, target, max_len, seconds, runs)
-        print("    %-18s %12s executions  %d crashes  %5.0f s" % (target, "{:,}".format(t["executions"]), t["crashes"], t["seconds"]),
+        print("    fuzz %-18s %12s executions  %d crashes  %5.0f s" % (target, "{:,}".format(t["executions"]), t["crashes"], t["seconds"]),
               flush=True)
         out["targets"].append(t)
     out["seconds"] = round(time.monotonic() - start, 1)

@@ -1,10 +1,20 @@
+import FuzzDriver
 import HavenData
 
 /// The changed-block bitmap of `VDI.list_changed_blocks` with the disk size from the VDI record,
 /// both from the pool: the first 8 bytes are the size (little endian), the rest is the text
 /// (base64 as xapi sends it, or, when the first byte is odd, raw bytes the target encodes).
+@main enum Main {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(LLVMFuzzerRunDriver(&argc, &argv, fuzz))
+    }
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    guard let data else { return 0 }
     guard size >= 9 else { return 0 }
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     var diskSize: Int64 = 0

@@ -1,9 +1,20 @@
+import FuzzDriver
+import Foundation
 import DiskFormats
 
 /// The disk formats haven reads back: a dynamic VHD (first byte even) and an XVA archive (odd),
 /// streamed in pieces of a size the input chooses, the way they arrive from a file or a pool.
+@main enum Main {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(LLVMFuzzerRunDriver(&argc, &argv, fuzz))
+    }
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    guard let data else { return 0 }
     guard size >= 2 else { return 0 }
     let piece = Int(data[1]) * 7 + 1
     let input = UnsafeRawBufferPointer(start: data + 2, count: size - 2)

@@ -1,3 +1,4 @@
+import FuzzDriver
 import Foundation
 import HavenData
 
@@ -8,8 +9,17 @@ import HavenData
 /// - 1: `u16 length | blob | manifest`: the blob is stored as a chunk and `@ROOT@` in the manifest
 ///   is replaced by its id, so the index pages restore walks are the fuzzer's;
 /// - 2: a pack index (`index/<pack>.idx`), loaded by opening the repository, its chunks read.
+@main enum Main {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(LLVMFuzzerRunDriver(&argc, &argv, fuzz))
+    }
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    guard let data else { return 0 }
     guard size >= 1 else { return 0 }
     let mode = data[0] % 3
     let body = Data(bytes: data + 1, count: size - 1)

@@ -9,6 +9,8 @@ int haven_syncfs(int fd);
 int haven_exit_with_parent(int parent);
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeros afterwards; -1 when unsupported.
 int haven_punch_hole(int fd, long long offset, long long length);
+/// ioctl(BLKROGET): 1 when the block device is read-only (a VBD plugged RO), 0 when not, -1 on error.
+int haven_block_device_readonly(int fd);
 /// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: start writing back a range, without waiting.
 int haven_start_writeback(int fd, off_t offset, off_t length);
 #endif

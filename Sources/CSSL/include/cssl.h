@@ -33,8 +33,9 @@ typedef struct haven_tls_client haven_tls_client;
 /// certificate with its pin (`haven_tls_peer_sha256`) before sending anything.
 haven_tls_client *haven_tls_client_new(char *error, size_t errlen);
 void haven_tls_client_free(haven_tls_client *client);
-/// Runs the TLS handshake as a client over a connected socket; NULL when it fails.
-haven_tls_conn *haven_tls_connect(haven_tls_client *client, int fd);
+/// Runs the TLS handshake as a client over a connected socket; NULL when it fails, with the
+/// system error in `*sys_errno` when the socket failed (a reset: ECONNRESET), else 0.
+haven_tls_conn *haven_tls_connect(haven_tls_client *client, int fd, int *sys_errno);
 /// SHA-256 of the DER form of the peer's certificate, 32 bytes into `out`; 0 on success.
 int haven_tls_peer_sha256(haven_tls_conn *conn, unsigned char *out);
 

@@ -8,7 +8,9 @@ import Foundation
 /// The disks a mover serves: the entries of a directory named like kernel block devices
 /// (`xvdb`, `sdc`, `vdd`), each a block device, a regular file, or a link to one. On an appliance
 /// the boot script links its data disks there (never its own root disk); in the simulator they
-/// are links to the plugged VDIs' images.
+/// are links to the plugged VDIs' images. A disk is read-only when the kernel says so (a VBD
+/// plugged RO) or, for an image file, when a file `.NAME.ro` sits beside it (the simulator's way
+/// of saying the same).
 public struct DeviceDirectory: Sendable {
     public let path: String
 
@@ -31,7 +33,12 @@ public struct DeviceDirectory: Sendable {
 
     func open(_ name: String, writable: Bool) throws -> BlockDevice {
         guard Self.isDeviceName(name) else { throw MoverError(.noSuchDisk, "disk \(name)", "not a device name") }
-        return try BlockDevice(directory: path, name: name, writable: writable)
+        let device = try BlockDevice(directory: path, name: name, writable: false)
+        guard writable else { return device }
+        if device.isRegularFile ? access(path + "/." + name + ".ro", F_OK) == 0 : haven_block_device_readonly(device.fd) == 1 {
+            throw MoverError(.forbidden, "disk \(name)", "the disk is attached read-only")
+        }
+        return try BlockDevice(directory: path, name: name, writable: true)
     }
 }
 

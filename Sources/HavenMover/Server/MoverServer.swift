@@ -10,6 +10,7 @@ public struct MoverServerConfiguration: Sendable {
     public var credentials: MoverCredentials
     /// The address to listen on (the appliance's own; also where its outbound connections leave from).
     public var host: String
+    /// 0: a port the kernel picks (`MoverServer.port` says which).
     public var port: Int
     public var devices: DeviceDirectory
     /// When set, only connections from these source addresses are served; others are reset at
@@ -56,6 +57,7 @@ public final class MoverServer: Sendable {
 
     struct State {
         var listenFD: Int32 = -1
+        var port = 0
         var stopped = false
         var active: [ObjectIdentifier: FrameConnection] = [:]
         var statistics = Statistics()
@@ -69,12 +71,19 @@ public final class MoverServer: Sendable {
 
     public var statistics: Statistics { state.withLock { $0.statistics } }
 
+    /// The port it listens on, once started (the configured one, or the kernel's pick for 0).
+    public var port: Int { state.withLock { $0.port } }
+
     /// Binds and starts accepting on a thread of its own.
     public func start() throws {
         let fd = try Sockets.listen(configuration.host, configuration.port)
-        state.withLock { $0.listenFD = fd }
+        let port = Sockets.boundPort(fd)
+        state.withLock {
+            $0.listenFD = fd
+            $0.port = port
+        }
         let thread = Thread { [self] in acceptLoop(fd) }
-        thread.name = "mover \(configuration.host):\(configuration.port)"
+        thread.name = "mover \(configuration.host):\(port)"
         thread.start()
     }
 

@@ -96,7 +96,7 @@ final class MoverSession {
                 w.string(config.softwareVersion)
                 w.u16(MoverProtocol.version)
                 w.u32(UInt32(MoverProtocol.blockSize))
-                w.string("\(config.host):\(config.port)")
+                w.string("\(config.host):\(server.port)")
             }
         case .listDisks:
             try authorize([], "listing disks")

@@ -19,7 +19,15 @@ enum Sockets {
 
     static func errnoText() -> String { String(cString: strerror(errno)) }
 
-    /// A listening socket on `host:port`.
+    /// The port a socket is bound to (after listening on port 0).
+    static func boundPort(_ fd: Int32) -> Int {
+        var local = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let rc = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return rc == 0 ? Int(UInt16(bigEndian: local.sin_port)) : 0
+    }
+
+    /// A listening socket on `host:port` (port 0: one the kernel picks).
     static func listen(_ host: String, _ port: Int, backlog: Int32 = 64) throws -> Int32 {
         var addr = try address(host, port)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -58,20 +66,30 @@ enum Sockets {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         if rc != 0 {
-            guard errno == EINPROGRESS else { throw MoverError(.connection, "\(host):\(port)", "cannot connect: \(errnoText())") }
+            guard errno == EINPROGRESS else { throw connectError(host, port, errno) }
             var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
             let n = poll(&pfd, 1, Int32(max(1, timeout * 1000)))
             guard n > 0 else { throw MoverError(.connection, "\(host):\(port)", "no answer within \(Int(timeout)) s") }
             var err: Int32 = 0
             var len = socklen_t(MemoryLayout<Int32>.size)
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
-            guard err == 0 else { throw MoverError(.connection, "\(host):\(port)", "cannot connect: \(String(cString: strerror(err)))") }
+            guard err == 0 else { throw connectError(host, port, err) }
         }
         _ = fcntl(fd, F_SETFL, flags)
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         ok = true
         return fd
+    }
+
+    /// Says a refusal plainly: diagnostics tell "refused" (a firewall, no mover) from "unreachable".
+    static func connectError(_ host: String, _ port: Int, _ code: Int32) -> MoverError {
+        let text = String(cString: strerror(code))
+        switch code {
+        case ECONNREFUSED: return MoverError(.connection, "\(host):\(port)", "it refused the connection (\(text)): nothing listens there, or inbound connections are denied")
+        case ECONNRESET: return MoverError(.connection, "\(host):\(port)", "it refused the connection (\(text)): inbound connections denied?")
+        default: return MoverError(.connection, "\(host):\(port)", "cannot connect: \(text)")
+        }
     }
 
     /// Reads and writes that wait longer than `seconds` fail (a peer that went silent).

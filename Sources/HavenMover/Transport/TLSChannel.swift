@@ -95,9 +95,14 @@ final class TLSClientContext: @unchecked Sendable {
         let context = "mover \(host):\(port)"
         let fd = try Sockets.connect(host, port, source: source, timeout: timeout)
         Sockets.setTimeout(fd, seconds: timeout)
-        guard let c = haven_tls_connect(raw, fd) else {
+        var reason: Int32 = 0
+        guard let c = haven_tls_connect(raw, fd, &reason) else {
             Glibc.close(fd)
-            throw MoverError(.connection, context, "the TLS handshake failed (not a mover, or it refused the connection)")
+            if reason == ECONNRESET || reason == EPIPE {
+                throw MoverError(.connection, context, "it refused the connection (reset before TLS): inbound connections denied?")
+            }
+            let why = reason == 0 ? "" : ": \(String(cString: strerror(reason)))"
+            throw MoverError(.connection, context, "the TLS handshake failed (not a mover?)\(why)")
         }
         let channel = TLSChannel(fd: fd, conn: c)
         guard let seen = channel.peerCertificateSHA256(), seen == pin.sha256 else {

@@ -115,7 +115,11 @@ extension SimPool {
             let vdi = db.field(vbd, "VDI")?.stringValue, let uuid = db.field(vdi, "uuid")?.stringValue
         else { return }
         let link = guest.devicesDirectory.appendingPathComponent(device).path
+        let readOnly = guest.devicesDirectory.appendingPathComponent(".\(device).ro").path
         unlink(link)
+        unlink(readOnly)
+        // A VBD plugged RO gives the guest a read-only device.
+        if db.field(vbd, "mode")?.stringValue == "RO" { FileManager.default.createFile(atPath: readOnly, contents: nil) }
         symlink(disks.path(uuid), link)
         guest.devices[device] = vdi
     }
@@ -123,6 +127,7 @@ extension SimPool {
     func detachDevice(_ guest: ApplianceGuest, vbd: String) {
         guard let device = db.field(vbd, "device")?.stringValue, guest.devices[device] != nil else { return }
         unlink(guest.devicesDirectory.appendingPathComponent(device).path)
+        unlink(guest.devicesDirectory.appendingPathComponent(".\(device).ro").path)
         guest.devices[device] = nil
     }
 

@@ -1,0 +1,10 @@
+#ifndef HAVEN_FUZZ_DRIVER_H
+#define HAVEN_FUZZ_DRIVER_H
+#include <stddef.h>
+#include <stdint.h>
+
+/// libFuzzer's entry for programs that have their own main (SwiftPM gives every executable one):
+/// runs the fuzzer with the command line and the callback.
+int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*callback)(const uint8_t *data, size_t size));
+
+#endif
