@@ -52,6 +52,9 @@ public final class Engine: Sendable {
     /// Per pool, the snapshot and transfer limits of its Pool spec, shared by every plan this
     /// engine executes (the daemon runs several keys' plans at once).
     let limiters: [String: PoolLimiters]
+    /// The appliances of the declared AppliancePools, leased to transfers: one registry for every
+    /// plan this engine executes, so concurrent plans never provision the same name or address.
+    public let appliances: ApplianceLeases
 
     /// Prepares sessions to every declared pool (lazily: nothing is contacted yet).
     public init(desired: DesiredState, state: StateDirectory, logger: Logger = Logger(label: "haven")) throws {
@@ -66,6 +69,12 @@ public final class Engine: Sendable {
             limiters[p.name] = PoolLimiters(snapshots: AsyncLimiter(p.spec.limits.snapshots), transfers: AsyncLimiter(p.spec.limits.transfers))
         }
         self.limiters = limiters
+        let settings = Dictionary(uniqueKeysWithValues: desired.appliancePools.map { ($0.name, AppliancePoolSettings($0)) })
+        var l = logger
+        l[metadataKey: "component"] = "appliances"
+        let applianceLogger = l
+        appliances = ApplianceLeases(settings: settings, sessions: sessions, catalog: catalog, state: state, instance: instance, now: { Date() },
+                                     log: { applianceLogger.info("\($0)") })
     }
 
     public var clients: [String: XenAPIClient] { sessions.clients }
@@ -114,19 +123,13 @@ public final class Engine: Sendable {
 
     public func executor(plan: Plan, now: @escaping @Sendable () -> Date, emit: @escaping @Sendable (ExecutionEvent) -> Void) -> Executor {
         Executor(context: ExecutionContext(sessions: sessions, catalog: catalog, state: state, instance: instance, plan: plan, now: now,
-                                           logger: logger, emit: emit, limiters: limiters))
+                                           logger: logger, emit: emit, limiters: limiters, appliances: appliances))
     }
 
     public func logout() async { await sessions.logoutAll() }
 
-    /// Appliance leases outside a plan's execution (tests, diagnostics): the AppliancePools as
-    /// the configuration declares them.
-    public func applianceLeases(now: @escaping @Sendable () -> Date = { Date() }) -> ApplianceLeases {
-        let settings = Dictionary(uniqueKeysWithValues: desired.appliancePools.map { ($0.name, AppliancePoolSettings($0)) })
-        let logger = self.logger
-        return ApplianceLeases(settings: settings, sessions: sessions, catalog: catalog, state: state, instance: instance, now: now,
-                               log: { logger.info("\($0)") })
-    }
+    /// The appliance leases (the same registry the plans this engine executes use).
+    public func applianceLeases() -> ApplianceLeases { appliances }
 
     /// Runs `body`, then logs every session out, whether `body` returned, threw or was cancelled.
     public func withSessions<T: Sendable>(_ body: () async throws -> T) async throws -> T {

@@ -169,12 +169,32 @@ import XenAPI
         onPool = try await appliances(c)
         #expect(Set(onPool.keys) == ["haven-abd-1", "haven-abd-2", "haven-abd-3"])
 
-        // The AppliancePool removed: exactly its appliances go, with their disks; the user's VM and the template stay.
+        // A disk of the user's plugged into haven-abd-1 (as a transfer plugs a snapshot's): it is in use.
+        let sr = try #require(try await c.records(SRRecord.self).first { $0.value.nameLabel == "Local storage" }?.key)
+        let userDisk = try await c.createVDI(NewVDI(sr: sr, virtualSize: 1 << 20, nameLabel: "user scratch"))
+        let (busyRef, _) = try #require(onPool["haven-abd-1"])
+        let plugged = try await c.createVBD(NewVBD(vm: busyRef, vdi: userDisk, userdevice: "3"))
+        try await c.plug(plugged)
+        list = try listJSON(s)
+        #expect(list.first { $0["name"] as? String == "haven-abd-1" }?["use"] as? String == "in use")
+
+        // The AppliancePool removed: exactly its appliances go, with their disks — but never one in use; the user's VM,
+        // the user's disk and the template stay.
         try writeConfig(s, Self.backupPolicy(appliances: nil))
         run = try s.diff()
         #expect(run.stdout.contains("AppliancePool abd is no longer declared on pool lab"), "\(run.stdout)")
+        #expect(run.stdout.contains("appliance haven-abd-1 of AppliancePool abd, no longer declared, is in use"), "\(run.stdout)")
+        #expect(!run.stdout.contains("remove appliance haven-abd-1"))
+        #expect(try s.apply().status == 0)
+        #expect(Set(try await appliances(c).keys) == ["haven-abd-1"])
+        #expect(try await c.record(userDisk).uuid.isEmpty == false, "the user's disk is untouched")
+        // Given back (the disk unplugged): the next run removes it.
+        try await c.unplug(plugged)
+        try await c.destroy(plugged)
+        #expect(try s.diff().stdout.contains("remove appliance haven-abd-1"))
         #expect(try s.apply().status == 0)
         #expect(try await appliances(c).isEmpty)
+        #expect(try await c.record(userDisk).vbds.isEmpty, "the user's disk is still there")
         #expect(try await c.records(VMRecord.self).values.contains { $0.nameLabel == "haven-abd" && $0.isATemplate })
         let leftovers = try await c.records(VDIRecord.self).values.filter { $0.otherConfig["haven.role"] == "appliance-disk" }
         #expect(leftovers.isEmpty, "no appliance disk is left")

@@ -47,9 +47,10 @@ import XenAPI
     /// Appliance VMs on the pool (marked by haven), by uuid.
     func appliancesOnPool(_ h: EngineHarness) async throws -> [String: VMRecord] {
         let c = h.client()
-        defer { Task { await c.logout() } }
+        let all = try await c.records(VMRecord.self)
+        await c.logout()
         var out: [String: VMRecord] = [:]
-        for (_, vm) in try await c.records(VMRecord.self) where vm.isRealVM && vm.otherConfig["haven.role"] == "appliance" { out[vm.uuid] = vm }
+        for (_, vm) in all where vm.isRealVM && vm.otherConfig["haven.role"] == "appliance" { out[vm.uuid] = vm }
         return out
     }
 

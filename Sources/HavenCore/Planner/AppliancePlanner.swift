@@ -13,7 +13,7 @@ extension Planner.Context {
             guard let pool = observed[ap.spec.pool.value] else { continue }
             appliancePool(ap, pool)
         }
-        if scope == nil { undeclaredAppliances() }
+        if housekeeping { undeclaredAppliances() }
     }
 
     /// This haven's appliances on a pool: its mark on the VM and the VM in its inventory.
@@ -73,7 +73,7 @@ extension Planner.Context {
             add(PlannedAction(key: ActionKey(.removeAppliance, pool: pool.name, subject: a.uuid),
                               action: .removeAppliance(ApplianceTarget(appliancePool: ap.name, uuid: a.uuid, name: a.name)), reason: why))
         }
-        if scope == nil {
+        if housekeeping {
             // An address the configuration no longer allows: the appliance is replaced once idle.
             let ranges = settings.ranges
             for a in mine where !inUse(a, pool: pool.name) {
@@ -106,6 +106,9 @@ extension Planner.Context {
             }
         }
         let kept = mine.filter { !removed.contains($0.uuid) }
+        // A key of the daemon plans no appliance of its own: keys run at once, and two plans would
+        // pick the same name and address. Its transfers lease (and, when needed, provision) them.
+        if let keys = keyScope, !keys.housekeeping { return }
         var starts: [ActionKey] = []
         for a in kept where a.powerState.lowercased() == "halted" {
             let key = ActionKey(.startAppliance, pool: pool.name, subject: a.uuid)

@@ -54,9 +54,33 @@ public actor ApplianceLeases {
         self.log = log
     }
 
-    func provisioner(_ pool: String) throws -> ApplianceProvisioner {
+    func provisioner(_ pool: String, log: (@Sendable (String) -> Void)? = nil) throws -> ApplianceProvisioner {
         guard let c = sessions.client(pool) else { throw EngineError(.connect, pool, "no session to pool \(pool)") }
-        return ApplianceProvisioner(client: c, pool: pool, catalog: catalog, state: state, instance: instance, log: log)
+        return ApplianceProvisioner(client: c, pool: pool, catalog: catalog, state: state, instance: instance, log: log ?? self.log)
+    }
+
+    /// A provisioning the plan decided: its name and address are reserved here first, so a lease
+    /// provisioning at the same time (or another plan of this engine) never takes them too.
+    func provisionPlanned(_ job: ApplianceProvision, pool: String, now: Date, log: @escaping @Sendable (String) -> Void) async throws -> ApplianceInfo {
+        let ip = job.address.ip.flatMap(IPAddress.parse)
+        if reservedNames.contains(job.name) || (members[job.appliancePool] ?? []).contains(where: { $0.name == job.name }) {
+            throw EngineError(.action, job.name, "appliance \(job.name) is being provisioned already; the next plan sees it")
+        }
+        if let ip, let holder = reservedAddresses[pool]?[ip] {
+            throw EngineError(.action, job.name, "address \(ip) is being given to appliance \(holder); the next plan picks another")
+        }
+        reservedNames.insert(job.name)
+        if let ip { reservedAddresses[pool, default: [:]][ip] = job.name }
+        inFlight[job.appliancePool, default: 0] += 1
+        defer {
+            reservedNames.remove(job.name)
+            if let ip { reservedAddresses[pool]?[ip] = nil }
+            inFlight[job.appliancePool, default: 0] -= 1
+            wakeAll(job.appliancePool)
+        }
+        let info = try await provisioner(pool, log: log).provision(job, now: now)
+        replace(info)
+        return info
     }
 
     func settings(_ ap: String) throws -> AppliancePoolSettings {

@@ -19,11 +19,12 @@ public struct ExecutionContext: Sendable {
     let emitEvent: @Sendable (ExecutionEvent) -> Void
     let repositories = RepositoryCache()
     let limits: [String: PoolLimiters]
-    /// The appliances of the plan's AppliancePools, leased one per concurrent transfer.
+    /// The appliances of the AppliancePools, leased one per concurrent transfer: the engine's
+    /// (shared by the plans it runs at once, so two never take the same address), else the plan's own.
     public let appliances: ApplianceLeases
 
     init(sessions: PoolSessions, catalog: Catalog, state: StateDirectory, instance: String, plan: Plan, now: @escaping @Sendable () -> Date,
-         logger: Logger, emit: @escaping @Sendable (ExecutionEvent) -> Void, limiters: [String: PoolLimiters] = [:]) {
+         logger: Logger, emit: @escaping @Sendable (ExecutionEvent) -> Void, limiters: [String: PoolLimiters] = [:], appliances: ApplianceLeases? = nil) {
         self.sessions = sessions
         self.catalog = catalog
         self.state = state
@@ -41,11 +42,8 @@ public struct ExecutionContext: Sendable {
         var l = logger
         l[metadataKey: "component"] = "appliances"
         let applianceLogger = l
-        appliances = ApplianceLeases(settings: plan.appliancePools, sessions: sessions, catalog: catalog, state: state, instance: instance, now: now,
-                                     log: { text in
-                                         applianceLogger.info("\(text)")
-                                         emit(.log(nil, text))
-                                     })
+        self.appliances = appliances ?? ApplianceLeases(settings: plan.appliancePools, sessions: sessions, catalog: catalog, state: state, instance: instance,
+                                                        now: now, log: { applianceLogger.info("\($0)") })
     }
 
     func emit(_ e: ExecutionEvent) { emitEvent(e) }

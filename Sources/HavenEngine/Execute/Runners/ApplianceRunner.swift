@@ -10,8 +10,7 @@ enum ApplianceRunner {
     }
 
     static func provision(_ a: PlannedAction, _ job: ApplianceProvision, _ ctx: ExecutionContext) async throws -> ActionOutcome {
-        let info = try await provisioner(a, ctx).provision(job, now: ctx.now())
-        await ctx.appliances.register(info)
+        let info = try await ctx.appliances.provisionPlanned(job, pool: a.pool, now: ctx.now(), log: { ctx.log(a, $0) })
         return ActionOutcome("provisioned appliance \(info.name) at \(info.address) (\(info.isStatic ? "static" : "DHCP"))")
     }
 
