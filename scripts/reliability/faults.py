@@ -129,6 +129,10 @@ class Matrix(Bench):
             self.res.fail("fault-matrix", "the first apply failed", r.brief())
             return self.summary(start)
         self.note_versions(self.source_hashes(), "apply", True)
+        h = self.guest_writes(self.rng, 0)
+        if self.scn.apply().rc == 0:
+            self.note_versions(h, "apply", True)
+        self.learn_at_rest()
         for name, rule in self.rules:
             for op in OPERATIONS:
                 # GC speaks to no pool: the pool's faults cannot reach it (its own row is the full file system).

@@ -177,6 +177,11 @@ class Sweep(Bench):
             if h is not None:
                 self.note_versions(h, op, True)
         self.steps["forget"] = 4
+        # What stays between runs, from the pool after these clean runs and one more apply.
+        a, h = self.prepare("apply")
+        if self.clean_run("apply", a).rc == 0:
+            self.note_versions(h, "apply", True)
+        self.at_rest_learnt = self.learn_at_rest()
         ops, weights = [o for o, _ in OPERATIONS], [w for _, w in OPERATIONS]
         failures_before = len(self.res.failures)
         while len(self.kills) < self.target and time.monotonic() - start < self.budget:
@@ -217,7 +222,8 @@ class Sweep(Bench):
             "kills": len(self.kills), "distinctKillPoints": len(distinct), "crashPointKills": at_points,
             "randomSigkills": len(self.kills) - at_points, "byOperation": by_op, "byStep": dict(sorted(self.labels.items())),
             "stepsPerCleanRun": self.steps, "cleanAppliesAfterKills": self.recoveries, "restoresCompared": self.restores,
-            "versionsAtEnd": len(self.expected), "leftovers": self.leftovers, "seconds": round(time.monotonic() - start, 1),
+            "versionsAtEnd": len(self.expected), "leftovers": self.leftovers,
+            "atRest": {"%s %s" % k: v for k, v in sorted(getattr(self, "at_rest_learnt", {}).items(), key=str)}, "seconds": round(time.monotonic() - start, 1),
             "seed": self.seed, "killList": self.kills,
         }
 
@@ -238,6 +244,7 @@ def merge(parts):
                 merged[k] = merged.get(k, 0) + v
         out[key] = dict(sorted(merged.items()))
     out["stepsPerCleanRun"] = parts[0]["stepsPerCleanRun"]
+    out["atRest"] = parts[0].get("atRest", {})
     return out
 
 

@@ -41,6 +41,7 @@ DOCS = [
 # What haven keeps on the pool between runs, by (class, role): a CBT anchor per protected disk
 # (web's two, app's one for the replication), the replica and its disk, `keep: 2` restore points
 # and their disks. After a successful apply anything beyond this is a leftover.
+# Roles added later (a delta base of `db`…) are learnt from the pool after the first clean runs.
 AT_REST = {("VDI", "cbt-anchor"): 3, ("VM", "replica"): 1, ("VDI", "replica-disk"): 3, ("VM", "restore-point"): 2}
 
 
@@ -181,9 +182,15 @@ class Bench:
             problems.append("after a successful apply, diff still plans %s" % actions)
         return problems + check_orphans(self.scn, self.user_uuids, diff=d) + self.leftovers_at_rest()
 
-    def leftovers_at_rest(self):
-        """After a successful apply: nothing of haven's beyond what it keeps between runs, and no
-        snapshot without its mark (a look-alike of the user's excepted)."""
+    def learn_at_rest(self):
+        """What haven keeps between runs, as the pool holds it after clean runs (no kill, no fault)."""
+        counts, _ = self.haven_objects()
+        self.at_rest = dict(AT_REST)
+        for key, n in counts.items():
+            self.at_rest[key] = max(n, self.at_rest.get(key, 0))
+        return self.at_rest
+
+    def haven_objects(self):
         pool = self.scn.pool.snapshot_of_pool()
         instance = self.scn.instance()
         counts = {}
@@ -195,8 +202,15 @@ class Bench:
                     counts[key] = counts.get(key, 0) + 1
                 elif cls == "VM" and r["is_a_snapshot"] and r["uuid"] not in self.user_uuids:
                     problems.append("leftover: snapshot %s (%s) without haven's mark" % (r["uuid"], r["name_label"]))
+        return counts, problems
+
+    def leftovers_at_rest(self):
+        """After a successful apply: nothing of haven's beyond what it keeps between runs, and no
+        snapshot without its mark (a look-alike of the user's excepted)."""
+        at_rest = getattr(self, "at_rest", None) or AT_REST
+        counts, problems = self.haven_objects()
         for key, n in sorted(counts.items(), key=str):
-            if n > AT_REST.get(key, 0):
-                problems.append("leftover: %d %s of role %s where %d stay between runs" % (n, key[0], key[1], AT_REST.get(key, 0)))
+            if n > at_rest.get(key, 0):
+                problems.append("leftover: %d %s of role %s where %d stay between runs" % (n, key[0], key[1], at_rest.get(key, 0)))
         return problems
 

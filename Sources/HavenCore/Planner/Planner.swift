@@ -563,7 +563,7 @@ extension Planner {
         mutating func strayAnchors(owner: String, _ pool: ObservedPool, _ vm: VMIdentity) {
             let current = Set((anchorsByKey["\(pool.name)\u{0}\(owner)\u{0}\(vm.uuid)"] ?? []).map(\.snapshotVDI))
             let ofSnapshots = Set(pool.snapshots.flatMap { $0.disks.map(\.vdiUUID) })
-            let roles: Set<String> = ["cbt-anchor", "snapshot-disk", "replication-snapshot-disk"]
+            let roles: Set<String> = ["cbt-anchor", "delta-base", "snapshot-disk", "replication-snapshot-disk"]
             for o in inventoryByPool[pool.name] ?? [] where o.cls == "VDI" && o.vmUUID == vm.uuid && o.policy == owner && roles.contains(o.role)
                 && !current.contains(o.uuid) && !ofSnapshots.contains(o.uuid) {
                 guard let vdi = pool.vdis[o.uuid], owned(pool.name, "VDI", o.uuid, in: pool) else { continue }
