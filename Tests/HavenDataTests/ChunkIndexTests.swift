@@ -36,7 +36,7 @@ import Testing
         }
     }
 
-    /// Opens the repository with a small flush threshold (the default is 131,072 chunks).
+    /// Opens the repository with a small flush threshold (the default is 32,768 chunks).
     func reopen(_ s: Scratch, flushAt: Int) throws -> BackupRepository {
         let repo = try BackupRepository.open(at: s.path("repo"))
         repo.index.flushEntries = flushAt

@@ -60,7 +60,7 @@ final class ChunkIndex: @unchecked Sendable {
         get { lock.withLock { flushAt } }
         set { lock.withLock { flushAt = newValue } }
     }
-    private var flushAt = 131_072
+    private var flushAt = 32_768
     /// Runs merged at once when this many are of about the same size.
     static let mergeFanIn = 4
     /// Lookups between two drops of the run pages this process has touched.
@@ -187,19 +187,35 @@ final class ChunkIndex: @unchecked Sendable {
     }
 
     /// The first non-zero id (with the reason) that is not in a sealed pack whose file exists;
-    /// nil when all are. `packs` caches, by pack number, whether its file exists.
+    /// nil when all are. `packs` caches, by pack number, whether its file exists. A page of ids
+    /// costs two lock acquisitions, not two per id (a commit checks every id of every disk).
     func firstUnsealed(_ ids: [ChunkID], packs cache: inout [UInt32: Bool]) -> (ChunkID, String)? {
-        var last = UInt32.max
-        for id in ids where !id.isZero {
-            guard let e = find(id) else { return (id, "is in no pack index") }
+        var found = [IndexEntry?](repeating: nil, count: ids.count)
+        let runs = lock.withLock { () -> [Run] in
+            for (i, id) in ids.enumerated() where !id.isZero {
+                if let e = memory[id], states[Int(e.pack)] != .gone { found[i] = e }
+            }
+            return self.runs
+        }
+        var fromRuns: [(Int, UInt32)] = []
+        for (i, id) in ids.enumerated() where !id.isZero && found[i] == nil {
+            for r in runs {
+                guard let (offset, length, local) = r.run.lookup(id), r.owns[local] else { continue }
+                found[i] = IndexEntry(pack: r.packs[local], length: length, offset: offset, pending: false)
+                fromRuns.append((i, r.packs[local]))
+                break
+            }
+        }
+        var paths: [UInt32: String] = [:]
+        lock.withLock {
+            for (i, n) in fromRuns where states[Int(n)] != .sealed { found[i] = nil }
+            for e in found.compactMap({ $0 }) where cache[e.pack] == nil && paths[e.pack] == nil { paths[e.pack] = pathLocked(e.pack) }
+        }
+        for (n, path) in paths { cache[n] = access(path, F_OK) == 0 }
+        for (i, id) in ids.enumerated() where !id.isZero {
+            guard let e = found[i] else { return (id, "is in no pack index") }
             if e.pending { return (id, "is still in a pack being written (\(packPath(e.pack)))") }
-            // Chunks of a disk come in runs from the same pack: one comparison mostly.
-            if e.pack == last { continue }
-            let path = packPath(e.pack)
-            let exists = cache[e.pack] ?? (access(path, F_OK) == 0)
-            cache[e.pack] = exists
-            guard exists else { return (id, "is in pack \(path), which is gone") }
-            last = e.pack
+            guard cache[e.pack] == true else { return (id, "is in pack \(packPath(e.pack)), which is gone") }
         }
         return nil
     }
@@ -397,6 +413,13 @@ final class ChunkIndex: @unchecked Sendable {
         let present = Set(Self.listing(indexDir).filter { $0.hasSuffix(".idx") }.map { String($0.dropLast(4)) })
         let vanished = lock.withLock { names.indices.contains { states[$0] == .sealed && !present.contains(names[$0]) } }
         if vanished { try load() }
+    }
+
+    /// Opens the index again when this process's own sealed chunks, held in memory, have grown
+    /// past `flushEntries` (a long-running daemon): they go into a run.
+    func compactIfLarge() throws {
+        let large = lock.withLock { memory.count >= flushAt && memory.values.lazy.filter({ !$0.pending }).count >= flushAt }
+        if large { try load() }
     }
 
     /// Every sealed pack that is there, with its path and its chunks (from its `.idx`): for GC.

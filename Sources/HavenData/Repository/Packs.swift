@@ -34,8 +34,8 @@ final class PackWriter: @unchecked Sendable {
     unowned let repository: BackupRepository
     /// The pack being appended to.
     private var current: OpenPack?
-    /// Packs handed to a thread that is sealing them (outside the lock).
-    private var sealing = 0
+    /// Packs handed to a thread that is sealing them (outside the lock), by number.
+    private var sealing: Set<UInt32> = []
     /// Packs whose seal failed part way (a full file system): tried again, first thing, by the
     /// next append or seal.
     private var unfinished: [OpenPack] = []
@@ -119,23 +119,25 @@ final class PackWriter: @unchecked Sendable {
         guard pack.size >= Self.target else { return }
         // Full: a new pack takes the next appends while this thread seals this one.
         current = nil
-        sealing += 1
+        sealing.insert(pack.id)
         lock.unlock()
         locked = false
         var failure: (any Error)?
         do { try seal(pack) } catch { failure = error }
         lock.lock()
-        sealing -= 1
+        sealing.remove(pack.id)
         if failure != nil { unfinished.append(pack) }
         lock.broadcast()
         lock.unlock()
         if let failure { throw failure }
     }
 
-    /// Writes what is gathered of the pack holding `pack` (a reader wants a pending chunk).
+    /// Writes what is gathered of pack `id` (a reader wants a pending chunk of it); a pack being
+    /// sealed by another thread is waited for.
     func flush(pack id: UInt32) throws {
         lock.lock()
         defer { lock.unlock() }
+        while sealing.contains(id) { lock.wait() }
         if let c = current, c.id == id { try flushLocked(c) }
     }
 
@@ -182,7 +184,7 @@ final class PackWriter: @unchecked Sendable {
         lock.lock()
         let pack = current
         current = nil
-        while sealing > 0 { lock.wait() }
+        while !sealing.isEmpty { lock.wait() }
         defer { lock.unlock() }
         if !unfinished.isEmpty { try finishUnfinishedLocked() }
         guard let pack else { return }

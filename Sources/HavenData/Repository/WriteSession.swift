@@ -72,6 +72,7 @@ extension BackupRepository {
         let fd = try lockDescriptor(exclusive: false, timeout: lockTimeout)
         let session = WriteSession(repository: self, descriptor: fd)
         try index.reloadIfPacksVanished()
+        try index.compactIfLarge()
         return session
     }
 
