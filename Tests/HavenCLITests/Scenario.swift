@@ -18,10 +18,12 @@ final class Scenario: @unchecked Sendable {
     var repository: String { dir.appendingPathComponent("repo").path }
 
     /// `vms` and `policy` are YAML fragments; `poolExtra` goes into the world's pool, `poolSpec`
-    /// into the Pool resource's spec. `{P}` in any of them stands for the scenario's address prefix
-    /// (appliances: static prefix.50-99, DHCP prefix.200-249).
+    /// into the Pool resource's spec; `morePools` is appended to the world's `pools:` list (a
+    /// second simulated pool, entries indented by 2). `{P}` in any of them stands for the
+    /// scenario's address prefix (lab's hosts prefix.1-2; appliances: static prefix.50-99, DHCP
+    /// prefix.200-249) and `{PW}` for the scenario's password.
     init(vms: String, policy: String, poolExtra: String = "", networks: String = "[{name: net0, purpose: [nbd]}]",
-         srs: String = "[{name: Local storage, type: ext, size: 64Gi}]", poolSpec: String = "") throws {
+         srs: String = "[{name: Local storage, type: ext, size: 64Gi}]", poolSpec: String = "", morePools: String = "") throws {
         let n = Self.counter.add(1, ordering: .relaxed).newValue
         prefix = "127.\(150 + Int(getpid()) % 90).\(n)"
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("haven-e2e-\(UUID().uuidString)")
@@ -40,8 +42,9 @@ final class Scenario: @unchecked Sendable {
                 networks: \(networks)
                 vms:
             \(vms)
+            \(morePools)
             """
-        try world.replacingOccurrences(of: "{P}", with: prefix).write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
+        try world.replacingOccurrences(of: "{P}", with: prefix).replacingOccurrences(of: "{PW}", with: password).write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
         try """
             apiVersion: haven/v1
             kind: Pool
@@ -58,7 +61,7 @@ final class Scenario: @unchecked Sendable {
             spec: {path: \(repository)}
             ---
             \(policy)
-            """.replacingOccurrences(of: "{P}", with: prefix).write(toFile: config + "/haven.yaml", atomically: true, encoding: .utf8)
+            """.replacingOccurrences(of: "{P}", with: prefix).replacingOccurrences(of: "{STATE}", with: simState.path).write(toFile: config + "/haven.yaml", atomically: true, encoding: .utf8)
         sim.executableURL = URL(fileURLWithPath: HavenBinary.path)
         sim.arguments = ["sim", "--world", dir.appendingPathComponent("world.yaml").path, "--state", simState.path]
         sim.standardOutput = FileHandle.nullDevice
@@ -142,8 +145,21 @@ final class Scenario: @unchecked Sendable {
                      tls: .caFile(simState.path + "/pools/lab/pki/pool-bundle.pem"))
     }
 
+    /// A session to another pool of the world (`morePools`), through its master as written to
+    /// the simulator's endpoints.json.
+    func client(pool: String) throws -> XenAPIClient {
+        let data = try Data(contentsOf: simState.appendingPathComponent("endpoints.json"))
+        let all = try JSONSerialization.jsonObject(with: data) as? [[String: Any]] ?? []
+        guard let ep = all.first(where: { $0["name"] as? String == pool }), let url = ep["masterURL"] as? String,
+              let user = ep["username"] as? String, let pw = ep["password"] as? String else {
+            throw XenAPIError(code: "TEST_NO_POOL", parameters: [pool])
+        }
+        return XenAPIClient(url: url, credentials: .init(username: user, password: pw),
+                            tls: .caFile(simState.path + "/pools/\(pool)/pki/pool-bundle.pem"))
+    }
+
     /// Path of a VDI's disk file inside the simulator (what a guest sees).
-    func diskFile(_ uuid: String) -> String { simState.path + "/pools/lab/disks/\(uuid).img" }
+    func diskFile(_ uuid: String, pool: String = "lab") -> String { simState.path + "/pools/\(pool)/disks/\(uuid).img" }
 
     func sha(_ path: String) throws -> String { try sha256(of: path) }
 }
