@@ -174,6 +174,15 @@ import XenAPI
         let changed = Self.writtenBlocks(w0) + Self.writtenBlocks(w1)
         #expect(Self.writtenBlocks(w0) > 0 && Self.writtenBlocks(w1) > 0, "\(w0.stdout)\(w0.stderr)")
         #expect(try s.simControl(["power", "--vm", "web", "shutdown"]).status == 0)
+        // dr serves no NBD: the fail-back (which reads the replica over NBD) is a plan error
+        // before anything is written; with purpose nbd on one of dr's networks it runs.
+        let originalBefore = try await lab.diskVDIs(try await lab.vmNamed("web").0).asyncMap { try await Self.exported(s, lab, $0) }
+        run = try s.haven(["failback", "-f", s.config, "offsite", "web", "--auto-approve"])
+        #expect(run.status == 2, "\(run.stdout)\(run.stderr)")
+        #expect(run.stdout.contains("pool dr has no network with purpose nbd"), "\(run.stdout)")
+        let originalAfter = try await lab.diskVDIs(try await lab.vmNamed("web").0).asyncMap { try await Self.exported(s, lab, $0) }
+        #expect(originalAfter == originalBefore, "the original was not written")
+        try await dr.addPurpose(try #require(try await dr.records(NetworkRecord.self).first { $0.value.nameLabel == "dr-lan" }?.key), "nbd")
         run = try s.haven(["failback", "-f", s.config, "offsite", "web", "--auto-approve"])
         #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
         #expect(run.stdout.contains("fail back from replica replica-web on dr"), "\(run.stdout)")
@@ -271,5 +280,13 @@ import XenAPI
             if obj["event"] as? String == "finished", obj["action"] as? String == kind { return obj }
         }
         return nil
+    }
+}
+
+extension Array {
+    func asyncMap<T>(_ f: (Element) async throws -> T) async rethrows -> [T] {
+        var out: [T] = []
+        for e in self { out.append(try await f(e)) }
+        return out
     }
 }

@@ -133,6 +133,8 @@ public struct PlanWarning: Sendable, Codable, Hashable {
         case replicaFailedOver = "replica-failed-over"
         case replicaKept = "replica-kept"
         case failbackWaiting = "failback-waiting"
+        /// A fail-back reads the replica's blocks over NBD on the target pool, which serves none.
+        case failbackNeedsNBD = "failback-needs-nbd"
         case unprovenReplica = "unproven-replica"
         case notBuilt = "not-built"
         case unprovenSnapshot = "unproven-snapshot"
@@ -148,7 +150,7 @@ public struct PlanWarning: Sendable, Codable, Hashable {
     /// A plan error: the run exits 2 (what else is planned still runs).
     public var isError: Bool {
         switch code {
-        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt, .noApplianceTemplate, .noApplianceSR, .noApplianceNetwork: true
+        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt, .failbackNeedsNBD, .noApplianceTemplate, .noApplianceSR, .noApplianceNetwork: true
         default: false
         }
     }

@@ -257,6 +257,14 @@ extension Planner.Context {
                  reason: "shut \(vm.name) down; the next plan sends the replica's changes back")
             return
         }
+        // The replica's blocks are read over NBD on the target pool: without an NBD network there
+        // it is an error now, before the original is touched, not a failure half-way.
+        guard target.nbdAvailable else {
+            warn(.failbackNeedsNBD, target.name, "fb-nbd-\(r.name)-\(vm.uuid)", resource: resource,
+                 "cannot fail back \(vm.name) from \(replica.name): the fail-back reads the replica's disks over NBD and pool \(target.name) has no network with purpose nbd or insecure_nbd",
+                 reason: "add purpose nbd to a network of \(target.name) (network.add_purpose), then fail back again; \(vm.name) is not written until then")
+            return
+        }
         let failoverAnchors = anchorsByKey["\(target.name)\u{0}\(failoverAnchorKey(r.name))\u{0}\(vm.uuid)"] ?? []
         let sourceAnchors = anchorsByKey["\(source.name)\u{0}\(owner)\u{0}\(vm.uuid)"] ?? []
         let behind = replica.otherConfig[failoverBehindMark] != nil
