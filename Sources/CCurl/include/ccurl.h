@@ -16,6 +16,9 @@ static inline CURLcode haven_curl_setopt_slist(CURL *h, CURLoption o, struct cur
 typedef size_t (*haven_curl_data_cb)(char *ptr, size_t size, size_t nmemb, void *userdata);
 static inline CURLcode haven_curl_setopt_datacb(CURL *h, CURLoption o, haven_curl_data_cb cb) { return curl_easy_setopt(h, o, cb); }
 
+typedef int (*haven_curl_seek_cb)(void *userdata, curl_off_t offset, int origin);
+static inline CURLcode haven_curl_setopt_seekcb(CURL *h, CURLoption o, haven_curl_seek_cb cb) { return curl_easy_setopt(h, o, cb); }
+
 static inline CURLcode haven_curl_getinfo_long(CURL *h, CURLINFO i, long *v) { return curl_easy_getinfo(h, i, v); }
 static inline CURLcode haven_curl_getinfo_string(CURL *h, CURLINFO i, char **v) { return curl_easy_getinfo(h, i, v); }
 

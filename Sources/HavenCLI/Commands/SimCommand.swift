@@ -148,7 +148,8 @@ struct SimFaultCommand: ParsableCommand {
         discussion: """
             Rules: error:METHOD:CODE[:P1,P2][@count=N|@p=0.3], latency:METHOD:250ms, session-expiry:30s (after 30 s unused), \
             nbd-drop:BYTES, failover:ADDRESS, task-fail:METHOD:CODE, sr-full:SR, deny-inbound (the pool's appliances \
-            accept no connection from other appliances; name the pool with --pool). Without --rule or --clear, \
+            accept no connection from other appliances; name the pool with --pool), unreachable[@count=N] (the pool's \
+            hosts close every connection unanswered; name the pool with --pool). Without --rule or --clear, \
             lists the active rules.
             """)
 

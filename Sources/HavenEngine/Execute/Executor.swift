@@ -104,6 +104,20 @@ public struct Executor: Sendable {
         return await Scheduler(plan: ctx.plan, emit: ctx.emitEvent) { a in try await Self.perform(a, ctx) }.run()
     }
 
+    /// Runs an action that talks to two pools: a transport failure (a pool cut off, refusing,
+    /// timing out) says which pool it was, not only a host address.
+    static func namingThePool(_ pools: [(String, XenAPIClient)], _ body: () async throws -> ActionOutcome) async throws -> ActionOutcome {
+        do {
+            return try await body()
+        } catch let e as HTTPTransportError {
+            let host = URLComponents(string: e.url)?.host
+            for (name, client) in pools where URLComponents(string: await client.baseURL)?.host == host {
+                throw EngineError(.connect, name, "pool \(name) could not be reached: \(e)")
+            }
+            throw e
+        }
+    }
+
     static func perform(_ a: PlannedAction, _ ctx: ExecutionContext) async throws -> ActionOutcome {
         try Task.checkCancellation()
         switch a.action {
@@ -111,9 +125,15 @@ public struct Executor: Sendable {
         case .disableCBT(let change): return try await CBTRunner.disable(a, change, ctx)
         case .backup(let job): return try await BackupRun(ctx: ctx, action: a, job: job, client: try ctx.client(a.pool)).run()
         case .replicate(let job):
-            return try await ReplicateRun(ctx: ctx, action: a, job: job, source: try ctx.client(a.pool), target: try ctx.client(job.targetPool)).run()
+            let source = try ctx.client(a.pool), target = try ctx.client(job.targetPool)
+            return try await namingThePool([(a.pool, source), (job.targetPool, target)]) {
+                try await ReplicateRun(ctx: ctx, action: a, job: job, source: source, target: target).run()
+            }
         case .failback(let job):
-            return try await FailbackRun(ctx: ctx, action: a, job: job, source: try ctx.client(a.pool), target: try ctx.client(job.targetPool)).run()
+            let source = try ctx.client(a.pool), target = try ctx.client(job.targetPool)
+            return try await namingThePool([(a.pool, source), (job.targetPool, target)]) {
+                try await FailbackRun(ctx: ctx, action: a, job: job, source: source, target: target).run()
+            }
         case .removeReplica(let r): return try await RemoveReplicaRun(ctx: ctx, action: a, job: r, client: try ctx.client(a.pool)).run()
         case .deleteSnapshot(let r): return try await RemovalRunner.snapshot(a, r, ctx)
         case .retireAnchor(let r): return try await RemovalRunner.anchor(a, r, ctx)

@@ -15,8 +15,11 @@ import XenAPI
 /// - `deny-inbound` — the pool's appliances accept no connection from outside their site (a DR
 ///   site that only connects outward): other appliances cannot reach their movers; haven, whose
 ///   connections come from 127.0.0.1, still can; their own outbound connections still work.
+/// - `unreachable[@count=N]` — the pool's hosts close every HTTP connection without an answer
+///   (XenAPI calls and data paths; a transfer already streaming goes on), as a site whose
+///   link is cut; the simulator's control endpoint still answers, so the rule can be cleared.
 struct FaultRule: Codable, Hashable, Sendable {
-    enum Kind: String, Codable, Sendable { case error, latency, sessionExpiry, nbdDrop, failover, taskFail, srFull, denyInbound }
+    enum Kind: String, Codable, Sendable { case error, latency, sessionExpiry, nbdDrop, failover, taskFail, srFull, denyInbound, unreachable }
 
     var kind: Kind
     var method: String = "*"
@@ -87,8 +90,11 @@ struct FaultRule: Codable, Hashable, Sendable {
         case "deny-inbound":
             guard parts.count == 1 else { throw SimError("fault '\(text)': deny-inbound takes no argument (name the pool with --pool)") }
             rule.kind = .denyInbound
+        case "unreachable":
+            guard parts.count == 1 else { throw SimError("fault '\(text)': unreachable takes no argument (name the pool with --pool)") }
+            rule.kind = .unreachable
         default:
-            throw SimError("fault '\(text)': unknown kind '\(parts[0])' (error, latency, session-expiry, nbd-drop, failover, task-fail, sr-full, deny-inbound)")
+            throw SimError("fault '\(text)': unknown kind '\(parts[0])' (error, latency, session-expiry, nbd-drop, failover, task-fail, sr-full, deny-inbound, unreachable)")
         }
         return rule
     }

@@ -127,6 +127,12 @@ final class HTTPServerResponse {
     }
 
     func markClose() { closeAfter = true }
+
+    /// Closes the connection without an answer (a cut link): nothing is written.
+    func abort() {
+        headSent = true
+        failed = true
+    }
 }
 
 /// Buffered reads from a channel, for header parsing and body streaming.

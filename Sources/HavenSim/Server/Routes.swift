@@ -5,6 +5,10 @@ extension SimPool {
     /// Routes one HTTP request: XML-RPC, JSON-RPC, the data handlers, and the simulator's control.
     func handle(_ req: HTTPServerRequest, _ res: HTTPServerResponse, host: SimHost) {
         let cors = [("Access-Control-Allow-Origin", "*")]
+        if req.path != "/haven-sim/control", cutOff() {
+            res.abort()
+            return
+        }
         switch (req.method, req.path) {
         case ("OPTIONS", _):
             res.send(200, [], contentType: "text/plain", extra: cors + [("Access-Control-Allow-Methods", "POST, GET, PUT, OPTIONS"),
@@ -35,6 +39,17 @@ extension SimPool {
             control(req, res)
         default:
             res.send(404, Array("not found".utf8), contentType: "text/plain")
+        }
+    }
+
+    /// The `unreachable` fault: true while it holds (a counted rule is used up one request at a time).
+    func cutOff() -> Bool {
+        db.withLock {
+            guard let i = faults.firstIndex(where: { $0.kind == .unreachable }) else { return false }
+            if let n = faults[i].remaining {
+                if n <= 1 { faults.remove(at: i) } else { faults[i].remaining = n - 1 }
+            }
+            return true
         }
     }
 

@@ -225,6 +225,11 @@ final class CurlHandle: @unchecked Sendable {
                 }
                 set(haven_curl_setopt_datacb(curl, CURLOPT_READFUNCTION, curlRead))
                 set(haven_curl_setopt_pointer(curl, CURLOPT_READDATA, opaque))
+                // A body held in memory can be sent again: when a reused connection turns out
+                // closed by the peer, libcurl rewinds it and retries on a new connection (without
+                // this it fails with "rewinding of the data stream failed", curl error 65).
+                set(haven_curl_setopt_seekcb(curl, CURLOPT_SEEKFUNCTION, curlSeek))
+                set(haven_curl_setopt_pointer(curl, CURLOPT_SEEKDATA, opaque))
             case .stream(let length, let read):
                 transfer.read = read
                 if request.method == .post {
@@ -299,6 +304,14 @@ private let curlRead: haven_curl_data_cb = { ptr, size, count, user in
         t.uploadOffset += n
     }
     return n
+}
+
+/// Rewinds an in-memory upload (a streamed one cannot be: it says so and libcurl gives up).
+private let curlSeek: haven_curl_seek_cb = { user, offset, origin in
+    let t = transfer(user)
+    guard t.read == nil, origin == SEEK_SET, offset >= 0, Int(offset) <= t.upload.count else { return Int32(CURL_SEEKFUNC_CANTSEEK) }
+    t.uploadOffset = Int(offset)
+    return Int32(CURL_SEEKFUNC_OK)
 }
 
 private let curlHeader: haven_curl_data_cb = { ptr, size, count, user in
