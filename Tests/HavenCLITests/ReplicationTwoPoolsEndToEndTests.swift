@@ -214,13 +214,17 @@ import XenAPI
         let s = try Self.scenario(extra: "  method: xva")
         let lab = s.client()
         let dr = try s.client(pool: "dr")
+        // web is HA-protected on lab: its replica must never be (HA would start it).
+        try await lab.setHARestartPriority(try await lab.vmNamed("web").0, "restart")
+        #expect(try await lab.vmNamed("web").1.haAlwaysRun)
         let drUsers = try await Self.userState(s, dr, pool: "dr")
         var run = try s.apply()
         #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
         let first = try await Self.replicas(dr)
         #expect(first.count == 1)
         let (rep, rec) = try #require(first.first)
-        #expect(rec.otherConfig["haven.role"] == "replica" && !rec.isATemplate && !rec.haAlwaysRun)
+        #expect(rec.otherConfig["haven.role"] == "replica" && !rec.isATemplate)
+        #expect(rec.haRestartPriority == "" && !rec.haAlwaysRun, "\(rec.haRestartPriority) \(rec.haAlwaysRun)")
         #expect(rec.blockedOperations["start"]?.contains("haven failover") == true)
         let srs = try await dr.records(SRRecord.self)
         for vdi in try await dr.diskVDIs(rep) { #expect(srs[try await dr.record(vdi).sr]?.nameLabel == "DR fast") }
@@ -233,6 +237,26 @@ import XenAPI
         let second = try await Self.replicas(dr)
         #expect(second.count == 1 && second.first?.1.uuid != rec.uuid, "a new replica replaced the old one")
         try await Self.expectEqual(s, lab: lab, dr: dr, "xva second run")
+        #expect(try s.diff().status == 0)
+
+        // Killed right after the import, before the imported VM (a template carrying the source
+        // snapshot's marks) was made a replica: the next run finds it by its marks and the
+        // intent, removes it, and the replica of record is untouched until replaced.
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "5", "--seed", "132"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        run = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_STEP": "xva-import-returned"])
+        #expect(run.status == 99, "\(run.stdout)\(run.stderr)")
+        let imported = try await dr.records(VMRecord.self).values.filter { $0.isATemplate && !$0.isASnapshot && $0.otherConfig["haven.owner"] != nil }
+        #expect(imported.count == 1, "the killed run left its imported template: \(imported.map(\.nameLabel))")
+        run = try s.diff()
+        #expect(run.stdout.contains("imported by an xva sync of web that stopped before making it a replica"), "\(run.stdout)")
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect(try await dr.records(VMRecord.self).values.filter { $0.isATemplate && !$0.isASnapshot && $0.otherConfig["haven.owner"] != nil }.isEmpty)
+        #expect(try await Self.replicas(dr).count == 1)
+        try await Self.expectEqual(s, lab: lab, dr: dr, "the run after the killed import")
+        let leftDisks = try await dr.records(VDIRecord.self).values.filter { $0.otherConfig["haven.role"] == "replication-snapshot-disk" }
+        #expect(leftDisks.isEmpty, "the imported template's disks went with it: \(leftDisks.map(\.nameLabel))")
         #expect(try s.diff().status == 0)
         #expect(try await lab.records(VMRecord.self).values.allSatisfy { !$0.nameLabel.hasPrefix("replica-") })
         #expect(try await Self.userState(s, dr, pool: "dr") == drUsers)

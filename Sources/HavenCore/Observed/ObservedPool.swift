@@ -25,6 +25,9 @@ public struct ObservedPool: Sendable, Codable {
     public var appliances: [ObservedAppliance] = []
     /// name_label -> uuid of the pool's templates (not snapshots).
     public var templates: [String: String] = [:]
+    /// Templates (not snapshots) carrying a haven owner mark: what an XVA import of a marked
+    /// snapshot makes before haven turns it into a replica (a run killed in between leaves one).
+    public var markedTemplates: [ObservedVM] = []
     /// Address -> name of the VM that reports it in its guest metrics, for every VM that is not
     /// an appliance of haven's (an appliance's addresses are kept with it). Read only for pools
     /// with an AppliancePool: nothing else needs it.

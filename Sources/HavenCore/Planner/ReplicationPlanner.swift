@@ -222,6 +222,19 @@ extension Planner.Context {
                               vm: identity, reason: why))
             keys.append(key)
         }
+        // method xva: the imported copy of the marked source snapshot (a template carrying the
+        // snapshot's marks) that a run killed before making it a replica left behind. Proven by
+        // the marks and the intent recorded before the import, with the same time stamp.
+        if let intent, let stamp = intent.name.split(separator: " ").last.map(String.init) {
+            for t in target.markedTemplates where ours(t.otherConfig) && t.otherConfig[OwnershipMarks.source] == vm.uuid
+                && t.otherConfig[OwnershipMarks.role] == "replication-snapshot" && t.otherConfig["haven.created"] == stamp {
+                let key = ActionKey(.removeReplica, pool: target.name, subject: t.uuid, policy: owner)
+                add(PlannedAction(key: key, action: .removeReplica(ReplicaRemoval(pool: target.name, vmUUID: t.uuid, vdis: [],
+                                                                                   label: "imported template \(t.name) (\(t.uuid)) on \(target.name)", intent: intent.name)),
+                                  vm: identity, reason: "imported by an xva sync of \(vm.name) that stopped before making it a replica (haven's by its marks and the recorded intent)"))
+                keys.append(key)
+            }
+        }
         let sourceDisks = Set(vm.disks.map(\.vdiUUID))
         let recorded = Set(record?.diskMap.values.map { $0 } ?? [])
         let loose = target.vdis.values.filter { v in

@@ -65,7 +65,11 @@ struct RemoveReplicaRun {
         if let uuid = job.vmUUID {
             if let ref = try await lookup({ try await client.vm(uuid: uuid) }) {
                 let rec = try await client.record(ref)
-                guard proven(uuid, rec.otherConfig), rec.otherConfig[OwnershipMarks.role] == "replica" else {
+                // A replica, or the template an xva import made of the marked source snapshot
+                // before the run that imported it could make it a replica.
+                let role = rec.otherConfig[OwnershipMarks.role]
+                let importedCopy = role == "replication-snapshot" && rec.isATemplate && !rec.isASnapshot
+                guard proven(uuid, rec.otherConfig), role == "replica" || importedCopy else {
                     throw EngineError(.action, uuid, "VM \(rec.nameLabel) is not provably haven's replica (marks and catalog); left alone")
                 }
                 if let record = view.replicas.first(where: { $0.replicaUUID == uuid }), !record.diskMap.isEmpty {

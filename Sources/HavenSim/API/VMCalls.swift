@@ -61,6 +61,8 @@ extension SimPool {
         record["snapshot_time"] = Templates.now()
         record["snapshot_info"] = .map(["disk-snapshot-type": "crash_consistent", "power-state-at-snapshot": source["power_state"]?.stringValue ?? "Halted"])
         record["power_state"] = "Halted"
+        // xapi_vm_clone.ml copy_vm_record: snapshots and clones never inherit ha_always_run.
+        record["ha_always_run"] = false
         record["resident_on"] = Templates.null
         record["blocked_operations"] = [:]
         record["current_operations"] = [:]
@@ -148,6 +150,7 @@ extension SimPool {
         record["snapshot_of"] = Templates.null
         record["snapshots"] = []
         record["snapshot_time"] = Templates.epoch
+        record["ha_always_run"] = false
         record["snapshot_info"] = [:]
         record["VBDs"] = []
         record["VIFs"] = []
@@ -275,10 +278,12 @@ extension SimPool {
     }
 
     /// VM.set_ha_restart_priority: "", "restart" or "best-effort" (xapi_vm_helpers.ml
-    /// `validate_restart_priority`); with HA off nothing else is checked.
+    /// `validate_restart_priority`); with HA off nothing else is checked. As xapi (xapi_vm.ml): on a
+    /// running VM ha_always_run follows (true for "restart"); a halted VM's is left as it is.
     func setHARestartPriority(_ c: SimCall, _ vm: String, _ value: String) throws {
         guard ["", "restart", "best-effort"].contains(value) else { throw c.fail(XenAPIError.Code.invalidValue, "ha_restart_priority", value) }
         db.set(vm, "ha_restart_priority", .string(value))
+        if db.field(vm, "power_state")?.stringValue == "Running" { db.set(vm, "ha_always_run", .bool(value == "restart")) }
     }
 
     // MARK: revert

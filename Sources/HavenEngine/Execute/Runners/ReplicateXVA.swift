@@ -67,6 +67,7 @@ extension ReplicateRun {
             let imported = try await limits.transfers.with {
                 try await target.importXVA(sr: srRef, length: length) { try reader.read(into: $0) }
             }
+            CrashPoints.step("xva-import-returned")
             guard imported.count == 1, let ref = imported.first else {
                 throw EngineError(.action, vmRecord.nameLabel, "importing the XVA gave \(imported.count) VMs, expected one")
             }
@@ -128,6 +129,8 @@ extension ReplicateRun {
         var rec = try await target.record(ref)
         try ctx.catalog.own(OwnedObject(pool: job.targetPool, cls: "VM", uuid: rec.uuid, role: "replica", policy: owner, vmUUID: vmRecord.uuid, createdAt: started))
         if rec.isATemplate { try await target.setIsATemplate(ref, false) }
+        // HA never restarts a replica: the import carries the source's restart priority.
+        if rec.haRestartPriority != "" { try await target.setHARestartPriority(ref, "") }
         try await target.setNameLabel(ref, job.replicaName)
         try await target.setBlockedOperations(ref, Dictionary(uniqueKeysWithValues: Self.blockedOperations.map { ($0, blockReason(vmRecord.nameLabel)) }))
         rec = try await target.record(ref)
