@@ -282,6 +282,22 @@ import XenAPI
             let replicaSum = try await Self.exported(s, dr, vdi)
             #expect(try s.sha(file) == replicaSum, "disk \(i) restores equal to the replica on dr")
         }
+
+        // The policy removed, the replica on dr is kept until deleted by name; deleting it takes
+        // its restore points and disks on dr and the replication's anchors on lab.
+        let yaml = s.config + "/haven.yaml"
+        var text = try String(contentsOfFile: yaml, encoding: .utf8)
+        text = String(text[..<text.range(of: "---\napiVersion: haven/v1\nkind: ReplicationPolicy")!.lowerBound])
+        try text.write(toFile: yaml, atomically: true, encoding: .utf8)
+        #expect(try s.diff().stdout.contains("haven replicas delete offsite web"))
+        let del = try s.haven(["replicas", "delete", "-f", s.config, "offsite", "web", "--yes"])
+        #expect(del.status == 0, "\(del.stdout)\(del.stderr)")
+        #expect(try await Self.replicas(dr).isEmpty)
+        for (name, c) in [("dr", dr), ("lab", lab)] {
+            let vms = try await c.records(VMRecord.self).values.filter { $0.otherConfig["haven.owner"] != nil }.map(\.nameLabel)
+            let vdis = try await c.records(VDIRecord.self).values.filter { $0.otherConfig["haven.owner"] != nil }.map(\.nameLabel)
+            #expect(vms.isEmpty && vdis.isEmpty, "\(name): \(vms) \(vdis)")
+        }
     }
 
     @Test func aSourceNetworkWithoutMappingOrSameNamedTargetNetworkIsAPlanError() async throws {
