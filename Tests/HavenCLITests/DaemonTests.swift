@@ -228,6 +228,52 @@ import XenAPI
         await c.logout()
     }
 
+    /// A listen address that cannot be bound is said at start, naming it, before the daemon takes
+    /// its lock (exit 2); a --git-pull interval under a second is an argument error (64).
+    @Test func anAddressInUseOrAZeroPullIntervalIsRefusedClearly() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy())
+        let first = try DaemonProcess(s)
+        defer { first.kill() }
+        let port = try await first.port()
+        try await until("first active", 60) { first.stderr.contains("active: holding") }
+        let second = try s.haven(["daemon", "-f", s.config, "--listen", "127.0.0.1:\(port)"])
+        #expect(second.status == 2, "\(second.stderr)")
+        #expect(second.stderr.contains("cannot listen on 127.0.0.1:\(port): Address already in use"), "\(second.stderr)")
+        #expect(!second.stderr.contains("holding") && !second.stderr.contains("watching pool events"), "failed before starting: \(second.stderr)")
+        let pull = try s.haven(["daemon", "-f", s.config, "--listen", "127.0.0.1:0", "--git-pull", "0s"])
+        #expect(pull.status == 64 && pull.stderr.contains("--git-pull takes an interval of at least 1s"), "\(pull.stderr)")
+        first.signal(SIGTERM)
+        #expect(try await first.exitStatus(within: 30) == 0)
+    }
+
+    /// A pool whose event watch fails after it was read (the pool went away) used to leave
+    /// /readyz, /api/v1/daemon and the page saying all was well. They now say so until the watch
+    /// is back; the daemon stays ready (the other pools are kept, the page must stay reachable).
+    @Test func aPoolWhoseEventWatchIsDownIsShown() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy())
+        let d = try DaemonProcess(s)
+        defer { d.kill() }
+        let port = try await d.port()
+        try await until("ready", 60) { try await d.get(port, "/readyz").body.hasPrefix("ready") }
+        #expect(!(try await d.get(port, "/readyz").body.contains("degraded")))
+        #expect(try s.simControl(["fault", "--rule", "error:event.from:INTERNAL_ERROR"]).status == 0)
+        // An event ends the watch's current long poll; its next call meets the fault.
+        #expect(try s.sdk("x.VM.set_name_description(x.VM.get_by_name_label('web')[0], 'poke')").status == 0)
+        try await until("readyz says the watch is down", 60) {
+            try await d.get(port, "/readyz").body.contains("degraded: pool lab event watch down since")
+        }
+        let r = try await d.get(port, "/readyz")
+        #expect(r.status == 200 && r.body.hasPrefix("ready") && r.body.contains("INTERNAL_ERROR"), "\(r.body)")
+        let unreachable = try await d.info(port)["unreachablePools"] as? [String: String]
+        #expect(unreachable?["lab"]?.contains("event watch down") == true, "\(String(describing: unreachable))")
+        #expect(try await d.get(port, "/").body.contains("Pool <strong>lab</strong> cannot be read: event watch down"))
+        #expect(try s.simControl(["fault", "--clear"]).status == 0)
+        try await until("the watch is back", 90) { !(try await d.get(port, "/readyz").body.contains("degraded")) }
+        #expect((try await d.info(port)["unreachablePools"] as? [String: String])?.isEmpty == true)
+        d.signal(SIGTERM)
+        #expect(try await d.exitStatus(within: 30) == 0)
+    }
+
     @Test func aStandbyTakesOverWhenTheActiveDaemonIsKilled() async throws {
         let s = try Scenario(vms: Self.vms, policy: Self.policy())
         let first = try DaemonProcess(s)

@@ -39,7 +39,9 @@ struct DaemonCommand: AsyncParsableCommand {
     func validate() throws {
         do {
             _ = try ListenAddress(parsing: listen)
-            _ = try gitPull.map(parseDuration)
+            if let pull = try gitPull.map(parseDuration), pull < .seconds(1) {
+                throw DaemonError(.usage, "--git-pull takes an interval of at least 1s, not '\(gitPull ?? "")'")
+            }
             _ = try parseDuration(shutdownGrace)
         } catch let e as DaemonError {
             throw ValidationError(e.message)
