@@ -274,6 +274,31 @@ import XenAPI
         #expect(try await d.exitStatus(within: 30) == 0)
     }
 
+    /// SIGTERM while a backup runs, with a grace long enough for it: the backup finishes, is
+    /// kept, and its reconcile is reported as succeeded (it used to be logged as an error,
+    /// "reconcile interrupted: 2 done, 0 failed, 0 skipped", and counted as interrupted).
+    @Test func aRunFinishedWithinTheGraceIsASuccess() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy())
+        #expect(try s.simControl(["fault", "--rule", "latency:VDI.get_nbd_info:3s"]).status == 0)
+        let d = try DaemonProcess(s, grace: "5m")
+        defer { d.kill() }
+        _ = try await d.port()
+        let c = s.client()
+        try await until("haven's snapshot exists", 30) { try await c.records(VMRecord.self).values.contains { $0.isASnapshot } }
+        d.signal(SIGTERM)
+        #expect(try await d.exitStatus(within: 60) == 0, "\(d.stderr.suffix(3000))")
+        #expect(try s.backups().count == 1, "the backup finished within the grace")
+        let lines = d.stderr.split(separator: "\n").filter { $0.contains("key=backup/lab/daily/") && $0.contains("reconcile ") }
+        #expect(lines.contains { $0.contains("reconcile succeeded") }, "\(lines)")
+        #expect(!lines.contains { $0.contains("reconcile interrupted") || $0.contains(" error ") }, "\(lines)")
+        let history = try s.haven(["history", "-f", s.config, "--output", "json"])
+        #expect(history.status == 0, "\(history.stderr)")
+        let runs = (try JSONSerialization.jsonObject(with: Data(history.stdout.utf8)) as? [String: Any])?["runs"] as? [[String: Any]] ?? []
+        let backupRuns = runs.filter { ($0["command"] as? String)?.hasPrefix("daemon backup/lab/daily/") == true }
+        #expect(!backupRuns.isEmpty && backupRuns.allSatisfy { $0["result"] as? String == "succeeded" }, "\(history.stdout)")
+        await c.logout()
+    }
+
     @Test func aStandbyTakesOverWhenTheActiveDaemonIsKilled() async throws {
         let s = try Scenario(vms: Self.vms, policy: Self.policy())
         let first = try DaemonProcess(s)

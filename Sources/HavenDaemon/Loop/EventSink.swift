@@ -99,7 +99,9 @@ final class DaemonRunRecorder: Sendable {
     func finish(_ report: ReconcileReport, interrupted: Bool) {
         let r = report.result
         let counts = "\(r.succeeded.count) done, \(r.failed.count) failed, \(r.skipped.count) skipped"
-        finish(result: interrupted || !report.approved ? "interrupted" : report.ok ? "succeeded" : "failed", message: counts)
+        // Cancelled after its last action finished: nothing was interrupted.
+        let stopped = !report.approved || (interrupted && !(r.failed.isEmpty && r.skipped.isEmpty))
+        finish(result: stopped ? "interrupted" : report.ok ? "succeeded" : "failed", message: counts)
     }
 
     func finish(error: any Error) { finish(result: "error", message: "\(error)") }
