@@ -299,6 +299,26 @@ import XenAPI
         await c.logout()
     }
 
+    /// A configuration directory that does not exist (yet): the daemon said it was "keeping the
+    /// last good one" when it had none. It now says it has none and is not ready, and takes the
+    /// files up when they appear (git-sync's first checkout).
+    @Test func aMissingConfigurationIsSaidAndThenTakenUp() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy())
+        let later = s.dir.appendingPathComponent("not-yet").path
+        let d = try DaemonProcess(s, config: later)
+        defer { d.kill() }
+        let port = try await d.port()
+        try await until("the daemon says it has no configuration", 30) { d.stderr.contains("no valid configuration yet") }
+        #expect(!d.stderr.contains("keeping the last good one"), "\(d.stderr)")
+        let r = try await d.get(port, "/readyz")
+        #expect(r.status == 503 && r.body.contains("no valid configuration loaded yet"), "\(r.body)")
+        try FileManager.default.copyItem(atPath: s.config, toPath: later)
+        try await until("ready once the files are there", 60) { try await d.get(port, "/readyz").status == 200 }
+        try await until("the backup is made", 60) { try s.backups().count == 1 }
+        d.signal(SIGTERM)
+        #expect(try await d.exitStatus(within: 30) == 0)
+    }
+
     @Test func aStandbyTakesOverWhenTheActiveDaemonIsKilled() async throws {
         let s = try Scenario(vms: Self.vms, policy: Self.policy())
         let first = try DaemonProcess(s)
@@ -392,10 +412,10 @@ final class DaemonProcess: @unchecked Sendable {
         var value: String { text.withLock { $0 } }
     }
 
-    init(_ s: Scenario, grace: String = "30s") throws {
+    init(_ s: Scenario, grace: String = "30s", config: String? = nil) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: HavenBinary.path)
-        p.arguments = ["daemon", "-f", s.config, "--listen", "127.0.0.1:0", "--shutdown-grace", grace]
+        p.arguments = ["daemon", "-f", config ?? s.config, "--listen", "127.0.0.1:0", "--shutdown-grace", grace]
         var env = ProcessInfo.processInfo.environment
         env["HAVEN_STATE"] = s.dir.appendingPathComponent("state").path
         env["SCENARIO_PASSWORD"] = s.password
