@@ -23,8 +23,10 @@ struct EventSink: Sendable {
             }
         case .progress:
             break
-        case .log(let a, let text):
-            logger.info("\(text)", metadata: a.map(meta))
+        case .log:
+            // The engine has logged it already, through the same swift-log system and with the
+            // action's pool, vm and policy: said once, not twice.
+            break
         case .finished(let a, let o):
             logger.info("done: \(a.headline): \(o.summary)", metadata: meta(a))
             let started = state.read { $0.running[a.key]?.startedAt }
