@@ -126,6 +126,13 @@ struct CrossValidator {
                     .replicationOntoItself, at: s.target.pool.location,
                     "\(owner) replicates Pool '\(s.source.value)' onto itself without 'spec.target.sr'; the replicas would land on the source VMs' own storage. Name a different SR or another pool")
             }
+            // Same pool, no prefix: each replica is named like its source, and `vms: {names: […]}`
+            // (of this or any policy) would select the replica as well as the VM.
+            if !s.source.value.isEmpty, s.source.value == s.target.pool.value, s.target.namePrefix.isEmpty {
+                sink.error(
+                    .replicationOntoItself, at: s.target.pool.location,
+                    "\(owner) replicates Pool '\(s.source.value)' onto itself with an empty 'spec.target.namePrefix'; each replica would carry its source VM's name on the same pool and a policy naming the VM would select both. Keep a prefix, or replicate to another pool")
+            }
             if s.method == .abd {
                 let needed = s.direction == .push ? ("source", s.appliances.source) : ("target", s.appliances.target)
                 if needed.1 == nil {
