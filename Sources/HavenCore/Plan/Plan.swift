@@ -276,6 +276,11 @@ public enum BackupMethod: String, Sendable, Codable, Hashable {
     case fullExport = "full-export"
     /// The whole VM as XVA through `/export`.
     case xva
+    /// Changed blocks since the anchor, read by a data-mover appliance the snapshot's disks are
+    /// plugged into (`BackupJob.appliances`): no NBD network needed.
+    case cbtAppliance = "cbt-appliance"
+    /// The whole disk, read by a data-mover appliance.
+    case fullAppliance = "full-appliance"
 }
 
 /// One disk of a backup.
@@ -315,10 +320,14 @@ public struct BackupJob: Sendable, Codable, Hashable {
     public var quiesce: String
     public var preSnapshot: HookJob?
     public var postSnapshot: HookJob?
+    /// The AppliancePool whose appliances read the disks (methods cbt-appliance, full-appliance).
+    public var appliances: String?
 
     public init(method: BackupMethod, repository: RepositoryTarget, disks: [DiskJob], skippedDisks: [String], keepAnchors: Bool,
-                deltaBases: Bool = false, purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?) {
+                deltaBases: Bool = false, purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?,
+                appliances: String? = nil) {
         self.method = method
+        self.appliances = appliances
         self.deltaBases = deltaBases ? true : nil
         self.repository = repository
         self.disks = disks
@@ -595,6 +604,8 @@ public struct PlannedAction: Sendable, Hashable {
             case .fullNBD: what = "full backup over NBD"
             case .fullExport: what = "full backup through /export_raw_vdi"
             case .xva: what = "XVA export"
+            case .cbtAppliance: what = "incremental backup (changed blocks through an appliance of \(b.appliances ?? ""))"
+            case .fullAppliance: what = "full backup through an appliance of \(b.appliances ?? "")"
             }
             var s = "\(what) of \(b.disks.count) disk\(b.disks.count == 1 ? "" : "s") (\(b.disks.map(\.name).joined(separator: ", "))) to \(b.repository.name)"
             if !b.skippedDisks.isEmpty { s += ", skipping \(b.skippedDisks.joined(separator: ", "))" }
