@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 import HavenCatalog
 import HavenCore
@@ -42,6 +43,20 @@ struct ApplianceDisks: Sendable {
         }
     }
 
+    /// Takes `vdi` out of every appliance a transfer of this haven plugged it into (a run that
+    /// died mid-transfer): before haven destroys the VDI or its data, which xapi refuses while it
+    /// is attached. Only VBDs with haven's transfer mark; any other VBD is left alone.
+    func detachTransfers(of vdi: VDIRef) async throws {
+        guard let v = try await lookup({ try await client.record(vdi) }) else { return }
+        for ref in v.vbds {
+            guard let b = try await lookup({ try await client.record(ref) }),
+                  b.otherConfig[OwnershipMarks.owner] == instance, b.otherConfig[OwnershipMarks.role] == Self.role else { continue }
+            log("taking \(v.nameLabel) out of the appliance a stopped transfer left it plugged into (VBD \(b.uuid))")
+            try await remove(ref, uuid: b.uuid, attached: b.currentlyAttached)
+            try catalog.disown(pool: pool, uuid: b.uuid)
+        }
+    }
+
     /// Plugs `vdi` into the appliance at its lowest free userdevice (never 0, its own disk):
     /// read-only for a source, read-write for a target.
     func plug(_ vdi: VDIRef, vdiUUID: String, into appliance: ApplianceInfo, readOnly: Bool, now: Date) async throws -> PluggedDisk {
@@ -65,6 +80,7 @@ struct ApplianceDisks: Sendable {
                                     vmUUID: appliance.uuid, createdAt: now))
         do {
             try await withRetry(on: log) { try await client.plug(vbd) }
+            CrashPoints.step("appliance-disk-plugged")
             let device = try await client.record(vbd).device
             guard !device.isEmpty else { throw EngineError(.action, appliance.name, "VBD \(uuid) is plugged but xapi reports no device name for it") }
             return PluggedDisk(vbd: vbd, vbdUUID: uuid, device: device, appliance: appliance)
