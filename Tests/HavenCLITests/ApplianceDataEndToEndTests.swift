@@ -192,4 +192,136 @@ import XenAPI
         let lines = out.output.split(separator: "\n").map(String.init)
         #expect(lines == ["(3, 3, True)", "(3, 3, True)", "(3, 3, True)"], "ERROR unauthorized and the connection closed, each time: \(out.output)")
     }
+
+    // MARK: replication through appliances
+
+    /// A second pool, the DR site, with its own appliance template and network (DHCP range disjoint from lab's).
+    static let drPool = """
+          - name: dr
+            port: 4443
+            credentials: {username: root, password: scenario-pw}
+            templates: [{name: haven-abd, appliance: true, memory: 128Mi, disks: [{size: 4Mi}]}]
+            hosts:
+              - {name: d1, address: "{P}.11"}
+            srs: [{name: Local storage, type: ext, size: 64Gi, default: true}]
+            networks: [{name: net0, dhcp: "{P}.230-{P}.249"}]
+            vms: []
+        """
+
+    static func replication(direction: String) -> String {
+        """
+        apiVersion: haven/v1
+        kind: Pool
+        metadata: {name: dr}
+        spec:
+          url: https://{P}.11:4443
+          credentials: {username: root, passwordEnv: SCENARIO_PASSWORD}
+          tls: {caFile: {SIM}/pools/dr/pki/pool-bundle.pem}
+        ---
+        \(appliancePool(name: "src", addresses: "[{P}.50]"))
+        ---
+        \(appliancePool(name: "dst", pool: "dr", addresses: "[{P}.70]"))
+        ---
+        apiVersion: haven/v1
+        kind: ReplicationPolicy
+        metadata: {name: dr}
+        spec:
+          source: lab
+          vms: {names: [app]}
+          target: {pool: dr, sr: Local storage}
+          schedule: {every: 1h}
+          keep: 2
+          method: abd
+          direction: \(direction)
+          appliances: {source: src, target: dst}
+        """
+    }
+
+    func setDirection(_ s: Scenario, _ direction: String) throws {
+        let path = s.config + "/haven.yaml"
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        try text.replacingOccurrences(of: "direction: push", with: "direction: \(direction)").replacingOccurrences(of: "direction: pull", with: "direction: \(direction)")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    func drClient(_ s: Scenario) -> XenAPIClient {
+        XenAPIClient(url: "https://\(s.prefix).11:4443", credentials: .init(username: "root", password: s.password),
+                     tls: .caFile(s.simState.path + "/pools/dr/pki/pool-bundle.pem"))
+    }
+
+    /// A disk's bytes as `/export_raw_vdi` serves them.
+    func exported(_ c: XenAPIClient, _ vdi: VDIRef) async throws -> Data {
+        final class Collector: @unchecked Sendable {
+            // @unchecked: the sink is called by one transfer, sequentially.
+            var data = Data()
+        }
+        let collector = Collector()
+        try await c.exportRawVDI(vdi) { collector.data.append(contentsOf: $0) }
+        return collector.data
+    }
+
+    /// The replica's disk equals the source's (which equals the snapshot just synced: nothing wrote in between).
+    func expectReplicaEqualsSource(_ lab: XenAPIClient, _ dr: XenAPIClient, _ note: String) async throws {
+        let (app, _) = try await lab.vmNamed("app")
+        let source = try await exported(lab, try await lab.diskVDIs(app)[0])
+        let (replica, record) = try await dr.vmNamed("replica-app")
+        #expect(record.powerState == .halted, "\(note): the replica is not started")
+        let copy = try await exported(dr, try await dr.diskVDIs(replica)[0])
+        #expect(source.count == 6 << 20 && copy.count == source.count, "\(note)")
+        #expect(copy == source, "\(note): the replica's bytes equal the source snapshot's")
+    }
+
+    @Test func pushAndPullGiveReplicasEqualToTheSourceAndPushFailsWhenTheTargetDeniesInbound() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.replication(direction: "push"), poolExtra: Self.templates,
+                             networks: "[{name: net0, dhcp: \"{P}.200-{P}.229\"}]", otherPools: Self.drPool)
+        let lab = s.client()
+        let dr = drClient(s)
+        let userBefore = try await fingerprint(lab, "user-app")
+
+        // Push: the initial sync goes from haven-src-1 to haven-dst-1.
+        let plan = try s.planActions()
+        let sync = try #require(plan.first { $0["kind"] as? String == "replicate" })
+        #expect((sync["headline"] as? String)?.contains("through appliances (push: src → dst)") == true, "\(sync)")
+        var run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect((run.stdout + run.stderr).contains("push: haven-src-1 (\(s.prefix).50, xvdb) → haven-dst-1 (\(s.prefix).70, xvdb)"), "\(run.stdout)\(run.stderr)")
+        try await expectReplicaEqualsSource(lab, dr, "initial push")
+        #expect(try await transferVBDs(lab).count + transferVBDs(dr).count == 0)
+
+        // Pull: the next sync's changed blocks fetched by haven-dst-1 from haven-src-1.
+        let written = try s.simControl(["write", "--vm", "app", "--percent", "5", "--seed", "8", "--output", "json"])
+        let blocks = try #require((try JSONSerialization.jsonObject(with: Data(written.stdout.utf8)) as? [String: Any])?["blocks"] as? [Int])
+        try setDirection(s, "pull")
+        s.now = s.now.addingTimeInterval(3_700)
+        let pulled = try #require(try s.planActions().first { $0["kind"] as? String == "replicate" })
+        #expect((pulled["headline"] as? String)?.contains("sync replica replica-app on dr: changed blocks") == true, "\(pulled)")
+        #expect((pulled["headline"] as? String)?.contains("through appliances (pull: dst ← src)") == true, "\(pulled)")
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect((run.stdout + run.stderr).contains("disk 0: \(Set(blocks).count) of 96 blocks of 64 KiB, pull:"), "only the changed blocks: \(run.stdout)\(run.stderr)")
+        #expect((run.stdout + run.stderr).contains("pull: haven-dst-1 (\(s.prefix).70, xvdb) ← haven-src-1 (\(s.prefix).50, xvdb)"), "\(run.stdout)\(run.stderr)")
+        try await expectReplicaEqualsSource(lab, dr, "incremental pull")
+
+        // The DR site accepts no inbound connection: push fails, saying why and what to do; pull works.
+        #expect(try s.simControl(["fault", "--pool", "dr", "--rule", "deny-inbound"]).status == 0)
+        #expect(try s.simControl(["write", "--vm", "app", "--percent", "5", "--seed", "9"]).status == 0)
+        try setDirection(s, "push")
+        s.now = s.now.addingTimeInterval(3_700)
+        run = try s.apply()
+        #expect(run.status == 2, "\(run.stdout)\(run.stderr)")
+        let said = run.stdout + run.stderr
+        #expect(said.contains("push of disk 0 failed: \(s.prefix).70:2811 refused the connection from haven-src-1 (\(s.prefix).50)"), "\(said)")
+        #expect(said.contains("replicate with direction: pull"), "\(said)")
+        #expect(try await transferVBDs(lab).count + transferVBDs(dr).count == 0, "a failed sync takes its disks out too")
+        try setDirection(s, "pull")
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        try await expectReplicaEqualsSource(lab, dr, "pull under deny-inbound")
+        #expect(try await transferVBDs(lab).count + transferVBDs(dr).count == 0)
+        let settled = try s.diff()
+        #expect(settled.status == 0, "\(settled.stdout)")
+        #expect(try await fingerprint(lab, "user-app") == userBefore, "the user's VM is untouched")
+        await lab.logout()
+        await dr.logout()
+    }
 }

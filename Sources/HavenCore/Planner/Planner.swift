@@ -158,7 +158,7 @@ extension Planner {
                 guard let pool = observed[r.spec.source.value] else { continue }
                 for vm in pool.vms where Self.selects(r.spec.vms, vm) {
                     covered[pool.name, default: []].insert(vm.uuid)
-                    if r.spec.method == .cbt { for d in vm.disks { wantedCBT[pool.name, default: []].insert(d.vdiUUID) } }
+                    if r.spec.method == .cbt || r.spec.method == .abd { for d in vm.disks { wantedCBT[pool.name, default: []].insert(d.vdiUUID) } }
                 }
             }
             for policy in desired.backupPolicies where !policy.spec.suspend && (scope?.contains(policy.name) ?? true) {

@@ -136,7 +136,7 @@ extension Planner.Context {
                 continue
             }
             var enables: [ActionKey] = []
-            for d in vm.disks where spec.method == .cbt {
+            for d in vm.disks where spec.method == .cbt || spec.method == .abd {
                 guard let vdi = source.vdis[d.vdiUUID], !vdi.cbtEnabled else { continue }
                 let key = ActionKey(.enableCBT, pool: sourceName, subject: vdi.uuid, policy: owner)
                 enables.append(key)
