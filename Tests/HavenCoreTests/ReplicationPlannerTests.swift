@@ -115,7 +115,7 @@ import Testing
         #expect(sync.headline.contains("create replica replica-web"))
     }
 
-    @Test func xvaNeedsNoCBTAndAbdIsStillAnError() throws {
+    @Test func xvaNeedsNoCBTAndPullWithoutAbdIsAnError() throws {
         var w = World()
         w.pool.srs["sr2"] = ObservedSR(uuid: "sr2", name: "Replica storage", type: "ext", physicalSize: 1 << 40, physicalUtilisation: 0, supportsCBT: true)
         w.pool.cbtLicensed = false
@@ -125,6 +125,6 @@ import Testing
         #expect(p.actions.contains { $0.kind == .replicate && $0.headline.contains("XVA") })
         #expect(!p.actions.contains { $0.kind == .enableCBT && $0.policy == "replication:dr" })
         p = plan(w, w.desired(extra: Self.policy("  direction: pull")))
-        #expect(p.errors.contains { $0.message.contains("data-mover appliances") })
+        #expect(p.errors.contains { $0.message.contains("direction pull has the target side fetch the blocks, which only appliances do (method abd)") })
     }
 }
