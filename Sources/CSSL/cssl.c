@@ -45,8 +45,14 @@ haven_tls_conn *haven_tls_accept(haven_tls_server *server, int fd) {
     SSL *ssl = SSL_new(server->ctx);
     if (!ssl) return NULL;
     SSL_set_fd(ssl, fd);
-    if (SSL_accept(ssl) != 1) {
+    for (;;) {
+        int r = SSL_accept(ssl);
+        if (r == 1) break;
+        // A signal arriving in the blocking read (a child exiting: SIGCHLD) is no failed handshake.
+        int err = SSL_get_error(ssl, r);
+        int interrupted = err == SSL_ERROR_SYSCALL && errno == EINTR;
         ERR_clear_error();
+        if (interrupted || err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) continue;
         SSL_free(ssl);
         return NULL;
     }
@@ -57,10 +63,15 @@ haven_tls_conn *haven_tls_accept(haven_tls_server *server, int fd) {
 
 long haven_tls_read(haven_tls_conn *conn, void *buffer, size_t length) {
     int want = length > 1 << 30 ? 1 << 30 : (int)length;
-    int n = SSL_read(conn->ssl, buffer, want);
-    if (n > 0) return n;
-    int err = SSL_get_error(conn->ssl, n);
-    ERR_clear_error();
+    int n, err;
+    for (;;) {
+        n = SSL_read(conn->ssl, buffer, want);
+        if (n > 0) return n;
+        err = SSL_get_error(conn->ssl, n);
+        int interrupted = err == SSL_ERROR_SYSCALL && errno == EINTR;
+        ERR_clear_error();
+        if (!interrupted) break;
+    }
     if (err == SSL_ERROR_ZERO_RETURN) return 0;
     // A peer that closes the socket without close_notify is an end of stream too.
     if (err == SSL_ERROR_SYSCALL || err == SSL_ERROR_SSL) return n == 0 ? 0 : -1;
@@ -72,7 +83,12 @@ int haven_tls_write_all(haven_tls_conn *conn, const void *buffer, size_t length)
     while (length > 0) {
         int chunk = length > 1 << 30 ? 1 << 30 : (int)length;
         int n = SSL_write(conn->ssl, p, chunk);
-        if (n <= 0) { ERR_clear_error(); return -1; }
+        if (n <= 0) {
+            int interrupted = SSL_get_error(conn->ssl, n) == SSL_ERROR_SYSCALL && errno == EINTR;
+            ERR_clear_error();
+            if (interrupted) continue;
+            return -1;
+        }
         p += n;
         length -= (size_t)n;
     }

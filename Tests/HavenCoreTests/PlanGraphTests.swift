@@ -104,8 +104,8 @@ import Testing
         let texts = p.warnings.filter { $0.code == .noMatch }.map(\.message)
         #expect(texts.count == 3, "\(texts)")
         #expect(texts.contains { $0.contains("no VM named 'buld'") && $0.contains("t.yaml:") })
-        #expect(texts.contains { $0.contains("tag 'nightly'") })
-        #expect(texts.contains { $0.contains("'ghost'") })
+        #expect(texts.contains { $0.contains("tag 'nightly'") && $0.contains("t.yaml:") }, "a tag says where it is written: \(texts)")
+        #expect(texts.contains { $0.contains("'ghost'") && $0.contains("t.yaml:") })
     }
 
     @Test func anUnreachablePoolIsReportedAndTheOthersArePlanned() {

@@ -133,7 +133,7 @@ extension PlannedAction {
         ("anchor-deleted", "full, because the CBT anchor of disk 0 was deleted"),
         ("cbt-disabled", "full, because CBT was re-enabled on disk 0"),
         ("disk-replaced", "full, because disk 0 is another VDI than at the last backup"),
-        ("version-gone", "full, because the backup the anchor of disk 0 belongs to is gone"),
+        ("version-gone", "full, because the backup the CBT anchor of disk 0 belongs to is gone"),
     ])
     func fallbacksAreAnnounced(situation: String, expected: String) {
         var w = World()
@@ -173,6 +173,17 @@ extension PlannedAction {
         #expect(b.disks.map(\.name) == ["root"])
         #expect(b.skippedDisks == ["scratch (disk 1)"])
         #expect(p.actions.filter { $0.kind == .enableCBT }.map(\.headline) == ["enable CBT on root (disk 0)"])
+        #expect(!p.warnings.contains { $0.message.contains("excludeDisks") }, "scratch matches a disk: \(p.warnings.map(\.message))")
+    }
+
+    @Test func anExcludeDisksEntryThatMatchesNoDiskIsAWarningWithItsPlace() {
+        var w = World()
+        w.vm("web", disks: ["root", "scratch"])
+        let p = w.plan(w.desired("  excludeDisks: [scratch, xvdb, scrach]"))
+        let texts = p.warnings.filter { $0.code == .noMatch && $0.message.contains("excludeDisks") }.map(\.message)
+        #expect(texts.count == 1, "only the typo: \(texts)")
+        #expect(texts.first?.contains("spec.excludeDisks names 'scrach'") == true && texts.first?.contains("t.yaml:") == true, "\(texts)")
+        #expect(backups(p)[0].disks.map(\.name) == ["root"])
     }
 
     @Test func usersSnapshotsAndUnmarkedObjectsAreNeverTouched() {

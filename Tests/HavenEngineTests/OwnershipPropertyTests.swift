@@ -166,7 +166,7 @@ import Testing
 
     /// The VMs a selector picks among the world's (names, tags, exclude: what the specs here use).
     static func selected(_ sel: VMSelector, _ vms: [VMPlan]) -> [String] {
-        vms.filter { v in (sel.names.contains { $0.value == v.name } || !Set(sel.tags).isDisjoint(with: v.tags)) && !sel.exclude.contains(v.name) }.map(\.name)
+        vms.filter { v in (sel.names.contains { $0.value == v.name } || !Set(sel.tags.map(\.value)).isDisjoint(with: v.tags)) && !sel.exclude.contains { $0.value == v.name } }.map(\.name)
     }
 
     /// Differences between a user's object before and after, beyond what haven may change. xapi

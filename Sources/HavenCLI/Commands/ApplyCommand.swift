@@ -36,42 +36,21 @@ struct ApplyCommand: AsyncParsableCommand {
         let saved = try planFile.map { file in
             do { return try PlanRenderer.load(file) } catch { throw CLIError("cannot read the plan \(file): \(ExitMapping.describe(error))", code: .io) }
         }
-        let progress = ProgressRenderer(tty: stderrIsInteractive)
         let request = ReconcileRequest(scope: scope, savedPlan: saved, lockTimeout: lockTimeout, now: { currentTime() })
         let approve = autoApprove
-        let recorder = RunRecorder(catalog: engine.catalog, command: RunRecorder.commandLine)
-        let work = Task {
-            try await engine.reconcile(request, events: { progress.handle($0); recorder.handle($0) }) { plan in
-                print(PlanRenderer.text(plan, color: useColor))
-                if approve { return true }
-                guard stdinIsTTY else {
-                    throw CLIError("not applying: standard input is not a terminal; pass --auto-approve")
-                }
-                print("\nApply these changes? Only 'yes' is accepted: ", terminator: "")
-                fflush(nil)
-                guard readLine()?.trimmingCharacters(in: .whitespaces) == "yes" else {
-                    print("Apply cancelled.")
-                    return false
-                }
-                return true
-            }
+        let run = try await RecordedRun.start(engine, request) { plan in
+            print(PlanRenderer.text(plan, color: useColor))
+            return try RecordedRun.confirm("Apply these changes?", autoApprove: approve, notATerminal: "not applying", cancelled: "Apply cancelled.")
         }
-        let signals = SignalCancellation { work.cancel() }
-        defer { signals.stop() }
-        let report: ReconcileReport
-        do { report = try await work.value } catch {
-            recorder.finish(error: error)
-            throw error
-        }
-        progress.finish()
-        recorder.finish(report, interrupted: work.isCancelled)
+        let report = run.report
+        run.recorder.finish(report, interrupted: run.interrupted)
         if report.plan.isEmpty {
             print(PlanRenderer.text(report.plan, color: useColor))
             if !report.ok { throw HavenExit.failure }
             return
         }
         guard report.approved else { throw HavenExit.changesPending }
-        try Self.printOutcome(report, title: "Apply", interrupted: work.isCancelled, runID: recorder.id)
+        try Self.printOutcome(report, title: "Apply", interrupted: run.interrupted, runID: run.recorder.id)
     }
 
     /// What `apply` and `backup now` print once the plan ran; throws the exit status (2 when anything failed).

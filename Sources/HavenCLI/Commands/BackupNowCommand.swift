@@ -68,35 +68,24 @@ struct BackupNowCommand: AsyncParsableCommand {
         let scope = TargetScope(pools: Array(Set(chosen.map(\.spec.pool.value))).sorted(), policies: Set(chosen.map(\.name)))
         let request = ReconcileRequest(scope: scope, lockTimeout: lockTimeout, now: { currentTime() },
                                        forceBackup: ForceBackup(policy: policy, vm: vm, full: full))
-        let progress = ProgressRenderer(tty: stderrIsInteractive)
-        let recorder = RunRecorder(catalog: engine.catalog, command: RunRecorder.commandLine)
         let what = vm.map { "VM \($0)" + (policy.map { " in BackupPolicy \($0)" } ?? "") } ?? "BackupPolicy \(policy ?? "")"
-        let work = Task {
-            try await engine.reconcile(request, events: { progress.handle($0); recorder.handle($0) }) { plan in
-                guard plan.actions.contains(where: { $0.kind == .backup }) else {
-                    throw CLIError("nothing to back up for \(what): no VM matched (or all its disks are excluded)")
-                }
-                print(PlanRenderer.text(plan, color: useColor))
-                return true
+        let run = try await RecordedRun.start(engine, request) { plan in
+            guard plan.actions.contains(where: { $0.kind == .backup }) else {
+                throw CLIError("nothing to back up for \(what): no VM matched (or all its disks are excluded)")
             }
+            print(PlanRenderer.text(plan, color: useColor))
+            return true
         }
-        let signals = SignalCancellation { work.cancel() }
-        defer { signals.stop() }
-        let report: ReconcileReport
-        do { report = try await work.value } catch {
-            recorder.finish(error: error)
-            throw error
-        }
-        progress.finish()
+        let report = run.report
         if report.plan.isEmpty {
             print(PlanRenderer.text(report.plan, color: useColor))
             let why = report.unreachable.isEmpty ? "no VM matched (or all its disks are excluded)"
                 : report.unreachable.sorted { $0.key < $1.key }.map { "pool \($0.key) cannot be read: \($0.value)" }.joined(separator: "; ")
             let error = CLIError("nothing was backed up for \(what): \(why)", code: .notFound)
-            recorder.finish(error: error)
+            run.recorder.finish(error: error)
             throw error
         }
-        recorder.finish(report, interrupted: work.isCancelled)
-        try ApplyCommand.printOutcome(report, title: "Backup", interrupted: work.isCancelled, runID: recorder.id)
+        run.recorder.finish(report, interrupted: run.interrupted)
+        try ApplyCommand.printOutcome(report, title: "Backup", interrupted: run.interrupted, runID: run.recorder.id)
     }
 }

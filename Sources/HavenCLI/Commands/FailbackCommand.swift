@@ -40,41 +40,22 @@ struct FailbackCommand: AsyncParsableCommand {
         let engine = try options.engine(desired)
         let scope = TargetScope(pools: Array(Set([p.spec.source.value, p.spec.target.pool.value])).sorted(), policies: [policy])
         let request = ReconcileRequest(scope: scope, lockTimeout: lockTimeout, now: { currentTime() }, failback: FailbackRequest(policy: policy, vm: vm))
-        let progress = ProgressRenderer(tty: stderrIsInteractive)
-        let recorder = RunRecorder(catalog: engine.catalog, command: RunRecorder.commandLine)
         let approve = autoApprove
         let what = "\(vm) (ReplicationPolicy \(policy))"
-        let work = Task {
-            try await engine.reconcile(request, events: { progress.handle($0); recorder.handle($0) }) { plan in
-                print(PlanRenderer.text(plan, color: useColor))
-                guard plan.actions.contains(where: { $0.kind == .failback }) else {
-                    throw CLIError("nothing to fail back for \(what): see the warnings above", code: .notFound)
-                }
-                if approve { return true }
-                guard stdinIsTTY else { throw CLIError("not failing back: standard input is not a terminal; pass --auto-approve") }
-                print("\nFail back? Only 'yes' is accepted: ", terminator: "")
-                fflush(nil)
-                guard readLine()?.trimmingCharacters(in: .whitespaces) == "yes" else {
-                    print("Fail-back cancelled.")
-                    return false
-                }
-                return true
+        let run = try await RecordedRun.start(engine, request) { plan in
+            print(PlanRenderer.text(plan, color: useColor))
+            guard plan.actions.contains(where: { $0.kind == .failback }) else {
+                throw CLIError("nothing to fail back for \(what): see the warnings above", code: .notFound)
             }
+            return try RecordedRun.confirm("Fail back?", autoApprove: approve, notATerminal: "not failing back", cancelled: "Fail-back cancelled.")
         }
-        let signals = SignalCancellation { work.cancel() }
-        defer { signals.stop() }
-        let report: ReconcileReport
-        do { report = try await work.value } catch {
-            recorder.finish(error: error)
-            throw error
-        }
-        progress.finish()
-        recorder.finish(report, interrupted: work.isCancelled)
+        let report = run.report
+        run.recorder.finish(report, interrupted: run.interrupted)
         if report.plan.isEmpty {
             print(PlanRenderer.text(report.plan, color: useColor))
             throw CLIError("nothing to fail back for \(what)", code: .notFound)
         }
         guard report.approved else { throw HavenExit.changesPending }
-        try ApplyCommand.printOutcome(report, title: "Fail-back", interrupted: work.isCancelled, runID: recorder.id)
+        try ApplyCommand.printOutcome(report, title: "Fail-back", interrupted: run.interrupted, runID: run.recorder.id)
     }
 }

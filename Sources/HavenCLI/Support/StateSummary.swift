@@ -41,7 +41,7 @@ struct StateSummary {
             var parts = ["\(s.pool.value) → \(s.repository.value)", "VMs: \(describe(s.vms))", describe(s.schedule)]
             parts.append("method \(s.method.rawValue)" + (s.cbt ? ", CBT" : ", no CBT"))
             parts.append(describe(s.retention))
-            if !s.excludeDisks.isEmpty { parts.append("skips disks \(s.excludeDisks.joined(separator: ", "))") }
+            if !s.excludeDisks.isEmpty { parts.append("skips disks \(s.excludeDisks.map(\.value).joined(separator: ", "))") }
             if s.suspend { parts.append("SUSPENDED") }
             return parts.joined(separator: "; ")
         }
@@ -62,8 +62,8 @@ struct StateSummary {
         if v.all { parts.append("all") }
         if !v.names.isEmpty { parts.append(v.names.map(\.value).joined(separator: ", ")) }
         if !v.uuids.isEmpty { parts.append("\(v.uuids.count) by uuid") }
-        if !v.tags.isEmpty { parts.append("tagged " + v.tags.joined(separator: ", ")) }
-        if !v.exclude.isEmpty { parts.append("except " + v.exclude.joined(separator: ", ")) }
+        if !v.tags.isEmpty { parts.append("tagged " + v.tags.map(\.value).joined(separator: ", ")) }
+        if !v.exclude.isEmpty { parts.append("except " + v.exclude.map(\.value).joined(separator: ", ")) }
         return parts.joined(separator: "; ")
     }
 

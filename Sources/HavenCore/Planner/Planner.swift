@@ -221,13 +221,14 @@ extension Planner {
                 warn(.noMatch, pool.name, "uuid-\(policy.name)-\(u.value)", resource: "BackupPolicy/\(policy.name)",
                      "BackupPolicy \(policy.name): no VM with uuid \(u.value) in pool \(pool.name) (\(u.location))", reason: "check spec.vms.uuids")
             }
-            for t in sel.tags where !tags.contains(t) {
-                warn(.noMatch, pool.name, "tag-\(policy.name)-\(t)", resource: "BackupPolicy/\(policy.name)",
-                     "BackupPolicy \(policy.name): no VM of pool \(pool.name) carries the tag '\(t)'", reason: "check spec.vms.tags")
+            for t in sel.tags where !tags.contains(t.value) {
+                warn(.noMatch, pool.name, "tag-\(policy.name)-\(t.value)", resource: "BackupPolicy/\(policy.name)",
+                     "BackupPolicy \(policy.name): no VM of pool \(pool.name) carries the tag '\(t.value)' (\(t.location))", reason: "check spec.vms.tags")
             }
-            for e in sel.exclude where !names.contains(e) && !uuids.contains(e.lowercased()) {
-                warn(.noMatch, pool.name, "exclude-\(policy.name)-\(e)", resource: "BackupPolicy/\(policy.name)",
-                     "BackupPolicy \(policy.name): spec.vms.exclude names '\(e)', which is no VM of pool \(pool.name)", reason: "check spec.vms.exclude")
+            for e in sel.exclude where !names.contains(e.value) && !uuids.contains(e.value.lowercased()) {
+                warn(.noMatch, pool.name, "exclude-\(policy.name)-\(e.value)", resource: "BackupPolicy/\(policy.name)",
+                     "BackupPolicy \(policy.name): spec.vms.exclude names '\(e.value)', which is no VM of pool \(pool.name) (\(e.location))",
+                     reason: "check spec.vms.exclude")
             }
         }
 
@@ -307,13 +308,19 @@ extension Planner {
                 warn(.emptySelection, poolName, "empty-\(policy.name)", resource: "BackupPolicy/\(policy.name)",
                      "BackupPolicy \(policy.name) selects no VM of pool \(poolName)", reason: "check spec.vms")
             }
+            // An excludeDisks entry that names no disk of any selected VM is most likely a typo.
+            for e in spec.excludeDisks where !selected.contains(where: { vm in vm.disks.contains { Self.excluded($0, pool.vdis[$0.vdiUUID], by: [e.value]) } }) {
+                warn(.noMatch, poolName, "exclude-disk-\(policy.name)-\(e.value)", resource: "BackupPolicy/\(policy.name)",
+                     "BackupPolicy \(policy.name): spec.excludeDisks names '\(e.value)', which is no disk of a selected VM in pool \(poolName) (\(e.location))",
+                     reason: "an entry matches a userdevice (\"1\"), a device (\"xvdb\"), a VDI name or a VDI uuid")
+            }
             var fullSRs = Set<String>()
             for vm in selected where force?.selects(vm) ?? true {
                 var disks: [(ObservedDisk, ObservedVDI)] = []
                 var skipped: [String] = []
                 for d in vm.disks {
                     guard let vdi = pool.vdis[d.vdiUUID] else { continue }
-                    if Self.excluded(d, vdi, by: spec.excludeDisks) {
+                    if Self.excluded(d, vdi, by: spec.excludeDisks.map(\.value)) {
                         skipped.append("\(vdi.name) (disk \(d.userdevice))")
                         continue
                     }
@@ -421,19 +428,8 @@ extension Planner {
                     var disk = DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
                     if fullBecause == nil {
                         let anchor = anchors.first { $0.diskKey == d.userdevice && $0.kind == .delta }
-                        if anchor == nil {
-                            fullBecause = history.isEmpty ? "this is the first backup with VHD deltas" : "no delta base is kept for disk \(d.userdevice)"
-                        } else if let a = anchor, a.sourceVDI != vdi.uuid {
-                            fullBecause = "disk \(d.userdevice) is another VDI than at the last backup"
-                        } else if let a = anchor, pool.vdis[a.snapshotVDI] == nil {
-                            fullBecause = "the delta base of disk \(d.userdevice) was deleted"
-                        } else if let a = anchor, pool.vdis[a.snapshotVDI]?.type == "cbt_metadata" {
-                            fullBecause = "the delta base of disk \(d.userdevice) holds no data"
-                        } else if let a = anchor, pool.vdis[a.snapshotVDI]?.size != vdi.size {
-                            fullBecause = "disk \(d.userdevice) was resized since its delta base"
-                        } else if let a = anchor, !backupIDs.contains(a.backupID) {
-                            fullBecause = "the backup the delta base of disk \(d.userdevice) belongs to is gone"
-                        } else if let a = anchor {
+                        fullBecause = Self.unusable(anchor, .delta, d, vdi, pool, backupIDs, first: history.isEmpty)
+                        if fullBecause == nil, let a = anchor {
                             disk.anchorVDI = a.snapshotVDI
                             disk.baseBackup = a.backupID
                         }
@@ -467,19 +463,12 @@ extension Planner {
                         if !vdi.cbtEnabled {
                             fullBecause = history.isEmpty
                                 ? "first backup with CBT" : "CBT was re-enabled on disk \(d.userdevice) (it was off, so no changed blocks are known)"
-                        } else if anchor == nil {
-                            fullBecause = history.isEmpty ? "first backup with CBT" : "no CBT anchor is kept for disk \(d.userdevice)"
-                        } else if let a = anchor, a.sourceVDI != vdi.uuid {
-                            fullBecause = "disk \(d.userdevice) is another VDI than at the last backup"
-                        } else if let a = anchor, pool.vdis[a.snapshotVDI] == nil {
-                            fullBecause = "the CBT anchor of disk \(d.userdevice) was deleted"
-                        } else if let a = anchor, pool.vdis[a.snapshotVDI]?.cbtEnabled != true {
-                            fullBecause = "the CBT anchor of disk \(d.userdevice) has no CBT metadata"
-                        } else if let a = anchor, !backupIDs.contains(a.backupID) {
-                            fullBecause = "the backup the anchor of disk \(d.userdevice) belongs to is gone"
-                        } else if let a = anchor {
-                            disk.anchorVDI = a.snapshotVDI
-                            disk.baseBackup = a.backupID
+                        } else {
+                            fullBecause = Self.unusable(anchor, .cbt, d, vdi, pool, backupIDs, first: history.isEmpty)
+                            if fullBecause == nil, let a = anchor {
+                                disk.anchorVDI = a.snapshotVDI
+                                disk.baseBackup = a.backupID
+                            }
                         }
                     }
                     planned.append(disk)
@@ -515,6 +504,28 @@ extension Planner {
             // The anchors this backup replaces go once it succeeded; if it fails they stay.
             retireAnchors(policy, pool, vm, because: keepAnchors ? "replaced by the new anchor once the backup succeeds"
                               : "not needed once the backup succeeds (it keeps no anchor)", requires: [backupKey])
+        }
+
+        /// Why a disk's kept anchor (a CBT anchor, or a delta base with its data) cannot be the base
+        /// of an incremental, in a clause for "full, because …"; nil when it can.
+        static func unusable(_ anchor: Anchor?, _ kind: AnchorKind, _ d: ObservedDisk, _ vdi: ObservedVDI, _ pool: ObservedPool,
+                             _ backups: Set<String>, first: Bool) -> String? {
+            let what = kind == .delta ? "delta base" : "CBT anchor"
+            guard let a = anchor else {
+                if first { return kind == .delta ? "this is the first backup with VHD deltas" : "first backup with CBT" }
+                return "no \(what) is kept for disk \(d.userdevice)"
+            }
+            guard a.sourceVDI == vdi.uuid else { return "disk \(d.userdevice) is another VDI than at the last backup" }
+            guard let kept = pool.vdis[a.snapshotVDI] else { return "the \(what) of disk \(d.userdevice) was deleted" }
+            switch kind {
+            case .delta:
+                if kept.type == "cbt_metadata" { return "the delta base of disk \(d.userdevice) holds no data" }
+                if kept.size != vdi.size { return "disk \(d.userdevice) was resized since its delta base" }
+            case .cbt:
+                if !kept.cbtEnabled { return "the CBT anchor of disk \(d.userdevice) has no CBT metadata" }
+            }
+            guard backups.contains(a.backupID) else { return "the backup the \(what) of disk \(d.userdevice) belongs to is gone" }
+            return nil
         }
 
         /// Whether an object is haven's: in the inventory and carrying haven's mark on the pool.

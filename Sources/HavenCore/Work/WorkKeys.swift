@@ -27,7 +27,7 @@ extension Planner {
             for vm in pool.vms where Context.selects(p.spec.vms, vm) {
                 // A VM with no disk to read is never planned: no timer for it.
                 let readable = vm.disks.contains { d in
-                    pool.vdis[d.vdiUUID].map { !Context.excluded(d, $0, by: p.spec.excludeDisks) } ?? false
+                    pool.vdis[d.vdiUUID].map { !Context.excluded(d, $0, by: p.spec.excludeDisks.map(\.value)) } ?? false
                 }
                 let last = (backups["\(pool.name)\u{0}\(p.name)\u{0}\(vm.uuid)"] ?? []).filter { $0.repository == p.spec.repository.value }
                     .map(\.createdAt).max()

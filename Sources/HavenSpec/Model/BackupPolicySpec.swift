@@ -95,7 +95,7 @@ public struct BackupPolicySpec: ResourceSpec, Hashable {
     public var method: Method
     public var quiesce: Quiesce
     public var hooks: Hooks
-    public var excludeDisks: [String]
+    public var excludeDisks: [Located<String>]
     public var repository: Located<String>
     public var retention: Retention
     public var snapshotRetention: Int
@@ -160,7 +160,7 @@ extension BackupPolicySpec {
             hooks.postSnapshot = Hook(h.mapping("postSnapshot"))
         }
         self.hooks = hooks
-        excludeDisks = r.stringList("excludeDisks")?.map(\.value) ?? []
+        excludeDisks = r.stringList("excludeDisks") ?? []
         repository = r.string("repository") ?? Located("", at: r.location)
         if let rr = r.mapping("retention") {
             var unreadable = false

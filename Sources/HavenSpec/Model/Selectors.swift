@@ -6,8 +6,8 @@ public struct VMSelector: Sendable, Hashable, Encodable {
     public var all: Bool
     public var names: [Located<String>]
     public var uuids: [Located<String>]
-    public var tags: [String]
-    public var exclude: [String]
+    public var tags: [Located<String>]
+    public var exclude: [Located<String>]
 
     static func shape(_ path: String) -> ObjectShape {
         ObjectShape(
@@ -26,19 +26,19 @@ public struct VMSelector: Sendable, Hashable, Encodable {
 
     /// Whether a VM with this name, uuid and tags is covered.
     public func matches(name: String, uuid: String, tags vmTags: [String]) -> Bool {
-        if exclude.contains(name) || exclude.contains(where: { $0.lowercased() == uuid.lowercased() }) { return false }
+        if exclude.contains(where: { $0.value == name || $0.value.lowercased() == uuid.lowercased() }) { return false }
         if all { return true }
         if names.contains(where: { $0.value == name }) { return true }
         if uuids.contains(where: { $0.value.lowercased() == uuid.lowercased() }) { return true }
-        return vmTags.contains(where: tags.contains)
+        return tags.contains { vmTags.contains($0.value) }
     }
 
     init(_ r: MappingReader?) {
         all = r?.bool("all") ?? false
         names = r?.stringList("names") ?? []
         uuids = []
-        tags = r?.stringList("tags")?.map(\.value) ?? []
-        exclude = r?.stringList("exclude")?.map(\.value) ?? []
+        tags = r?.stringList("tags") ?? []
+        exclude = r?.stringList("exclude") ?? []
         guard let r else { return }
         for u in r.stringList("uuids") ?? [] {
             if isUUID(u.value) {
