@@ -57,6 +57,20 @@ extension ReplicateRun {
         guard seenFrom.size == seenTo.size else {
             throw EngineError(.action, disk.name, "the snapshot's disk has \(seenFrom.size) bytes on \(from.appliance.name), the replica's \(seenTo.size) on \(to.appliance.name)")
         }
+        var blocks = blocks
+        if job.mode == .full && blocks.count == total {
+            // No CBT anchor to say what changed: both movers hash their disk in runs of 1 MiB and only
+            // the runs that differ travel (a hash needs a read token on the target side too).
+            let per = 16
+            let ours = try await sourceMover.hashRanges(disk: from.device, blocksPerHash: per)
+            let theirs = try await MoverSeam.transferClient(to.appliance, tokenKey: targetKey, job: jobID, scope: .read)
+                .hashRanges(disk: to.device, blocksPerHash: per)
+            let known = Dictionary(theirs.map { ($0.range, $0.sha256) }, uniquingKeysWith: { a, _ in a })
+            let differ = ours.filter { known[$0.range] != $0.sha256 }
+            blocks = differ.flatMap { Array(Int($0.range.first)..<Int($0.range.end)) }.filter { $0 < total }
+            log("disk \(disk.key): resync by comparison: \(differ.count) of \(ours.count) runs of \(per) blocks differ")
+            if blocks.isEmpty { return CopyCounters() }
+        }
         let all = blocks.count == total
         let bitmap: HavenMover.ChangedBlocks? = all ? nil : HavenMover.ChangedBlocks(blocks: blocks.map(Int64.init))
         // A new replica disk reads as zeros: zero blocks need not travel.
