@@ -15,10 +15,13 @@ extension ReplicateRun {
         let sourceSide = ApplianceDisks(client: source, catalog: ctx.catalog, instance: ctx.instance, pool: sourcePool, log: { me.log($0) })
         let targetSide = ApplianceDisks(client: target, catalog: ctx.catalog, instance: ctx.instance, pool: job.targetPool, log: { me.log($0) })
         let replicaUUID = try await target.record(replicaVDI).uuid
-        // Always the source side first, then the target side: two syncs never wait on each other crosswise.
-        return try await ctx.appliances.withLease(route.source) { sl in
-            try await me.ctx.appliances.withLease(route.target) { tl in
-                let (sa, ta) = (sl.appliance, tl.appliance)
+        // The two AppliancePools are always leased in the order of their names: two syncs (one may
+        // replicate the other way round) never each hold one side while waiting for the other.
+        let sourceFirst = route.source < route.target
+        let (first, second) = sourceFirst ? (route.source, route.target) : (route.target, route.source)
+        return try await ctx.appliances.withLease(first) { l1 in
+            try await me.ctx.appliances.withLease(second) { l2 in
+                let (sa, ta) = sourceFirst ? (l1.appliance, l2.appliance) : (l2.appliance, l1.appliance)
                 try await sourceSide.clearLeftovers(sa)
                 try await targetSide.clearLeftovers(ta)
                 guard let sKey = me.ctx.state.readApplianceKey(pool: sa.pool, uuid: sa.uuid),
