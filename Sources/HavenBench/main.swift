@@ -4,7 +4,7 @@ import HavenSpec
 // `make bench`: every figure is measured in this run and printed as a table; the numbers are
 // merged into bench-results.json at the repository root.
 
-// `haven-bench [spec|planner|xenapi|data|replication|daemon]…` runs the named parts (all by default); HAVEN_BENCH_GIB sets
+// `haven-bench [spec|planner|xenapi|fleet|data|replication|daemon]…` runs the named parts (all by default); HAVEN_BENCH_GIB sets
 // the size of the data-plane image (default 4).
 
 let parts = Set(CommandLine.arguments.dropFirst())
@@ -13,6 +13,10 @@ var results: [String: Double] = [:]
 if wants("spec") { results.merge(try benchSpec()) { _, b in b } }
 if wants("planner") { results.merge(try benchPlanner()) { _, b in b } }
 if wants("xenapi") { results.merge(try await benchXenAPI()) { _, b in b } }
+if wants("fleet") {
+    let haven = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("haven").path
+    results.merge(try await benchFleet(havenPath: haven)) { _, b in b }
+}
 if wants("daemon") { results.merge(try await benchDaemon()) { _, b in b } }
 if wants("data") {
     var bench = DataBench(sizeGiB: Int(ProcessInfo.processInfo.environment["HAVEN_BENCH_GIB"] ?? "") ?? 4,

@@ -36,11 +36,12 @@ public struct Daemon: Sendable {
 
     /// Runs until shut down; returns normally after a graceful shutdown.
     public func run() async throws {
+        try options.listen.checkBindable()
         // A broken configuration at start is no reason to exit: the daemon waits (not ready) for a good one.
         reload(store: store, metrics: metrics, logger: logger, wake: nil)
         let http = HTTPEndpoint.application(options: options, store: store, state: state, queue: queue, metrics: metrics, logger: logger)
         let watcher = ConfigWatcher(store: store, options: options, wake: wake, metrics: metrics, logger: logger)
-        let pools = PoolWatchers(store: store, inbox: inbox, metrics: metrics, logger: logger)
+        let pools = PoolWatchers(store: store, inbox: inbox, state: state, metrics: metrics, logger: logger)
         let dispatcher = Dispatcher(store: store, options: options, wake: wake, inbox: inbox, queue: queue, metrics: metrics, state: state,
                                     control: WorkerControl(), logger: logger)
         // Shut down in reverse order: the dispatcher first, the HTTP endpoint last.

@@ -216,6 +216,9 @@ import XenAPI
         let snapshots = try await c.records(VMRecord.self).values.filter { $0.isASnapshot }
         #expect(snapshots.isEmpty, "no orphan snapshot: \(snapshots.map(\.nameLabel))")
         #expect(try s.backups().isEmpty, "no half version")
+        // The engine's own lines are logged once (they used to appear twice, the daemon repeating them).
+        let removed = d.stderr.components(separatedBy: "removed the snapshot of the failed backup").count - 1
+        #expect(removed == 1, "\(d.stderr.suffix(3000))")
 
         // The next start completes the backup.
         #expect(try s.simControl(["fault", "--clear"]).status == 0)
@@ -226,6 +229,97 @@ import XenAPI
         again.signal(SIGTERM)
         #expect(try await again.exitStatus(within: 30) == 0)
         await c.logout()
+    }
+
+    /// A listen address that cannot be bound is said at start, naming it, before the daemon takes
+    /// its lock (exit 2); a --git-pull interval under a second is an argument error (64).
+    @Test func anAddressInUseOrAZeroPullIntervalIsRefusedClearly() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy())
+        let first = try DaemonProcess(s)
+        defer { first.kill() }
+        let port = try await first.port()
+        try await until("first active", 60) { first.stderr.contains("active: holding") }
+        let second = try s.haven(["daemon", "-f", s.config, "--listen", "127.0.0.1:\(port)"])
+        #expect(second.status == 2, "\(second.stderr)")
+        #expect(second.stderr.contains("cannot listen on 127.0.0.1:\(port): Address already in use"), "\(second.stderr)")
+        #expect(!second.stderr.contains("holding") && !second.stderr.contains("watching pool events"), "failed before starting: \(second.stderr)")
+        let pull = try s.haven(["daemon", "-f", s.config, "--listen", "127.0.0.1:0", "--git-pull", "0s"])
+        #expect(pull.status == 64 && pull.stderr.contains("--git-pull takes an interval of at least 1s"), "\(pull.stderr)")
+        first.signal(SIGTERM)
+        #expect(try await first.exitStatus(within: 30) == 0)
+    }
+
+    /// A pool whose event watch fails after it was read (the pool went away) used to leave
+    /// /readyz, /api/v1/daemon and the page saying all was well. They now say so until the watch
+    /// is back; the daemon stays ready (the other pools are kept, the page must stay reachable).
+    @Test func aPoolWhoseEventWatchIsDownIsShown() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy())
+        let d = try DaemonProcess(s)
+        defer { d.kill() }
+        let port = try await d.port()
+        try await until("ready", 60) { try await d.get(port, "/readyz").body.hasPrefix("ready") }
+        #expect(!(try await d.get(port, "/readyz").body.contains("degraded")))
+        #expect(try s.simControl(["fault", "--rule", "error:event.from:INTERNAL_ERROR"]).status == 0)
+        // An event ends the watch's current long poll; its next call meets the fault.
+        #expect(try s.sdk("x.VM.set_name_description(x.VM.get_by_name_label('web')[0], 'poke')").status == 0)
+        try await until("readyz says the watch is down", 60) {
+            try await d.get(port, "/readyz").body.contains("degraded: pool lab event watch down since")
+        }
+        let r = try await d.get(port, "/readyz")
+        #expect(r.status == 200 && r.body.hasPrefix("ready") && r.body.contains("INTERNAL_ERROR"), "\(r.body)")
+        let unreachable = try await d.info(port)["unreachablePools"] as? [String: String]
+        #expect(unreachable?["lab"]?.contains("event watch down") == true, "\(String(describing: unreachable))")
+        #expect(try await d.get(port, "/").body.contains("Pool <strong>lab</strong> cannot be read: event watch down"))
+        #expect(try s.simControl(["fault", "--clear"]).status == 0)
+        try await until("the watch is back", 90) { !(try await d.get(port, "/readyz").body.contains("degraded")) }
+        #expect((try await d.info(port)["unreachablePools"] as? [String: String])?.isEmpty == true)
+        d.signal(SIGTERM)
+        #expect(try await d.exitStatus(within: 30) == 0)
+    }
+
+    /// SIGTERM while a backup runs, with a grace long enough for it: the backup finishes, is
+    /// kept, and its reconcile is reported as succeeded (it used to be logged as an error,
+    /// "reconcile interrupted: 2 done, 0 failed, 0 skipped", and counted as interrupted).
+    @Test func aRunFinishedWithinTheGraceIsASuccess() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy())
+        #expect(try s.simControl(["fault", "--rule", "latency:VDI.get_nbd_info:3s"]).status == 0)
+        let d = try DaemonProcess(s, grace: "5m")
+        defer { d.kill() }
+        _ = try await d.port()
+        let c = s.client()
+        try await until("haven's snapshot exists", 30) { try await c.records(VMRecord.self).values.contains { $0.isASnapshot } }
+        d.signal(SIGTERM)
+        #expect(try await d.exitStatus(within: 60) == 0, "\(d.stderr.suffix(3000))")
+        #expect(try s.backups().count == 1, "the backup finished within the grace")
+        let lines = d.stderr.split(separator: "\n").filter { $0.contains("key=backup/lab/daily/") && $0.contains("reconcile ") }
+        #expect(lines.contains { $0.contains("reconcile succeeded") }, "\(lines)")
+        #expect(!lines.contains { $0.contains("reconcile interrupted") || $0.contains(" error ") }, "\(lines)")
+        let history = try s.haven(["history", "-f", s.config, "--output", "json"])
+        #expect(history.status == 0, "\(history.stderr)")
+        let runs = (try JSONSerialization.jsonObject(with: Data(history.stdout.utf8)) as? [String: Any])?["runs"] as? [[String: Any]] ?? []
+        let backupRuns = runs.filter { ($0["command"] as? String)?.hasPrefix("daemon backup/lab/daily/") == true }
+        #expect(!backupRuns.isEmpty && backupRuns.allSatisfy { $0["result"] as? String == "succeeded" }, "\(history.stdout)")
+        await c.logout()
+    }
+
+    /// A configuration directory that does not exist (yet): the daemon said it was "keeping the
+    /// last good one" when it had none. It now says it has none and is not ready, and takes the
+    /// files up when they appear (git-sync's first checkout).
+    @Test func aMissingConfigurationIsSaidAndThenTakenUp() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy())
+        let later = s.dir.appendingPathComponent("not-yet").path
+        let d = try DaemonProcess(s, config: later)
+        defer { d.kill() }
+        let port = try await d.port()
+        try await until("the daemon says it has no configuration", 30) { d.stderr.contains("no valid configuration yet") }
+        #expect(!d.stderr.contains("keeping the last good one"), "\(d.stderr)")
+        let r = try await d.get(port, "/readyz")
+        #expect(r.status == 503 && r.body.contains("no valid configuration loaded yet"), "\(r.body)")
+        try FileManager.default.copyItem(atPath: s.config, toPath: later)
+        try await until("ready once the files are there", 60) { try await d.get(port, "/readyz").status == 200 }
+        try await until("the backup is made", 60) { try s.backups().count == 1 }
+        d.signal(SIGTERM)
+        #expect(try await d.exitStatus(within: 30) == 0)
     }
 
     @Test func aStandbyTakesOverWhenTheActiveDaemonIsKilled() async throws {
@@ -321,10 +415,10 @@ final class DaemonProcess: @unchecked Sendable {
         var value: String { text.withLock { $0 } }
     }
 
-    init(_ s: Scenario, grace: String = "30s") throws {
+    init(_ s: Scenario, grace: String = "30s", config: String? = nil) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: HavenBinary.path)
-        p.arguments = ["daemon", "-f", s.config, "--listen", "127.0.0.1:0", "--shutdown-grace", grace]
+        p.arguments = ["daemon", "-f", config ?? s.config, "--listen", "127.0.0.1:0", "--shutdown-grace", grace]
         var env = ProcessInfo.processInfo.environment
         env["HAVEN_STATE"] = s.dir.appendingPathComponent("state").path
         env["SCENARIO_PASSWORD"] = s.password

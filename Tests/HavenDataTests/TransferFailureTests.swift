@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import HavenData
@@ -75,5 +76,33 @@ import Testing
         #expect(disk.readBytes == 16 << 20)
         try DiskRestore(repository: repo).toRawFile(disk, path: s.path("out.raw"))
         #expect(try sha256(s.path("out.raw")) == sha256(s.path("disk.img")))
+    }
+
+    /// Issue 11 (daemon): a cancelled backup used to read the whole disk before it stopped, so
+    /// SIGTERM's grace period was over long before the daemon exited. Once `isStopped` says yes,
+    /// the transfer stops at the next chunk with `cancelled`, having read only part of the disk.
+    @Test func aStoppedTransferEndsBeforeTheDiskIsRead() throws {
+        let s = try Scratch()
+        let total = 32 << 20
+        try randomImage(at: s.path("disk.img"), bytes: total, seed: 11)
+        let server = try NBDKit(file: s.path("disk.img"), scratch: s)
+        let repo = try BackupRepository.initialize(at: s.path("repo"), compression: "none")
+        let source = try NBDDiskSource(server.endpoint, connections: 2, depth: 4)
+        let done = Mutex<Int64>(0)
+        do {
+            _ = try DiskBackup(repository: repo, workers: 2).run(
+                .init(key: "0", name: "d", vdiUUID: "", sourceSnapshotVDI: "", source: source),
+                isStopped: { done.withLock { $0 } >= 2 << 20 },
+                progress: { p in done.withLock { $0 = max($0, p.bytesDone) } })
+            Issue.record("the transfer ran to its end although it was stopped")
+        } catch let e as DataError {
+            #expect(e.code == .cancelled, "\(e)")
+        }
+        let read = done.withLock { $0 }
+        #expect(read >= 2 << 20)
+        #expect(read < Int64(total) / 2, "stopped after 2 MiB, yet \(read) of \(total) bytes were read")
+        // The repository holds no version and stays sound.
+        #expect(try repo.manifests().isEmpty)
+        #expect(try repo.verify().ok)
     }
 }

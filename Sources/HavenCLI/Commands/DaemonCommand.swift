@@ -8,7 +8,7 @@ struct DaemonCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "daemon", abstract: "Keep the pools matching the configuration, continuously.",
         discussion: """
-            Reconciles every pool at start, then whenever a backup falls due (at most a minute apart), the \
+            Reconciles every pool at start, then whenever a backup falls due (it sleeps until the earliest timer), the \
             configuration files change (checked every 2 s; --git-pull pulls them), or a pool reports changes to its VMs \
             or disks (event.from). A configuration with errors is logged (file:line:col) and ignored: the last good one \
             stays in force. Serves /healthz, /readyz, /metrics (Prometheus), /api/v1/status and a status page at /.
@@ -39,7 +39,9 @@ struct DaemonCommand: AsyncParsableCommand {
     func validate() throws {
         do {
             _ = try ListenAddress(parsing: listen)
-            _ = try gitPull.map(parseDuration)
+            if let pull = try gitPull.map(parseDuration), pull < .seconds(1) {
+                throw DaemonError(.usage, "--git-pull takes an interval of at least 1s, not '\(gitPull ?? "")'")
+            }
             _ = try parseDuration(shutdownGrace)
         } catch let e as DaemonError {
             throw ValidationError(e.message)

@@ -64,6 +64,10 @@ func reload(store: ConfigStore, metrics: DaemonMetrics, logger: Logger, wake: Wa
     if changed {
         logger.info("configuration loaded", metadata: ["generation": "\(store.snapshot.generation)", "directory": "\(store.directory)"])
         wake?.fire(.configChanged)
+    } else if store.snapshot.desired == nil {
+        // Nothing to keep yet (a typo in -f, a checkout git-sync has not written): say so.
+        logger.error("no valid configuration yet; the daemon does nothing and is not ready until the files are fixed",
+                     metadata: ["errors": "\(store.snapshot.errors.count)", "directory": "\(store.directory)"])
     } else {
         logger.error("the new configuration has errors; keeping the last good one",
                      metadata: ["errors": "\(store.snapshot.errors.count)", "directory": "\(store.directory)"])

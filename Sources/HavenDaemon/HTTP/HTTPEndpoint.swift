@@ -79,7 +79,7 @@ enum Readiness {
             ready = false
             lines.append("not ready: no valid configuration loaded yet")
         }
-        let (role, observed, unreachable) = state.read { ($0.role, $0.observedOnce, $0.unreachable) }
+        let (role, observed, unreachable, watchDown) = state.read { ($0.role, $0.observedOnce, $0.unreachable, $0.watchDown) }
         if role != .active {
             ready = false
             lines.append("not ready: \(role.rawValue)")
@@ -87,6 +87,15 @@ enum Readiness {
         for pool in snap.desired?.pools.map(\.name) ?? [] where !observed.contains(pool) {
             ready = false
             lines.append("not ready: pool \(pool) not observed yet" + (unreachable[pool].map { " (\($0))" } ?? ""))
+        }
+        // A pool lost after it was read once does not make the daemon unready (the other pools
+        // are still kept, and the page that shows the outage must stay reachable), but it is said.
+        for pool in snap.desired?.pools.map(\.name) ?? [] where observed.contains(pool) {
+            if let down = watchDown[pool] {
+                lines.append("degraded: pool \(pool) event watch down since \(DaemonInfo.iso(down.since)): \(down.error)")
+            } else if let why = unreachable[pool] {
+                lines.append("degraded: pool \(pool) cannot be read: \(why)")
+            }
         }
         if !snap.errors.isEmpty {
             lines.append("configuration: the newest files have errors; acting on the last good configuration (generation \(snap.generation)):")

@@ -28,7 +28,9 @@ extension DispatcherRun {
             for e in report.plan.errors where e.code != .poolUnreachable { reasons.append(e.message) }
             let r = report.result
             message = "\(r.succeeded.count) done, \(r.failed.count) failed, \(r.skipped.count) skipped"
-            if c.interrupted || !report.approved {
+            // A run the shutdown let finish (everything done within the grace period) succeeded:
+            // only one that was stopped, or never started its actions, was interrupted.
+            if !report.approved || (c.interrupted && !(r.failed.isEmpty && r.skipped.isEmpty)) {
                 result = "interrupted"
             } else if report.plan.isEmpty {
                 result = report.ok ? "no-changes" : "failed"
@@ -47,7 +49,13 @@ extension DispatcherRun {
             reasons.append("retried in \(Self.seconds(delay))")
         }
         d.metrics.reconciled(result, requeueAfter: timed)
-        let level: Logger.Level = result == "no-changes" ? .debug : result == "succeeded" ? .info : .error
+        // Interrupted by a shutdown is what was asked for: said, not as an error.
+        let level: Logger.Level = switch result {
+        case "no-changes": .debug
+        case "succeeded": .info
+        case "interrupted": .notice
+        default: .error
+        }
         logger.log(level: level, "reconcile \(result): \(message)", metadata: meta(key, reasons.isEmpty ? [:] : ["reasons": "\(reasons)"]))
         d.state.update {
             $0.last = DaemonState.LastReconcile(key: key.description, startedAt: c.startedAt, endedAt: Date(), result: result, message: message,

@@ -23,8 +23,10 @@ struct EventSink: Sendable {
             }
         case .progress:
             break
-        case .log(let a, let text):
-            logger.info("\(text)", metadata: a.map(meta))
+        case .log:
+            // The engine has logged it already, through the same swift-log system and with the
+            // action's pool, vm and policy: said once, not twice.
+            break
         case .finished(let a, let o):
             logger.info("done: \(a.headline): \(o.summary)", metadata: meta(a))
             let started = state.read { $0.running[a.key]?.startedAt }
@@ -99,7 +101,9 @@ final class DaemonRunRecorder: Sendable {
     func finish(_ report: ReconcileReport, interrupted: Bool) {
         let r = report.result
         let counts = "\(r.succeeded.count) done, \(r.failed.count) failed, \(r.skipped.count) skipped"
-        finish(result: interrupted || !report.approved ? "interrupted" : report.ok ? "succeeded" : "failed", message: counts)
+        // Cancelled after its last action finished: nothing was interrupted.
+        let stopped = !report.approved || (interrupted && !(r.failed.isEmpty && r.skipped.isEmpty))
+        finish(result: stopped ? "interrupted" : report.ok ? "succeeded" : "failed", message: counts)
     }
 
     func finish(error: any Error) { finish(result: "error", message: "\(error)") }

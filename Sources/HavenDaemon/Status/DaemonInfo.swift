@@ -28,7 +28,10 @@ public struct DaemonInfo: Sendable, Encodable {
     public var queue: Queue
     public var lastReconcile: DaemonState.LastReconcile?
     public var running: [DaemonState.Running]
+    /// Pools a reconcile could not read, and pools whose event watch is down (`event watch: …`).
     public var unreachablePools: [String: String]
+
+    static func iso(_ d: Date) -> String { ISO8601DateFormatter().string(from: d) }
 
     static func make(store: ConfigStore, state: DaemonState, queue: WorkQueue) -> DaemonInfo {
         let snap = store.snapshot
@@ -40,7 +43,7 @@ public struct DaemonInfo: Sendable, Encodable {
                        config: Config(directory: store.directory, loaded: snap.desired != nil, generation: snap.generation, loadedAt: snap.loadedAt,
                                       errors: snap.errors, errorAt: snap.errorAt),
                        suspensions: snap.suspensions, queue: q, lastReconcile: s.last,
-                       running: s.running.values.sorted { $0.startedAt < $1.startedAt }, unreachablePools: s.unreachable)
+                       running: s.running.values.sorted { $0.startedAt < $1.startedAt }, unreachablePools: s.unreachable.merging(s.watchDown.mapValues { "event watch down since \(Self.iso($0.since)): \($0.error)" }) { a, _ in a })
         }
     }
 }

@@ -28,6 +28,22 @@ public final class DaemonState: Sendable {
         public var reasons: [String]
     }
 
+    public struct WatchDown: Sendable, Encodable {
+        public var since: Date
+        public var error: String
+    }
+
+    /// The pool's event watch connected (nil) or failed (the error).
+    func watch(_ pool: String, down error: String?) {
+        update { s in
+            if let error {
+                s.watchDown[pool] = WatchDown(since: s.watchDown[pool]?.since ?? Date(), error: error)
+            } else {
+                s.watchDown[pool] = nil
+            }
+        }
+    }
+
     public struct Running: Sendable, Encodable {
         public var key: String
         public var pool: String
@@ -39,6 +55,9 @@ public final class DaemonState: Sendable {
         var role: Role = .starting
         var observedOnce: Set<String> = []
         var unreachable: [String: String] = [:]
+        /// Pools whose event watch is down (the pool went away, a network fault): the error and
+        /// since when. Drift there goes unseen until the watch is back, so it is shown.
+        var watchDown: [String: WatchDown] = [:]
         /// Every pool as last read by a reconcile: what the status is computed from.
         var observed: [String: ObservedPool] = [:]
         /// The engine of the configuration in force (its desired state and catalog).

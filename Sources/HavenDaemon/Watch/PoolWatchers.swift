@@ -13,6 +13,7 @@ import XenAPI
 struct PoolWatchers: Service {
     let store: ConfigStore
     let inbox: Inbox
+    let state: DaemonState
     let metrics: DaemonMetrics
     let logger: Logger
     /// How often the configuration generation is compared, to restart the watches on a change.
@@ -63,6 +64,7 @@ struct PoolWatchers: Service {
                 for e in listing.events { _ = refs.touched(e) }
                 var token = listing.token
                 metrics.poolWatch(pool.name, connected: true)
+                state.watch(pool.name, down: nil)
                 logger.info("watching pool events", metadata: ["pool": "\(pool.name)"])
                 backoff = .seconds(1)
                 if reconnecting { inbox.resync(pool.name) }
@@ -86,6 +88,7 @@ struct PoolWatchers: Service {
                 }
                 logger.warning("pool event watch interrupted; reconnecting", metadata: ["pool": "\(pool.name)", "error": "\(error)",
                                                                                          "retryIn": "\(backoff)"])
+                state.watch(pool.name, down: "\(error)")
                 reconnecting = true
                 try? await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(30))
@@ -93,6 +96,7 @@ struct PoolWatchers: Service {
             await client.logout()
         }
         metrics.poolWatch(pool.name, connected: false)
+        state.watch(pool.name, down: nil)
     }
 
     static let classes = ["vm", "vdi"]

@@ -44,8 +44,11 @@ public struct DiskBackup: Sendable {
     }
 
     /// Reads, stores and indexes the disk; does not commit (the caller writes the manifest once
-    /// every disk of the VM is stored).
-    public func run(_ request: Request, progress: (@Sendable (TransferProgress) -> Void)? = nil) throws -> DiskVersion {
+    /// every disk of the VM is stored). `isStopped` is asked before each chunk is handed on: when it
+    /// says yes the transfer stops there (a cancelled run must not read a whole disk first) and
+    /// throws `DataError(.cancelled)`.
+    public func run(_ request: Request, isStopped: (@Sendable () -> Bool)? = nil,
+                    progress: (@Sendable (TransferProgress) -> Void)? = nil) throws -> DiskVersion {
         let chunkSize = repository.config.chunkSize
         let size = request.source.size
         let chunks = Int((size + Int64(chunkSize) - 1) / Int64(chunkSize))
@@ -153,6 +156,10 @@ public struct DiskBackup: Sendable {
                 if let e = failure.value {
                     pool.release(buffer)
                     throw e
+                }
+                if isStopped?() == true {
+                    pool.release(buffer)
+                    throw DataError(.cancelled, request.name, "the transfer was stopped")
                 }
                 if !queue.push((job, buffer)) { pool.release(buffer) }
             }

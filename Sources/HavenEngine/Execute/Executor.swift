@@ -136,6 +136,31 @@ func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async thr
     }
 }
 
+/// Blocking work that stops when the calling task is cancelled: `body` is given a question to
+/// ask between its steps (between chunks, for a disk transfer), which says yes from the moment of
+/// the cancellation. A transfer stopped that way throws `CancellationError`, as every other
+/// cancelled step does, so the clean-up (no half version, no orphan snapshot) is the same.
+func stoppableBlocking<T: Sendable>(_ body: @escaping @Sendable (_ isStopped: @escaping @Sendable () -> Bool) throws -> T) async throws -> T {
+    let flag = StopFlag()
+    do {
+        return try await withTaskCancellationHandler {
+            try await blocking { try body { flag.isSet } }
+        } onCancel: {
+            flag.set()
+        }
+    } catch {
+        if flag.isSet { throw CancellationError() }
+        throw error
+    }
+}
+
+/// Set once, read from any thread.
+final class StopFlag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
+}
+
 /// At most N holders at once (per-pool snapshot and transfer limits).
 actor AsyncLimiter {
     private var available: Int

@@ -85,6 +85,7 @@ extension SimPool {
     /// Serves one call: checks the method, the arity, the session and faults, then runs it
     /// (or, for `Async.`, starts a task and returns its ref).
     func dispatch(method wireName: String, params: [XenValue], host: SimHost) -> Result<XenValue, XenAPIError> {
+        callsServed.add(1, ordering: .relaxed)
         guard let (isAsync, cls, message) = Self.parseMethodName(wireName) else {
             return .failure(XenAPIError(code: XenAPIError.Code.messageMethodUnknown, parameters: [wireName]))
         }

@@ -1,5 +1,6 @@
 import CSSL
 import Foundation
+import Synchronization
 import XenAPI
 
 #if canImport(Glibc)
@@ -57,6 +58,8 @@ public final class SimPool: @unchecked Sendable {
     var appliances: [String: ApplianceGuest] = [:]
     private var flusher: Thread?
     private var stopping = false
+    /// XenAPI calls served, of any method (the fleet benchmark counts calls per VM).
+    public let callsServed = Atomic<Int>(0)
 
     public var name: String { spec.name }
 

@@ -312,9 +312,9 @@ struct BackupRun {
         let request = DiskBackup.Request(key: disk.key, name: disk.name, vdiUUID: disk.vdiUUID, sourceSnapshotVDI: snapInfo.uuid, source: source,
                                          previous: previous, changed: changed)
         let reporter = ProgressThrottle(action: action, disk: disk.name, emit: ctx.emitEvent)
-        let version = try await blocking {
+        let version = try await stoppableBlocking { isStopped in
             // The run's write session already holds the repository lock (shared) until the commit.
-            try DiskBackup(repository: repo).run(request) { p in reporter.report(p.bytesDone, p.bytesTotal) }
+            try DiskBackup(repository: repo).run(request, isStopped: isStopped) { p in reporter.report(p.bytesDone, p.bytesTotal) }
         }
         reporter.finish()
         return (version, fallback)
@@ -373,9 +373,9 @@ struct BackupRun {
         let source = try FileDiskSource(path: file)
         let request = DiskBackup.Request(key: "xva", name: "\(vm.nameLabel).xva", vdiUUID: "", sourceSnapshotVDI: snapshotUUID, source: source)
         let reporter = ProgressThrottle(action: action, disk: "xva", emit: ctx.emitEvent)
-        let version = try await blocking {
+        let version = try await stoppableBlocking { isStopped in
             // The run's write session already holds the repository lock (shared) until the commit.
-            try DiskBackup(repository: repo).run(request) { p in reporter.report(p.bytesDone, p.bytesTotal) }
+            try DiskBackup(repository: repo).run(request, isStopped: isStopped) { p in reporter.report(p.bytesDone, p.bytesTotal) }
         }
         reporter.finish()
         return version

@@ -356,11 +356,11 @@ struct ReplicateRun {
             }
             let key = disk.key, name = disk.name, vdi = disk.sourceVDI, snap = snapInfo.uuid, prev = previous, ch = changed
             let reporter = ProgressThrottle(action: action, disk: disk.name, emit: ctx.emitEvent)
-            version = try await blocking {
+            version = try await stoppableBlocking { isStopped in
                 let nbd = try NBDDiskSource(endpoint, size: size, connections: connections)
                 let request = DiskBackup.Request(key: key, name: name, vdiUUID: vdi, sourceSnapshotVDI: snap, source: TeeDiskSource(inner: nbd, staged: staged),
                                                  previous: prev, changed: ch)
-                return try DiskBackup(repository: pass.repo).run(request) { p in reporter.report(p.bytesDone, p.bytesTotal) }
+                return try DiskBackup(repository: pass.repo).run(request, isStopped: isStopped) { p in reporter.report(p.bytesDone, p.bytesTotal) }
             }
             reporter.finish()
             counters.read = version!.readBytes

@@ -1,0 +1,115 @@
+import Foundation
+import HavenSim
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The cost per VM of a reconcile with nothing to do, at 100 and 1,000 small VMs on one simulated
+/// pool (served in this process, so its CPU is not haven's): haven's CPU (user + system of the
+/// `haven apply` process) and the XenAPI calls it made, per VM. The first apply backs every VM up;
+/// the second, measured, finds everything current. The per-VM cost must not grow with the fleet.
+func benchFleet(havenPath: String) async throws -> [String: Double] {
+    var results: [String: Double] = [:]
+    var rows: [(Int, Double, Double, Double, Int)] = []
+    for (i, count) in [100, 1_000].enumerated() {
+        let dir = URL(fileURLWithPath: ".bench/fleet-\(count)")
+        try? FileManager.default.removeItem(at: dir)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        var world = """
+            pools:
+              - name: fleet
+                port: 4443
+                credentials: {username: root, password: bench}
+                hosts: [{name: fleet1, address: 127.9.\(40 + i).1}]
+                srs: [{name: SR, type: ext, size: 1Ti}]
+                networks: [{name: net0, purpose: [nbd]}]
+                vms:
+
+            """
+        for v in 0..<count {
+            world += "          - {name: vm-\(v), power: Running, disks: [{name: vm-\(v)-root, size: 1Mi, fill: {seed: \(v + 1), unallocated: 0.5, random: 0.5}}]}\n"
+        }
+        try world.write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
+        let sim = Simulator(world: try World.load(path: dir.appendingPathComponent("world.yaml").path), stateDirectory: dir.appendingPathComponent("sim"))
+        let endpoints = try sim.start()
+        defer { sim.stop() }
+        guard let ep = endpoints.first, let pool = sim.pool(named: "fleet") else { throw BenchError("the fleet pool did not start") }
+        let config = """
+            apiVersion: haven/v1
+            kind: Repository
+            metadata: {name: local}
+            spec: {path: \(dir.appendingPathComponent("repo").path)}
+            ---
+            apiVersion: haven/v1
+            kind: Pool
+            metadata: {name: fleet}
+            spec: {url: "\(ep.masterURL)", credentials: {username: root, passwordEnv: BENCH_PW}, tls: {caFile: "\(ep.caFile)"}, limits: {transfers: 4}}
+            ---
+            apiVersion: haven/v1
+            kind: BackupPolicy
+            metadata: {name: daily}
+            spec: {pool: fleet, vms: {all: true}, schedule: {every: 24h}, cbt: true, repository: local, retention: {keepLast: 7}}
+
+            """
+        let configPath = dir.appendingPathComponent("haven.yaml").path
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        let env = ["HAVEN_STATE": dir.appendingPathComponent("state").path, "BENCH_PW": "bench", "HAVEN_LOG_LEVEL": "warning"]
+        let first = try spawnMeasured(havenPath, ["apply", "-f", configPath, "--auto-approve"], env: env, log: dir.appendingPathComponent("first.log").path)
+        guard first.status == 0 else { throw BenchError("the first apply of \(count) VMs exited \(first.status); see \(dir.path)/first.log") }
+        let callsBefore = pool.callsServed.load(ordering: .relaxed)
+        let noop = try spawnMeasured(havenPath, ["apply", "-f", configPath, "--auto-approve"], env: env, log: dir.appendingPathComponent("noop.log").path)
+        let calls = pool.callsServed.load(ordering: .relaxed) - callsBefore
+        let text = (try? String(contentsOfFile: dir.appendingPathComponent("noop.log").path, encoding: .utf8)) ?? ""
+        guard noop.status == 0, text.contains("No changes") else {
+            throw BenchError("the second apply of \(count) VMs was not a no-change run (exit \(noop.status)); see \(dir.path)/noop.log")
+        }
+        let cpuPerVM = noop.cpu * 1_000 / Double(count)
+        let callsPerVM = Double(calls) / Double(count)
+        results["fleet_noop_cpu_ms_per_vm_\(count)"] = cpuPerVM
+        results["fleet_calls_per_vm_\(count)"] = callsPerVM
+        rows.append((count, noop.wall, noop.cpu, cpuPerVM, calls))
+        try? FileManager.default.removeItem(at: dir)
+    }
+    let growth = rows.count == 2 && rows[0].3 > 0 ? rows[1].3 / rows[0].3 : 0
+    results["fleet_noop_cpu_growth_1000_vs_100"] = growth
+    results["fleet_calls_per_vm"] = results["fleet_calls_per_vm_1000"] ?? 0
+    print("")
+    print("| no-change reconcile, 1 pool, 4 transfers | wall | haven CPU | CPU per VM (target ≤ 20 ms) | XenAPI calls (per VM) |")
+    print("|---|---|---|---|---|")
+    for (count, wall, cpu, perVM, calls) in rows {
+        print("| \(count) VMs | \(String(format: "%.2f", wall)) s | \(String(format: "%.2f", cpu)) s | \(String(format: "%.1f", perVM)) ms "
+              + "| \(calls) (\(String(format: "%.2f", Double(calls) / Double(count)))) |")
+    }
+    print("| per-VM CPU at 1,000 vs 100 VMs (target ≤ 1.2×) | | | \(String(format: "%.2f", growth))× | |")
+    return results
+}
+
+/// Runs a program to its end with standard output and error to `log`: exit status, wall seconds,
+/// and its CPU seconds (user + system, from wait4).
+func spawnMeasured(_ tool: String, _ args: [String], env: [String: String], log: String) throws -> (status: Int32, wall: Double, cpu: Double) {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    var environment = ProcessInfo.processInfo.environment
+    environment.merge(env) { _, b in b }
+    let argv = ([tool] + args).map { strdup($0) } + [nil]
+    let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer {
+        for p in argv { free(p) }
+        for p in envp { free(p) }
+    }
+    var pid: pid_t = 0
+    let start = DispatchTime.now().uptimeNanoseconds
+    guard posix_spawn(&pid, tool, &actions, nil, argv, envp) == 0 else { throw BenchError("cannot start \(tool)") }
+    var status: Int32 = 0
+    var usage = rusage()
+    while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
+    let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    return (code, wall, cpu)
+}
