@@ -346,8 +346,9 @@ struct BackupRun {
                 let request = DiskBackup.Request(key: disk.key, name: disk.name, vdiUUID: disk.vdiUUID, sourceSnapshotVDI: snapInfo.uuid, source: source,
                                                  previous: previous, changed: changed)
                 let reporter = ProgressThrottle(action: me.action, disk: disk.name, emit: me.ctx.emitEvent)
-                let version = try await blocking {
-                    try DiskBackup(repository: repo).run(request) { p in reporter.report(p.bytesDone, p.bytesTotal) }
+                let version = try await stoppableBlocking { isStopped in
+                    // The run's write session already holds the repository lock (shared) until the commit.
+                    try DiskBackup(repository: repo).run(request, isStopped: isStopped) { p in reporter.report(p.bytesDone, p.bytesTotal) }
                 }
                 reporter.finish()
                 await disks.unplug(plugged)
