@@ -45,7 +45,7 @@ import XenAPI
         spec:
           url: https://{P}.4:4443
           credentials: {username: admin, passwordEnv: SCENARIO_PASSWORD}
-          tls: {caFile: {STATE}/pools/dr/pki/pool-bundle.pem}
+          tls: {caFile: {SIM}/pools/dr/pki/pool-bundle.pem}
         ---
         apiVersion: haven/v1
         kind: ReplicationPolicy
@@ -61,7 +61,7 @@ import XenAPI
     }
 
     static func scenario(keep: Int = 2, networkMap: String = "{net0: dr-lan, lab-storage: dr-storage}", extra: String = "") throws -> Scenario {
-        try Scenario(vms: vms, policy: config(keep: keep, networkMap: networkMap, extra: extra), networks: labNetworks, srs: labSRs, morePools: drPool)
+        try Scenario(vms: vms, policy: config(keep: keep, networkMap: networkMap, extra: extra), networks: labNetworks, srs: labSRs, otherPools: drPool)
     }
 
     /// SHA-256 of a disk as its pool's `/export_raw_vdi` streams it.

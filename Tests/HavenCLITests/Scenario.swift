@@ -18,12 +18,12 @@ final class Scenario: @unchecked Sendable {
     var repository: String { dir.appendingPathComponent("repo").path }
 
     /// `vms` and `policy` are YAML fragments; `poolExtra` goes into the world's pool, `poolSpec`
-    /// into the Pool resource's spec; `morePools` is appended to the world's `pools:` list (a
-    /// second simulated pool, entries indented by 2). `{P}` in any of them stands for the
-    /// scenario's address prefix (lab's hosts prefix.1-2; appliances: static prefix.50-99, DHCP
-    /// prefix.200-249) and `{PW}` for the scenario's password.
+    /// into the Pool resource's spec. `{P}` in any of them stands for the scenario's address prefix
+    /// (appliances: static prefix.50-99, DHCP prefix.200-249). `otherPools` adds whole pools to the
+    /// world (hosts at prefix.11 and up; their Pool resources go into `policy`); `{PW}` in the world
+    /// stands for the scenario's password, `{SIM}` in `policy` for the simulator's state directory.
     init(vms: String, policy: String, poolExtra: String = "", networks: String = "[{name: net0, purpose: [nbd]}]",
-         srs: String = "[{name: Local storage, type: ext, size: 64Gi}]", poolSpec: String = "", morePools: String = "") throws {
+         srs: String = "[{name: Local storage, type: ext, size: 64Gi}]", poolSpec: String = "", otherPools: String = "") throws {
         let n = Self.counter.add(1, ordering: .relaxed).newValue
         prefix = "127.\(150 + Int(getpid()) % 90).\(n)"
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("haven-e2e-\(UUID().uuidString)")
@@ -42,7 +42,7 @@ final class Scenario: @unchecked Sendable {
                 networks: \(networks)
                 vms:
             \(vms)
-            \(morePools)
+            \(otherPools)
             """
         try world.replacingOccurrences(of: "{P}", with: prefix).replacingOccurrences(of: "{PW}", with: password).write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
         try """
@@ -61,7 +61,8 @@ final class Scenario: @unchecked Sendable {
             spec: {path: \(repository)}
             ---
             \(policy)
-            """.replacingOccurrences(of: "{P}", with: prefix).replacingOccurrences(of: "{STATE}", with: simState.path).write(toFile: config + "/haven.yaml", atomically: true, encoding: .utf8)
+            """.replacingOccurrences(of: "{P}", with: prefix).replacingOccurrences(of: "{SIM}", with: simState.path)
+            .write(toFile: config + "/haven.yaml", atomically: true, encoding: .utf8)
         sim.executableURL = URL(fileURLWithPath: HavenBinary.path)
         sim.arguments = ["sim", "--world", dir.appendingPathComponent("world.yaml").path, "--state", simState.path]
         sim.standardOutput = FileHandle.nullDevice

@@ -134,11 +134,12 @@ struct CrossValidator {
                     "\(owner) replicates Pool '\(s.source.value)' onto itself with an empty 'spec.target.namePrefix'; each replica would carry its source VM's name on the same pool and a policy naming the VM would select both. Keep a prefix, or replicate to another pool")
             }
             if s.method == .abd {
-                let needed = s.direction == .push ? ("source", s.appliances.source) : ("target", s.appliances.target)
-                if needed.1 == nil {
+                // The source side reads the snapshot's disks, the target side writes the replica's: both, whatever the direction.
+                let missing = [("source", s.appliances.source), ("target", s.appliances.target)].filter { $0.1 == nil }.map { "'spec.appliances.\($0.0)'" }
+                if !missing.isEmpty {
                     sink.error(
                         .missingField, at: s.methodLocation,
-                        "\(owner): 'method: abd' with 'direction: \(s.direction.rawValue)' needs 'spec.appliances.\(needed.0)'")
+                        "\(owner): 'method: abd' with 'direction: \(s.direction.rawValue)' needs \(missing.joined(separator: " and ")) (an appliance on each side moves the blocks)")
                 }
             }
         }
