@@ -114,11 +114,19 @@ public final class Engine: Sendable {
         let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
         try checkRepositoryKeys(scope: scope)
         return Planner(instance: instance).plan(desired: desired, observed: observation.pools, unreachable: observation.unreachable,
-                                         catalog: try catalog.view(), now: now, scope: scope, force: force, failback: failback, keys: keys)
+                                         catalog: try planningView(), now: now, scope: scope, force: force, failback: failback, keys: keys)
+    }
+
+    /// The catalog as planning sees it: without leases of processes that are gone (a run killed
+    /// mid-transfer), so that `diff` (which does not clear them) plans what `apply` (which does) will.
+    func planningView() throws -> CatalogView {
+        var view = try catalog.view()
+        view.leases.removeAll { ApplianceLeases.isStale(holder: $0.holder) }
+        return view
     }
 
     public func fingerprint(_ observation: Observation) throws -> String {
-        Planner(instance: instance).fingerprint(desired: desired, observed: observation.pools, catalog: try catalog.view())
+        Planner(instance: instance).fingerprint(desired: desired, observed: observation.pools, catalog: try planningView())
     }
 
     public func executor(plan: Plan, now: @escaping @Sendable () -> Date, emit: @escaping @Sendable (ExecutionEvent) -> Void) -> Executor {

@@ -137,12 +137,17 @@ import XenAPI
         let left = try await transferVBDs(c)
         #expect(left.count == 1 && left.first?.currentlyAttached == true, "\(left)")
         #expect(try s.backups().isEmpty)
+        // The killed run's lease and the plugged disk make its appliance look busy: still, max is 1, so no second one.
+        let pending = try s.diff()
+        #expect(!pending.stdout.contains("provision appliance"), "\(pending.stdout)")
 
         // The next run takes it out (the leftover snapshot's disk cannot go while plugged) and backs up.
         let run = try s.apply()
         #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
         #expect(try await transferVBDs(c).isEmpty)
         #expect(try s.backups().count == 1)
+        #expect(try await c.records(VMRecord.self).values.filter { $0.otherConfig["haven.role"] == "appliance" }.count == 1,
+                "spec.max 1: the killed run's appliance is reused, no second one is made")
         #expect(try await c.records(VMRecord.self).values.filter { $0.isASnapshot }.isEmpty, "the killed run's snapshot is gone")
         let settled = try s.diff()
         #expect(settled.status == 0, "\(settled.stdout)")

@@ -173,6 +173,25 @@ extension World {
         #expect(p.actions.filter { $0.kind == .backup }.count == 5)
     }
 
+    @Test func appliancesInUseCountTowardMax() {
+        var w = World()
+        w.applianceWorld()
+        // Three of five are leased by transfers still running: two more at most, not five.
+        for (i, ip) in ["127.0.77.50", "127.0.77.51", "127.0.77.52"].enumerated() {
+            w.appliance("haven-abd-\(i + 1)", ip: ip)
+            w.catalog.leases.append(ApplianceLeaseRecord(pool: "lab", uuid: "haven-abd-\(i + 1)-uuid", holder: "pid 1", since: w.now))
+        }
+        #expect(provisions(w.plan(w.applianceDesired(vms: five))).count == 2)
+        // All five in use: none more, whatever the transfers planned.
+        for i in 4...5 {
+            w.appliance("haven-abd-\(i)", ip: nil, reported: ["127.0.99.\(200 + i)"])
+            w.catalog.leases.append(ApplianceLeaseRecord(pool: "lab", uuid: "haven-abd-\(i)-uuid", holder: "pid 1", since: w.now))
+        }
+        let p = w.plan(w.applianceDesired(vms: five))
+        #expect(provisions(p).isEmpty)
+        #expect(p.actions.filter { $0.kind == .backup }.count == 5, "the transfers still run: they wait for a lease")
+    }
+
     @Test func needIsBoundedByMaxAndTheTransferLimit() {
         var w = World()
         w.applianceWorld()
@@ -192,6 +211,17 @@ extension World {
         w.appliance("haven-other-1", ap: "other", ip: "127.0.77.51", reported: [])
         let p = w.plan(w.applianceDesired(addresses: "[127.0.77.48/29]", vms: "[vm1, vm2, vm3]"))
         #expect(provisions(p).map { $0.address.ip ?? "dhcp" } == ["127.0.77.49", "127.0.77.52", "127.0.77.53"])
+    }
+
+    @Test func aHostsOwnInterfaceAddressIsNeverHandedOut() {
+        var w = World()
+        w.applianceWorld()
+        // A CIDR written over the whole subnet also covers the hosts' management addresses.
+        w.pool.hostAddresses = ["127.0.77.49": "host h1"]
+        let p = w.plan(w.applianceDesired(addresses: "[127.0.77.48/30]", dhcp: false, max: 2, vms: "[vm1, vm2]"))
+        #expect(provisions(p).map { $0.address.ip ?? "dhcp" } == ["127.0.77.50"])
+        let warning = p.warnings.first { $0.code == .applianceAddressesExhausted }
+        #expect(warning?.message.contains("127.0.77.49 by host h1") == true, "\(warning?.message ?? "")")
     }
 
     @Test func exhaustedWithoutDHCPSaysWhyAndTheTransfersWait() {

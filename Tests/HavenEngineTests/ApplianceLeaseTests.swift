@@ -136,6 +136,19 @@ import XenAPI
         await engine.logout()
     }
 
+    @Test func aHostsManagementAddressIsNeverHandedOut() async throws {
+        let h = try EngineHarness(world: Self.world)
+        // The first host's PIF has prefix.1: a list that includes it must skip it.
+        let engine = try h.engine(try h.desired(extra: appliancePool(h, addresses: "[\(h.prefix).1-\(h.prefix).2]", dhcp: false, max: 2)))
+        let leases = engine.applianceLeases()
+        let one = try await leases.lease("abd")
+        #expect(one.appliance.address == "\(h.prefix).2")
+        let waiting = Task { try await leases.lease("abd") }
+        await leases.release(one)
+        #expect(try await waiting.value.appliance.uuid == one.appliance.uuid, "no second appliance on the host's address")
+        await engine.logout()
+    }
+
     @Test func anAddressAnotherVMReportsIsNeverHandedOut() async throws {
         let h = try EngineHarness(world: Self.world)
         // A VM of the user's, made by hand from the same template, holds .70.

@@ -32,6 +32,9 @@ public struct ObservedPool: Sendable, Codable {
     /// an appliance of haven's (an appliance's addresses are kept with it). Read only for pools
     /// with an AppliancePool: nothing else needs it.
     public var guestAddresses: [String: String] = [:]
+    /// Address -> "host NAME" for every IP a host interface (PIF) of the pool has: never handed to an
+    /// appliance (a static list or CIDR may well include the hosts' own addresses). Read with guestAddresses.
+    public var hostAddresses: [String: String] = [:]
 
     public init(name: String, apiMajor: Int64, apiMinor: Int64, cbtLicensed: Bool, vms: [ObservedVM], snapshots: [ObservedSnapshot],
                 vdis: [String: ObservedVDI], srs: [String: ObservedSR], nbdNetworks: [String]) {

@@ -122,13 +122,15 @@ extension Planner.Context {
         let limit = desired.pool(named: pool.name)?.spec.limits.transfers ?? 1
         let need = min(spec.max, limit, transfers.count)
         let idle = kept.filter { !inUse($0, pool: pool.name) }
-        let missing = need - idle.count
+        // Never beyond spec.max in all: appliances in use count too (their transfers may outlive this plan).
+        let missing = min(need - idle.count, spec.max - kept.count)
         guard missing > 0 else { return }
         let planned = "\(transfers.count) planned transfer\(transfers.count == 1 ? "" : "s") through AppliancePool \(ap.name) need\(transfers.count == 1 ? "s" : "") \(need) appliance\(need == 1 ? "" : "s") at once (spec.max \(spec.max), limits.transfers \(limit)); \(idle.count) idle exist\(idle.count == 1 ? "s" : "")"
         guard let templateUUID, let sr, pool.networks.contains(spec.network) else { return }
-        // Addresses held: every other VM's guest metrics, every appliance's (any AppliancePool, any haven).
+        // Addresses held: the hosts' interfaces, every other VM's guest metrics, every appliance's (any AppliancePool, any haven).
         var taken: [IPAddress: String] = [:]
         for (text, vm) in pool.guestAddresses { if let ip = IPAddress.parse(text) { taken[ip] = "VM \(vm)" } }
+        for (text, host) in pool.hostAddresses { if let ip = IPAddress.parse(text) { taken[ip] = host } }
         for a in pool.appliances {
             for text in a.addresses + [a.staticAddress].compactMap({ $0 }) { if let ip = IPAddress.parse(text) { taken[ip] = "appliance \(a.name)" } }
         }

@@ -245,8 +245,11 @@ public actor ApplianceLeases {
         guard let sr = srs.values.first(where: { $0.nameLabel == s.sr }) else {
             throw EngineError(.action, s.sr, "pool \(s.pool) has no SR named '\(s.sr)' (AppliancePool \(s.name))")
         }
-        // Taken: what any other VM reports, what any appliance was given or reports, what this run reserved.
+        // Taken: the hosts' interfaces, what any other VM reports, what any appliance was given or reports, what this run reserved.
+        let hostAddresses = try await p.client.hostInterfaceAddresses()
+        // No suspension from here to the reservation below: concurrent provisions see each other's addresses.
         var taken = reservedAddresses[s.pool] ?? [:]
+        for (text, host) in hostAddresses { if let ip = IPAddress.parse(text), taken[ip] == nil { taken[ip] = host } }
         var names = reservedNames
         for (_, vm) in vms where vm.isRealVM {
             let isAppliance = vm.otherConfig[OwnershipMarks.role] == OwnershipMarks.applianceRole
@@ -280,11 +283,14 @@ public actor ApplianceLeases {
 extension ApplianceLeases {
     /// Leases recorded by processes that are gone: the appliances are idle again.
     static func clearStale(_ catalog: Catalog) throws {
-        for l in try catalog.view().leases {
-            let pid = l.holder.hasPrefix("pid ") ? Int32(l.holder.dropFirst(4)) : nil
-            if let pid, pid != getpid(), kill(pid, 0) != 0 && errno == ESRCH {
-                try catalog.release(pool: l.pool, uuid: l.uuid, holder: l.holder)
-            }
+        for l in try catalog.view().leases where isStale(holder: l.holder) {
+            try catalog.release(pool: l.pool, uuid: l.uuid, holder: l.holder)
         }
+    }
+
+    /// A lease whose holder is a process of this machine that no longer exists.
+    static func isStale(holder: String) -> Bool {
+        guard holder.hasPrefix("pid "), let pid = Int32(holder.dropFirst(4)), pid != getpid() else { return false }
+        return kill(pid, 0) != 0 && errno == ESRCH
     }
 }

@@ -6,7 +6,7 @@ import XenAPI
 /// Reads a pool into an `ObservedPool` with one `get_all_records` per class: the number of calls
 /// does not grow with the number of VMs.
 public enum Observer {
-    /// The classes read, in order: 10 calls per pool (11 with guest metrics).
+    /// The classes read, in order: 10 calls per pool (13 with guest metrics, PIFs and hosts).
     public static let callsPerPool = 10
 
     /// `guestMetrics`: read VM_guest_metrics too (the addresses guests report), for pools with an
@@ -23,6 +23,7 @@ public enum Observer {
         let vifs = try await client.records(VIFRecord.self)
         let poolRecord = try await client.records(PoolRecord.self).values.first
         let metrics = guestMetrics ? try await client.records(VMGuestMetricsRecord.self) : [:]
+        let hostAddresses = guestMetrics ? try await client.hostInterfaceAddresses() : [:]
         let vdiUUID = Dictionary(uniqueKeysWithValues: vdis.map { ($0.key, $0.value.uuid) })
         let srUUID = Dictionary(uniqueKeysWithValues: srs.map { ($0.key, $0.value.uuid) })
         let vmUUID = Dictionary(uniqueKeysWithValues: vmRecords.map { ($0.key, $0.value.uuid) })
@@ -93,6 +94,7 @@ public enum Observer {
         pool.templates = templates
         pool.markedTemplates = markedTemplates
         pool.guestAddresses = guestAddresses
+        pool.hostAddresses = hostAddresses
         return pool
     }
 }

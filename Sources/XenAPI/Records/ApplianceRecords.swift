@@ -54,4 +54,15 @@ extension XenAPIClient {
         guard !ref.isNull else { return [] }
         return try await record(ref).addresses
     }
+
+    /// Address -> "host NAME" for every IP configured on a host interface (PIF) of the pool: two
+    /// calls, whatever the number of hosts.
+    public func hostInterfaceAddresses() async throws -> [String: String] {
+        let hosts = try await records(HostRecord.self)
+        var out: [String: String] = [:]
+        for (_, pif) in try await records(PIFRecord.self) where !pif.ip.isEmpty {
+            out[pif.ip] = "host \(hosts[pif.host]?.nameLabel ?? pif.host.raw)"
+        }
+        return out
+    }
 }
