@@ -122,6 +122,8 @@ public final class Engine: Sendable {
     func planningView() throws -> CatalogView {
         var view = try catalog.view()
         view.leases.removeAll { ApplianceLeases.isStale(holder: $0.holder) }
+        // An appliance intent of a live process (this one included) is a provisioning in flight, not an orphan.
+        view.intents.removeAll { i in i.applianceHolder.map { !ApplianceLeases.isStale(holder: $0) } ?? false }
         return view
     }
 

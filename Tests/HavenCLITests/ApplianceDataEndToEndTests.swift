@@ -155,6 +155,48 @@ import XenAPI
         await c.logout()
     }
 
+    /// Killed after VM.copy (the copy unmarked) or after it is marked and recorded (its disks not
+    /// yet): the next run finds the copy by its recorded intent and removes it with its disks,
+    /// then provisions the one appliance spec.max allows.
+    @Test(arguments: ["appliance-cloned", "appliance-owned"])
+    func aRunKilledWhileProvisioningLeavesNoCopyTheNextRunDoesNotFind(step: String) async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.backupPolicy + "\n---\n" + Self.appliancePool(), poolExtra: Self.templates, networks: Self.networks)
+        let c = s.client()
+        let userBefore = try await fingerprint(c, "user-app")
+        let vdisBefore = Set(try await c.records(VDIRecord.self).values.map(\.uuid))
+        let killed = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_STEP": step])
+        #expect(killed.status != 0 && killed.stderr.contains("crash step \(step)"), "\(killed.stderr)")
+        let copies = try await c.records(VMRecord.self).values.filter { $0.nameLabel.hasPrefix("haven appliance ") }
+        #expect(copies.count == 1, "the killed run left its copy: \(copies.map(\.nameLabel))")
+        var copyDisks: [String] = []
+        for copy in copies {
+            for vbd in copy.vbds where try await c.record(vbd).type == "Disk" { copyDisks.append(try await c.record(try await c.record(vbd).vdi).uuid) }
+        }
+        #expect(!copyDisks.isEmpty && vdisBefore.isDisjoint(with: copyDisks), "the copy has disks of its own")
+        let pending = try s.diff()
+        #expect(pending.stdout.contains("stopped while provisioning"), "\(pending.stdout)")
+
+        let run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let vms = try await c.records(VMRecord.self).values
+        #expect(!vms.contains { $0.nameLabel.hasPrefix("haven appliance ") }, "the copy is gone")
+        let vdis = Set(try await c.records(VDIRecord.self).values.map(\.uuid))
+        #expect(vdis.isDisjoint(with: copyDisks), "and its disks with it")
+        let appliances = vms.filter { $0.otherConfig["haven.role"] == "appliance" }
+        #expect(appliances.count == 1 && appliances.first?.nameLabel == "haven-abd-1" && appliances.first?.isRealVM == true, "\(appliances.map(\.nameLabel))")
+        let listed = try s.haven(["appliances", "list", "-f", s.config, "--output", "json"])
+        #expect(listed.stdout.contains(appliances.first?.uuid ?? "-"), "the one appliance is recorded: \(listed.stdout)")
+        // Every disk of an appliance belongs to the one appliance there is.
+        let applianceDisks = try await c.records(VDIRecord.self).values.filter { $0.otherConfig["haven.role"] == "appliance-disk" }
+        #expect(applianceDisks.count == 1, "\(applianceDisks.map(\.uuid))")
+        #expect(try s.backups().count == 1)
+        let settled = try s.diff()
+        #expect(settled.status == 0, "\(settled.stdout)")
+        #expect(try await fingerprint(c, "user-app") == userBefore, "the user's VM is untouched")
+        #expect(vdisBefore.isSubset(of: vdis), "no disk that was there before is gone")
+        await c.logout()
+    }
+
     @Test func aConnectionToAMoverWithoutHavensTokenIsRefused() async throws {
         let s = try Scenario(vms: Self.vms, policy: Self.backupPolicy + "\n---\n" + Self.appliancePool(), poolExtra: Self.templates, networks: Self.networks)
         #expect(try s.apply().status == 0)

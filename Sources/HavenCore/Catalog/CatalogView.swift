@@ -204,6 +204,21 @@ public struct SnapshotIntent: Sendable, Codable, Hashable {
     }
 }
 
+/// Names of the catalog intents recorded before `VM.copy` of an appliance start with this; the
+/// copy carries the intent's exact name (`haven appliance NAME STAMP pid N`) until it is marked,
+/// recorded and renamed, so a copy whose caller died is found again by that name alone.
+public let applianceIntentPrefix = "haven appliance "
+
+extension SnapshotIntent {
+    /// An appliance intent: `vmUUID` is the template, `policy` the AppliancePool's owner key.
+    public var isApplianceIntent: Bool { name.hasPrefix(applianceIntentPrefix) }
+    /// `pid N` of the process that recorded an appliance intent (it is in flight while that process lives).
+    public var applianceHolder: String? {
+        guard isApplianceIntent, let r = name.range(of: " pid ", options: .backwards) else { return nil }
+        return "pid " + name[r.upperBound...]
+    }
+}
+
 /// The catalog key of an AppliancePool's owned objects, apart from policies of the same name.
 public func applianceOwnerKey(_ appliancePool: String) -> String { "appliance:\(appliancePool)" }
 

@@ -104,11 +104,14 @@ public struct ApplianceTarget: Sendable, Codable, Hashable {
     public var appliancePool: String
     public var uuid: String
     public var name: String
+    /// Set for a copy a run left before recording it: the appliance intent that proves it is haven's.
+    public var intent: String?
 
-    public init(appliancePool: String, uuid: String, name: String) {
+    public init(appliancePool: String, uuid: String, name: String, intent: String? = nil) {
         self.appliancePool = appliancePool
         self.uuid = uuid
         self.name = name
+        self.intent = intent
     }
 }
 

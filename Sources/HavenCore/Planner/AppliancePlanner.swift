@@ -13,13 +13,37 @@ extension Planner.Context {
             guard let pool = observed[ap.spec.pool.value] else { continue }
             appliancePool(ap, pool)
         }
-        if housekeeping { undeclaredAppliances() }
+        if housekeeping {
+            undeclaredAppliances()
+            orphanAppliances()
+        }
+    }
+
+    /// Copies left by runs that died while provisioning (after `VM.copy`, before the appliance was
+    /// recorded): found by the exact name their recorded intent gave them, never by anything else,
+    /// and removed with their disks. The planning view holds only intents of processes that are gone.
+    mutating func orphanAppliances() {
+        for (poolName, pool) in observed.sorted(by: { $0.key < $1.key }) {
+            for i in catalog.intents where i.pool == poolName && i.isApplianceIntent {
+                let candidates = pool.templates.filter { $0.key == i.name }.map(\.value)
+                    + pool.appliances.filter { $0.name == i.name && ($0.owner.isEmpty || $0.owner == planner.instance) }.map(\.uuid)
+                    + pool.vms.filter { $0.name == i.name }.map(\.uuid)
+                let appliancePool = i.policy.hasPrefix("appliance:") ? String(i.policy.dropFirst("appliance:".count)) : i.policy
+                for uuid in Set(candidates).sorted() {
+                    add(PlannedAction(key: ActionKey(.removeAppliance, pool: poolName, subject: uuid),
+                                      action: .removeAppliance(ApplianceTarget(appliancePool: appliancePool, uuid: uuid, name: i.name, intent: i.name)),
+                                      reason: "left by a run that stopped while provisioning it (requested at \(Self.iso(i.requestedAt))); haven's by its recorded intent, so it and its disks are removed"))
+                }
+            }
+        }
     }
 
     /// This haven's appliances on a pool: its mark on the VM and the VM in its inventory.
     func ownedAppliances(_ pool: ObservedPool) -> [ObservedAppliance] {
         let inventory = Set((inventoryByPool[pool.name] ?? []).filter { $0.cls == "VM" && $0.role == OwnershipMarks.applianceRole }.map(\.uuid))
-        return pool.appliances.filter { $0.owner == planner.instance && inventory.contains($0.uuid) }
+        // A copy still named by its intent is not an appliance yet: orphanAppliances takes it.
+        let copies = Set(catalog.intents.filter { $0.pool == pool.name && $0.isApplianceIntent }.map(\.name))
+        return pool.appliances.filter { $0.owner == planner.instance && inventory.contains($0.uuid) && !copies.contains($0.name) }
             .sorted { Self.applianceOrder($0.name, $1.name) }
     }
 

@@ -1,3 +1,4 @@
+import CrashPoints
 import Foundation
 import HavenCatalog
 import HavenCore
@@ -45,7 +46,20 @@ struct ApplianceProvisioner: Sendable {
         if let ip = job.address.ip { try await checkFree(ip, for: job.name) }
         let sr = try await client.sr(uuid: job.srUUID)
         let created = ISO8601DateFormatter().string(from: now)
-        let vm = try await withRetry(on: log) { try await client.copy(template, name: job.name, sr: sr) }
+        // Recorded before VM.copy, and the copy carries the intent's exact name until it is
+        // recorded: a run killed in between leaves a copy the next plan finds by that name.
+        let intent = "\(applianceIntentPrefix)\(job.name) \(created) pid \(getpid())"
+        try catalog.recordIntent(SnapshotIntent(pool: pool, vmUUID: job.templateUUID, policy: applianceOwnerKey(job.appliancePool), name: intent,
+                                                requestedAt: now))
+        let vm: VMRef
+        do {
+            vm = try await withRetry(on: log) { try await client.copy(template, name: intent, sr: sr) }
+        } catch let e as XenAPIError {
+            // xapi answered: no copy was made.
+            try? catalog.clearIntent(pool: pool, name: intent)
+            throw e
+        }
+        CrashPoints.step("appliance-cloned")
         let marks = [
             (OwnershipMarks.owner, instance), (OwnershipMarks.role, OwnershipMarks.applianceRole),
             (OwnershipMarks.policy, applianceOwnerKey(job.appliancePool)), (OwnershipMarks.appliancePool, job.appliancePool), ("haven.created", created),
@@ -55,16 +69,56 @@ struct ApplianceProvisioner: Sendable {
         // In the inventory at once: whatever fails from here on leaves nothing haven cannot find and remove.
         try catalog.own(OwnedObject(pool: pool, cls: "VM", uuid: record.uuid, role: OwnershipMarks.applianceRole, policy: applianceOwnerKey(job.appliancePool),
                                     vmUUID: record.uuid, createdAt: now))
+        CrashPoints.step("appliance-owned")
         do {
             try await configure(vm, record, job, now: now)
+            // Recorded with its disks: from now on it is found as an appliance, by its marks and the inventory.
+            try await client.setNameLabel(vm, job.name)
+            try catalog.clearIntent(pool: pool, name: intent)
             return try await boot(vm, uuid: record.uuid, job: job)
         } catch {
             log("appliance \(job.name) did not come up (\(error)); it is removed")
             let me = self
             let uuid = record.uuid
-            await Task.detached { try? await me.destroy(uuid: uuid, name: job.name) }.value
+            await Task.detached {
+                if (try? await me.destroy(uuid: uuid, name: job.name)) != nil { try? me.catalog.clearIntent(pool: me.pool, name: intent) }
+            }.value
             throw error
         }
+    }
+
+    /// Removes a copy a run left while provisioning, before the appliance was recorded: only the
+    /// VM that carries the recorded intent's exact name and no other haven's mark, with its disks
+    /// (those carrying no mark or this haven's); then the intent goes.
+    func removeLeftCopy(_ t: ApplianceTarget, intent name: String) async throws -> String {
+        guard let intent = try catalog.view().intents.first(where: { $0.pool == pool && $0.name == name && $0.isApplianceIntent }) else {
+            throw EngineError(.action, t.uuid, "no recorded intent '\(name)' proves VM \(t.uuid) is haven's; left alone")
+        }
+        guard let vm = try await lookup({ try await client.vm(uuid: t.uuid) }) else {
+            try forget(uuid: t.uuid)
+            return "the copy \(t.uuid) left by a stopped provisioning was already gone"
+        }
+        let record = try await client.record(vm)
+        guard record.nameLabel == intent.name, (record.otherConfig[OwnershipMarks.owner] ?? instance) == instance,
+              (record.otherConfig[OwnershipMarks.role] ?? OwnershipMarks.applianceRole) == OwnershipMarks.applianceRole else {
+            throw EngineError(.action, t.uuid, "VM \(record.nameLabel) (\(t.uuid)) does not match haven's recorded intent; left alone")
+        }
+        var disks: [(VDIRef, String)] = []
+        for vbd in record.vbds {
+            let b = try await client.record(vbd)
+            guard b.type == "Disk", !b.vdi.isNull, let v = try await lookup({ try await client.record(b.vdi) }) else { continue }
+            guard (v.otherConfig[OwnershipMarks.owner] ?? instance) == instance,
+                  (v.otherConfig[OwnershipMarks.role] ?? OwnershipMarks.applianceDiskRole) == OwnershipMarks.applianceDiskRole else {
+                throw EngineError(.action, t.uuid, "VM \(record.nameLabel) has disk \(v.nameLabel) (\(v.uuid)) that is not its own; left alone")
+            }
+            disks.append((b.vdi, v.uuid))
+        }
+        if record.powerState != .halted { try await withRetry(on: log) { try await client.hardShutdown(vm) } }
+        try await withRetry(on: log) { try await client.destroy(vm) }
+        for (ref, _) in disks { try await withRetry(attempts: 8, on: log) { try await client.destroy(ref) } }
+        try forget(uuid: t.uuid)
+        try catalog.clearIntent(pool: pool, name: intent.name)
+        return "removed \(record.nameLabel) and \(disks.count) disk\(disks.count == 1 ? "" : "s"): a run stopped while provisioning it"
     }
 
     private func configure(_ vm: VMRef, _ record: VMRecord, _ job: ApplianceProvision, now: Date) async throws {

@@ -21,7 +21,9 @@ enum ApplianceRunner {
     }
 
     static func remove(_ a: PlannedAction, _ t: ApplianceTarget, _ ctx: ExecutionContext) async throws -> ActionOutcome {
-        let said = try await provisioner(a, ctx).remove(t)
+        let p = try provisioner(a, ctx)
+        let said: String
+        if let intent = t.intent { said = try await p.removeLeftCopy(t, intent: intent) } else { said = try await p.remove(t) }
         await ctx.appliances.forget(t.uuid)
         return ActionOutcome(said)
     }
