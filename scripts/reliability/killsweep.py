@@ -1,7 +1,8 @@
 """kill -9 sweep: haven is killed at numbered durable steps (HAVEN_CRASH_AT: `_exit` with no
 clean-up) and at random moments (SIGKILL, seeded) during backups (full and incremental), prune,
-GC, replication, restores (to a file and to the pool), `backups forget`, `catalog rebuild` and
-the catalog writes inside them. After every kill:
+GC, replication (cbt incrementals with singlePass backups, xva), the fail-back of a failed-over
+replica, restores (to a file and to the pool), `backups forget`, `catalog rebuild` and the
+catalog writes inside them. After every kill:
 
 - every version in the repository restores bit-identically (`haven restore --to-file`, compared
   with the source disk's bytes when the version was taken), and no version vanished that no
@@ -25,7 +26,7 @@ from world import Bench
 # How often each operation is the one killed (apply covers incremental backups, prune, GC
 # planning, replication sync, snapshot clean-up and the catalog writes of all of them).
 OPERATIONS = [("apply", 8), ("backup-full", 2), ("repo-gc", 2), ("forget", 1), ("restore-file", 2), ("restore-pool", 2),
-              ("catalog-rebuild", 1)]
+              ("catalog-rebuild", 1), ("failback", 1)]
 if os.environ.get("RELIABILITY_KILL_OPS"):
     OPERATIONS = [(o, w) for o, w in OPERATIONS if o in os.environ["RELIABILITY_KILL_OPS"].split(",")]
 RECOVER_EVERY = int(os.environ.get("RELIABILITY_RECOVER_EVERY", "4"))
@@ -86,7 +87,45 @@ class Sweep(Bench):
                     "restored-%d" % self.counter], None
         if op == "catalog-rebuild":
             return ["catalog", "rebuild", "-f", scn.config], None
+        if op == "failback":
+            # app's replica failed over (not killed), written to, the original shut down: the
+            # fail-back is the run killed.
+            r = scn.haven(["failover", "-f", scn.config, "dr", "app", "--no-start"])
+            if r.rc != 0:
+                self.res.fail(self.section, "haven failover (before a fail-back) failed", r.brief())
+                return None, None
+            self.set_app_power("halted")
+            return ["failback", "-f", scn.config, "dr", "app", "--auto-approve"], None
         raise ValueError(op)
+
+    def failed_over(self):
+        db = self.scn.catalog_db()
+        try:
+            return any(r[0] for r in db.execute("select failedOverAt from replica"))
+        finally:
+            db.close()
+
+    def set_app_power(self, state):
+        pool = self.scn.pool
+        ref = [r for r, v in pool.call("VM.get_all_records").items() if v["name_label"] == "app" and not v["is_a_snapshot"]
+               and not v["is_a_template"]][0]
+        power = pool.call("VM.get_power_state", ref)
+        if state == "halted" and power != "Halted":
+            pool.call("VM.hard_shutdown", ref)
+        elif state == "running" and power != "Running":
+            pool.call("VM.start", ref, False, False)
+
+    def finish_failback(self, context):
+        """After a (killed) fail-back: a clean `haven failback` completes it when the failover is
+        still open, and app runs again (as its user would start it)."""
+        # Later than the killed run (the clock is frozen between runs): a run never shares its
+        # start time, which names its snapshots, with the one before.
+        self.scn.now += 60
+        if self.failed_over():
+            r = self.scn.haven(["failback", "-f", self.scn.config, "dr", "app", "--auto-approve"])
+            if r.rc != 0:
+                self.res.fail(self.section, "the fail-back after %s failed" % context, r.brief())
+        self.set_app_power("running")
 
     def clean_run(self, op, args):
         """A run of `op` without a kill, traced: learns its steps and duration."""
@@ -128,6 +167,8 @@ class Sweep(Bench):
         problems += self.verify()
         problems += self.restore_all("k%d" % self.counter)
         problems += check_orphans(self.scn, self.user_uuids)
+        if op == "failback":
+            self.finish_failback(context)
         problems += self.check_user_objects()
         if op == "restore-file":
             path, digest = self.restore_target
@@ -153,6 +194,7 @@ class Sweep(Bench):
         r = self.clean_run("apply", args)
         problems = [] if r.rc == 0 else ["the next apply failed: " + r.brief()]
         problems += self.note_versions(hashes, "apply", allow_removal=True)
+        problems += self.forget_single_pass()
         if r.rc == 0:
             problems += self.in_sync()
         for p in problems:
@@ -171,9 +213,13 @@ class Sweep(Bench):
         # Every operation's steps, learnt from one clean run each.
         for op in [o for o, _ in OPERATIONS if o not in ("apply", "forget")]:
             a, h = self.prepare(op)
+            if a is None:
+                continue
             r = self.clean_run(op, a)
             if r.rc != 0:
                 self.res.fail(self.section, "a clean %s failed" % op, r.brief())
+            if op == "failback":
+                self.finish_failback("the clean fail-back")
             if h is not None:
                 self.note_versions(h, op, True)
         self.steps["forget"] = 4
@@ -193,6 +239,8 @@ class Sweep(Bench):
             if k.how == "finished":
                 if k.rc != 0:
                     self.res.fail(self.section, "%s (not killed) failed" % op, k.brief())
+                if op == "failback":
+                    self.finish_failback("a fail-back not killed")
                 self.note_versions(hashes, op, allow_removal=op in REMOVES_VERSIONS)
                 continue
             label = k.point.split(" ", 1)[1] if k.how == "crash-at" else "SIGKILL at a random moment"
