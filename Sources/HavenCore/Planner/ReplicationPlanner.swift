@@ -203,7 +203,14 @@ extension Planner.Context {
         var attached = Set<String>()
         for v in target.vms { for d in v.disks { attached.insert(d.vdiUUID) } }
         for s in target.snapshots { for d in s.disks { attached.insert(d.vdiUUID) } }
-        for candidate in target.vms where candidate.uuid != keep && candidate.isHavenReplica && ours(candidate.otherConfig)
+        // An xva run stopped between `/import` and the end of making the import a replica leaves a
+        // template carrying its source snapshot's marks (role replication-snapshot), or a role
+        // being rewritten (none), or already `replica`: haven's only while the intent recorded
+        // before the import is open.
+        let imports = intent == nil ? [] : target.havenTemplates.filter {
+            [nil, "replication-snapshot", "replica"].contains($0.otherConfig[OwnershipMarks.role])
+        }
+        for candidate in target.vms.filter(\.isHavenReplica) + imports where candidate.uuid != keep && ours(candidate.otherConfig)
             && candidate.otherConfig[OwnershipMarks.source] == vm.uuid {
             let known = inventory.contains { $0.uuid == candidate.uuid && $0.cls == "VM" }
             guard known || intent != nil else {
@@ -212,7 +219,9 @@ extension Planner.Context {
                      reason: "delete it by hand if it is a leftover")
                 continue
             }
-            let why = candidate.uuid == record?.replicaUUID
+            let why = imports.contains(candidate)
+                ? "an xva import of \(vm.name) left by a sync that stopped before making it the replica (haven's by its marks and the recorded intent)"
+                : candidate.uuid == record?.replicaUUID
                 ? "the replica \(candidate.uuid) was never completed: the initial sync that created it stopped before its disks were recorded; a new initial sync replaces it"
                 : keep == nil ? "a replica of \(vm.name) left by a sync that stopped before it was recorded (haven's by its marks and \(known ? "the inventory" : "the recorded intent"))"
                 : "an older replica of \(vm.name): the replica of record is \(keep!) (a run stopped between importing the new replica and removing this one)"

@@ -37,6 +37,7 @@ public enum Observer {
         var snapshots: [ObservedSnapshot] = []
         var appliances: [ObservedAppliance] = []
         var templates: [String: String] = [:]
+        var havenTemplates: [ObservedVM] = []
         var guestAddresses: [String: String] = [:]
         for (_, vm) in vmRecords {
             let addresses = metrics[vm.guestMetrics]?.addresses ?? []
@@ -51,7 +52,14 @@ public enum Observer {
                 continue
             }
             for a in addresses where vm.isRealVM { guestAddresses[a] = vm.nameLabel }
-            if vm.isATemplate && !vm.isASnapshot { templates[vm.nameLabel] = vm.uuid }
+            if vm.isATemplate && !vm.isASnapshot {
+                templates[vm.nameLabel] = vm.uuid
+                if vm.otherConfig[OwnershipMarks.owner] != nil {
+                    var o = ObservedVM(uuid: vm.uuid, name: vm.nameLabel, powerState: vm.powerState.rawValue, tags: vm.tags, disks: disks(vm))
+                    o.otherConfig = vm.otherConfig.filter { $0.key.hasPrefix("haven.") }
+                    havenTemplates.append(o)
+                }
+            }
             if vm.isRealVM {
                 var o = ObservedVM(uuid: vm.uuid, name: vm.nameLabel, powerState: vm.powerState.rawValue, tags: vm.tags, disks: disks(vm))
                 o.networks = vm.vifs.compactMap { vifs[$0] }.sorted { $0.device < $1.device }.compactMap { networks[$0.network]?.nameLabel }
@@ -83,6 +91,7 @@ public enum Observer {
         pool.defaultSR = poolRecord.flatMap { srUUID[$0.defaultSR] }
         pool.appliances = appliances.sorted { ($0.name, $0.uuid) < ($1.name, $1.uuid) }
         pool.templates = templates
+        pool.havenTemplates = havenTemplates.sorted { $0.uuid < $1.uuid }
         pool.guestAddresses = guestAddresses
         return pool
     }

@@ -65,7 +65,11 @@ struct RemoveReplicaRun {
         if let uuid = job.vmUUID {
             if let ref = try await lookup({ try await client.vm(uuid: uuid) }) {
                 let rec = try await client.record(ref)
-                guard proven(uuid, rec.otherConfig), rec.otherConfig[OwnershipMarks.role] == "replica" else {
+                // Not yet made a replica: an xva import (a template with its snapshot's marks, or
+                // a role half rewritten), proven by the intent recorded before `/import`.
+                let role = rec.otherConfig[OwnershipMarks.role]
+                let unfinishedImport = rec.isATemplate && !rec.isASnapshot && job.intent != nil && (role == nil || role == "replication-snapshot")
+                guard proven(uuid, rec.otherConfig), role == "replica" || unfinishedImport else {
                     throw EngineError(.action, uuid, "VM \(rec.nameLabel) is not provably haven's replica (marks and catalog); left alone")
                 }
                 if let record = view.replicas.first(where: { $0.replicaUUID == uuid }), !record.diskMap.isEmpty {
