@@ -54,7 +54,8 @@ def run_target(res, bindir, work, target, max_len, seconds, runs):
     cmd = [os.path.join(bindir, target), corpus, seeds, "-max_total_time=%d" % seconds, "-runs=%d" % runs, "-max_len=%d" % max_len,
            "-timeout=10", "-rss_limit_mb=2048", "-artifact_prefix=" + artifacts, "-print_final_stats=1"]
     start = time.monotonic()
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1")
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1",
+               LSAN_OPTIONS="suppressions=%s:print_suppressions=0" % os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsan-suppressions.txt"))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds * 3 + 120)
     log = p.stdout + p.stderr
     with open(os.path.join(work, target, "log.txt"), "w") as f:
