@@ -57,6 +57,10 @@ class Sweep(Bench):
         self.leftovers = {"partial-files": 0, "partial-restored-vms": 0}
         self.counter = 0
         self.recoveries = 0
+        # A leftover that stays is reported after the kill that made it, not again after every
+        # later kill: one defect must not use up the failure budget and stop the sweep.
+        self.reported = set()
+        self.repeats = 0
 
     def prepare(self, op):
         """Arguments of one run of `op`, and the source hashes the versions it makes will hold
@@ -184,8 +188,15 @@ class Sweep(Bench):
             name = "restored-%d" % self.counter
             self.leftovers["partial-restored-vms"] += sum(1 for v in self.scn.pool.call("VM.get_all_records").values()
                                                           if v["name_label"] == name)
+        self.report("after %s" % context, problems)
+
+    def report(self, what, problems):
         for p in problems:
-            self.res.fail(self.section, "after %s" % context, p)
+            if p in self.reported:
+                self.repeats += 1
+                continue
+            self.reported.add(p)
+            self.res.fail(self.section, what, p)
 
     def recover(self, context):
         """The next apply succeeds and leaves nothing to do."""
@@ -197,8 +208,7 @@ class Sweep(Bench):
         problems += self.forget_single_pass()
         if r.rc == 0:
             problems += self.in_sync()
-        for p in problems:
-            self.res.fail(self.section, "recovery after %s" % context, p)
+        self.report("recovery after %s" % context, problems)
 
     def run(self):
         start = time.monotonic()
@@ -270,7 +280,7 @@ class Sweep(Bench):
             "kills": len(self.kills), "distinctKillPoints": len(distinct), "crashPointKills": at_points,
             "randomSigkills": len(self.kills) - at_points, "byOperation": by_op, "byStep": dict(sorted(self.labels.items())),
             "stepsPerCleanRun": self.steps, "cleanAppliesAfterKills": self.recoveries, "restoresCompared": self.restores,
-            "versionsAtEnd": len(self.expected), "leftovers": self.leftovers,
+            "versionsAtEnd": len(self.expected), "leftovers": self.leftovers, "repeatedProblems": self.repeats,
             "atRest": {"%s %s" % k: v for k, v in sorted(getattr(self, "at_rest_learnt", {}).items(), key=str)}, "seconds": round(time.monotonic() - start, 1),
             "seed": self.seed, "killList": self.kills,
         }
@@ -283,7 +293,7 @@ def merge(parts):
     out["distinctKillPoints"] = len({(k["operation"], k["point"]) for k in out["killList"] if k["how"] == "crash-at"}) + sum(
         1 for k in out["killList"] if k["how"] != "crash-at")
     for key in ("kills", "crashPointKills", "randomSigkills", "cleanAppliesAfterKills", "restoresCompared",
-                "versionsAtEnd"):
+                "versionsAtEnd", "repeatedProblems"):
         out[key] = sum(p[key] for p in parts)
     for key in ("byOperation", "byStep", "leftovers"):
         merged = {}
