@@ -288,6 +288,32 @@ import XenAPI
         #expect(try s.diff().status == 0)
     }
 
+    /// Found by the kill sweep: two xva syncs killed after `/import` left two imports, and the
+    /// run after them removed the first, cleared the one intent both removals were planned under,
+    /// and then failed ("not provably haven's replica"), leaving the second for good. Each import
+    /// is removed under its own run's intent; the run succeeds and nothing stays.
+    @Test func twoXVAImportsLeftByTwoKilledSyncsAreBothRemoved() async throws {
+        let s = try Scenario(vms: R.vms, policy: R.policy(keep: 2, extra: "  method: xva"), srs: R.srs)
+        let c = s.client()
+        #expect(try s.apply().status == 0)
+        for seed in [81, 82] {
+            #expect(try s.simControl(["write", "--vm", "web", "--percent", "5", "--seed", "\(seed)"]).status == 0)
+            s.now = s.now.addingTimeInterval(3_700)
+            let run = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": "after /import"])
+            #expect(run.status == 99, "\(run.stdout)\(run.stderr)")
+        }
+        func imports() async throws -> [VMRecord] {
+            try await c.records(VMRecord.self).values.filter { $0.isATemplate && !$0.isASnapshot && $0.otherConfig["haven.owner"] != nil }
+        }
+        #expect(try await imports().count == 2, "each killed sync left its import")
+        let run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect(try await imports().isEmpty, "both imports are gone")
+        #expect(try await replicas(c).count == 1)
+        try await expectEqual(s, c, "after the run that followed the kills")
+        #expect(try s.diff().status == 0)
+    }
+
     @Test(arguments: ["replica-created", "replica-disk-created"])
     func aReplicaLeftByAKilledInitialSyncIsFoundAndRemoved(step: String) async throws {
         let s = try Scenario(vms: R.vms, policy: R.policy(), srs: R.srs)

@@ -195,7 +195,13 @@ extension Planner.Context {
                                    record: ReplicaRecord?) -> [ActionKey] {
         let owner = replicationOwnerKey(r.name)
         let inventory = inventoryByPool[target.name] ?? []
-        let intent = catalog.intents.first { $0.pool == target.name && $0.policy == owner && $0.vmUUID == vm.uuid && $0.name.hasPrefix(replicaIntentPrefix) }
+        let intents = catalog.intents.filter { $0.pool == target.name && $0.policy == owner && $0.vmUUID == vm.uuid && $0.name.hasPrefix(replicaIntentPrefix) }
+        let intent = intents.first
+        // Each run's intent ends with its start time, as does the name of the import it made: a
+        // leftover is removed under its own intent (several killed runs leave several of each).
+        func intentOf(_ name: String) -> SnapshotIntent? {
+            intents.first { i in i.name.split(separator: " ").last.map { name.hasSuffix(" " + $0) } ?? false } ?? intent
+        }
         func ours(_ marks: [String: String]) -> Bool {
             marks[OwnershipMarks.owner] == planner.instance && marks[OwnershipMarks.policy] == owner
         }
@@ -227,7 +233,7 @@ extension Planner.Context {
                 : "an older replica of \(vm.name): the replica of record is \(keep!) (a run stopped between importing the new replica and removing this one)"
             let key = ActionKey(.removeReplica, pool: target.name, subject: candidate.uuid, policy: owner)
             add(PlannedAction(key: key, action: .removeReplica(ReplicaRemoval(pool: target.name, vmUUID: candidate.uuid, vdis: [],
-                                                                               label: "replica \(candidate.name) (\(candidate.uuid)) on \(target.name)", intent: known ? nil : intent?.name)),
+                                                                               label: "replica \(candidate.name) (\(candidate.uuid)) on \(target.name)", intent: known ? nil : intentOf(candidate.name)?.name)),
                               vm: identity, reason: why))
             keys.append(key)
         }

@@ -58,8 +58,12 @@ struct RemoveReplicaRun {
         let owner = action.policy ?? ""
         func proven(_ uuid: String, _ marks: [String: String]) -> Bool {
             guard marks[OwnershipMarks.owner] == ctx.instance, marks[OwnershipMarks.policy] == owner else { return false }
+            // The plan's intent, or (it may have been cleared by the removal of a sibling leftover
+            // of another killed run of the same sync) any open replica intent of this VM and policy.
             return view.inventory.contains { $0.pool == job.pool && $0.uuid == uuid }
                 || (job.intent.map { i in view.intents.contains { $0.pool == job.pool && $0.name == i } } ?? false)
+                || (job.intent != nil && view.intents.contains { $0.pool == job.pool && $0.policy == owner && $0.vmUUID == (action.vm?.uuid ?? "")
+                        && $0.name.hasPrefix(replicaIntentPrefix) })
         }
         var done: [String] = []
         if let uuid = job.vmUUID {
