@@ -65,7 +65,7 @@ def run_target(res, bindir, work, target, max_len, seconds, runs):
         log, rc = p.stdout + p.stderr, p.returncode
     except subprocess.TimeoutExpired as e:
         # A hang is a finding, not the end of the section: the other targets still run.
-        log = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace") if isinstance(e.stdout, bytes) or e.stdout is None else (e.stdout or "") + (e.stderr or "")
+        log = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
         rc = None
         res.fail("fuzz", "%s: still running after %d s (-max_total_time=%d): killed, counted as a hang" % (target, limit, seconds), log[-3000:])
     with open(os.path.join(work, target, "log.txt"), "w") as f:
