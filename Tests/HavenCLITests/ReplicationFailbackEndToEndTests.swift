@@ -275,6 +275,9 @@ import XenAPI
         var importDisks: [String] = []
         for v in try await c.diskVDIs(importRef) { importDisks.append(try await c.record(v).uuid) }
         #expect(!importDisks.isEmpty)
+        // The next run comes an hour later, as scheduled: the intent that proves the import
+        // haven's must outlive the 10 minutes after which intents of snapshots never made go.
+        s.now = s.now.addingTimeInterval(3_700)
         run = try s.diff()
         #expect(run.stdout.contains("an xva import of web left by a sync that stopped before making it the replica"), "\(run.stdout)")
         run = try s.apply()
@@ -306,6 +309,7 @@ import XenAPI
             try await c.records(VMRecord.self).values.filter { $0.isATemplate && !$0.isASnapshot && $0.otherConfig["haven.owner"] != nil }
         }
         #expect(try await imports().count == 2, "each killed sync left its import")
+        s.now = s.now.addingTimeInterval(3_700)
         let run = try s.apply()
         #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
         #expect(try await imports().isEmpty, "both imports are gone")
