@@ -302,16 +302,16 @@ import XenAPI
         for seed in [81, 82] {
             #expect(try s.simControl(["write", "--vm", "web", "--percent", "5", "--seed", "\(seed)"]).status == 0)
             s.now = s.now.addingTimeInterval(3_700)
-            let run = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": "after /import"])
-            #expect(run.status == 99, "\(run.stdout)\(run.stderr)")
+            let killed = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": "after /import"])
+            #expect(killed.status == 99, "\(killed.stdout)\(killed.stderr)")
         }
         func imports() async throws -> [VMRecord] {
             try await c.records(VMRecord.self).values.filter { $0.isATemplate && !$0.isASnapshot && $0.otherConfig["haven.owner"] != nil }
         }
         #expect(try await imports().count == 2, "each killed sync left its import")
         s.now = s.now.addingTimeInterval(3_700)
-        let run = try s.apply()
-        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let next = try s.apply()
+        #expect(next.status == 0, "\(next.stdout)\(next.stderr)")
         #expect(try await imports().isEmpty, "both imports are gone")
         #expect(try await replicas(c).count == 1)
         try await expectEqual(s, c, "after the run that followed the kills")
