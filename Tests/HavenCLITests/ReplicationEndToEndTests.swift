@@ -207,10 +207,10 @@ import XenAPI
         #expect(run.stdout.contains("storage-net → dr-storage (no such network on lab)"), "\(run.stdout)")
     }
 
-    @Test func methodsThatNeedAppliancesSaySo() throws {
+    @Test func pullWithoutAppliancesSaysSo() throws {
         let s = try Scenario(vms: Self.vms, policy: Self.policy(extra: "  direction: pull"), srs: Self.srs)
         let run = try s.diff()
         #expect(run.status == 2)
-        #expect(run.stdout.contains("data-mover appliances"), "\(run.stdout)")
+        #expect(run.stdout.contains("direction pull has the target side fetch the blocks, which only appliances do (method abd)"), "\(run.stdout)")
     }
 }

@@ -19,9 +19,10 @@ final class Scenario: @unchecked Sendable {
 
     /// `vms` and `policy` are YAML fragments; `poolExtra` goes into the world's pool, `poolSpec`
     /// into the Pool resource's spec. `{P}` in any of them stands for the scenario's address prefix
-    /// (appliances: static prefix.50-99, DHCP prefix.200-249).
+    /// (appliances: static prefix.50-99, DHCP prefix.200-249). `otherPools` adds whole pools to the
+    /// world (hosts at prefix.11 and up; their Pool resources go into `policy`).
     init(vms: String, policy: String, poolExtra: String = "", networks: String = "[{name: net0, purpose: [nbd]}]",
-         srs: String = "[{name: Local storage, type: ext, size: 64Gi}]", poolSpec: String = "") throws {
+         srs: String = "[{name: Local storage, type: ext, size: 64Gi}]", poolSpec: String = "", otherPools: String = "") throws {
         let n = Self.counter.add(1, ordering: .relaxed).newValue
         prefix = "127.\(150 + Int(getpid()) % 90).\(n)"
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("haven-e2e-\(UUID().uuidString)")
@@ -40,6 +41,7 @@ final class Scenario: @unchecked Sendable {
                 networks: \(networks)
                 vms:
             \(vms)
+            \(otherPools)
             """
         try world.replacingOccurrences(of: "{P}", with: prefix).write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
         try """
@@ -58,7 +60,8 @@ final class Scenario: @unchecked Sendable {
             spec: {path: \(repository)}
             ---
             \(policy)
-            """.replacingOccurrences(of: "{P}", with: prefix).write(toFile: config + "/haven.yaml", atomically: true, encoding: .utf8)
+            """.replacingOccurrences(of: "{P}", with: prefix).replacingOccurrences(of: "{SIM}", with: simState.path)
+            .write(toFile: config + "/haven.yaml", atomically: true, encoding: .utf8)
         sim.executableURL = URL(fileURLWithPath: HavenBinary.path)
         sim.arguments = ["sim", "--world", dir.appendingPathComponent("world.yaml").path, "--state", simState.path]
         sim.standardOutput = FileHandle.nullDevice

@@ -144,6 +144,23 @@ extension World {
         #expect(p.summary.add == 10)
     }
 
+    @Test func backupsThroughAppliancesNeedNoNBDNetworkAndReadChangedBlocksThroughThem() {
+        var w = World()
+        w.applianceWorld(vms: 1)
+        w.pool.nbdNetworks = []
+        var p = w.plan(w.applianceDesired(vms: "[vm1]"))
+        var backup = p.actions.first { $0.kind == .backup }
+        guard case .backup(let first)? = backup?.action else { Issue.record("no backup planned: \(p.actions.map(\.headline))"); return }
+        #expect(first.method == .fullAppliance && first.appliances == "abd")
+        #expect(backup?.headline.contains("full backup through an appliance of abd") == true, "\(backup?.headline ?? "")")
+        #expect(!(backup?.reason.contains("no NBD network") ?? true), "\(backup?.reason ?? "")")
+        // Without the AppliancePool, the same pool reads the whole disk through /export_raw_vdi.
+        p = w.plan(w.applianceDesired(vms: "[vm1]", declare: false))
+        backup = p.actions.first { $0.kind == .backup }
+        guard case .backup(let plain)? = backup?.action else { Issue.record("no backup planned"); return }
+        #expect(plain.method == .fullExport && plain.appliances == nil)
+    }
+
     @Test func idleAppliancesAreReusedAndNoneIsMadeAgain() {
         var w = World()
         w.applianceWorld()

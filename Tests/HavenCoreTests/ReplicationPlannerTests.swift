@@ -137,7 +137,7 @@ import Testing
         #expect(!plan(other, other.desired(extra: Self.policy())).actions.contains { $0.key.subject == "adopted" })
     }
 
-    @Test func xvaNeedsNoCBTAndAbdIsStillAnError() throws {
+    @Test func xvaNeedsNoCBTAndPullWithoutAbdIsAnError() throws {
         var w = World()
         w.pool.srs["sr2"] = ObservedSR(uuid: "sr2", name: "Replica storage", type: "ext", physicalSize: 1 << 40, physicalUtilisation: 0, supportsCBT: true)
         w.pool.cbtLicensed = false
@@ -147,6 +147,68 @@ import Testing
         #expect(p.actions.contains { $0.kind == .replicate && $0.headline.contains("XVA") })
         #expect(!p.actions.contains { $0.kind == .enableCBT && $0.policy == "replication:dr" })
         p = plan(w, w.desired(extra: Self.policy("  direction: pull")))
-        #expect(p.errors.contains { $0.message.contains("data-mover appliances") })
+        #expect(p.errors.contains { $0.message.contains("direction pull has the target side fetch the blocks, which only appliances do (method abd)") })
+    }
+
+    static let appliancePools = "\n" + """
+        ---
+        apiVersion: haven/v1
+        kind: AppliancePool
+        metadata: {name: src}
+        spec:
+          pool: lab
+          template: haven-abd
+          sr: Local storage
+          network: net0
+          addresses: [127.0.77.50]
+          netmask: 255.255.255.0
+          max: 1
+        ---
+        apiVersion: haven/v1
+        kind: AppliancePool
+        metadata: {name: dst}
+        spec:
+          pool: lab
+          template: haven-abd
+          sr: Local storage
+          network: net0
+          addresses: [127.0.77.60]
+          netmask: 255.255.255.0
+          max: 1
+        """
+
+    @Test func abdPlansARouteThroughBothAppliancePoolsWithoutNBD() throws {
+        var w = World()
+        w.pool.srs["sr2"] = ObservedSR(uuid: "sr2", name: "Replica storage", type: "ext", physicalSize: 1 << 40, physicalUtilisation: 0, supportsCBT: true)
+        w.pool.templates = ["haven-abd": "tpl-uuid"]
+        w.pool.networks = ["net0"]
+        w.pool.nbdNetworks = []
+        w.vm("web", disks: ["root"])
+        for direction in ["push", "pull"] {
+            let p = plan(w, w.desired(extra: Self.policy("  method: abd\n  direction: \(direction)\n  appliances: {source: src, target: dst}") + Self.appliancePools))
+            #expect(p.errors.isEmpty, "\(p.warnings)")
+            let sync = try #require(p.actions.first { $0.kind == .replicate })
+            guard case .replicate(let job) = sync.action else { Issue.record("not a replication"); continue }
+            #expect(job.abd == ApplianceRoute(direction: direction == "push" ? .push : .pull, source: "src", target: "dst"))
+            #expect(sync.headline.contains(direction == "push" ? "through appliances (push: src → dst)" : "through appliances (pull: dst ← src)"), "\(sync.headline)")
+            // CBT is enabled for the next sync's changed blocks; both AppliancePools get an appliance for it.
+            #expect(p.actions.contains { $0.kind == .enableCBT && $0.policy == "replication:dr" })
+            #expect(Set(p.actions.compactMap { if case .provisionAppliance(let a) = $0.action { return a.appliancePool } else { return nil } }) == ["src", "dst"])
+        }
+    }
+
+    @Test func abdRoutesThatCannotMoveDataArePlanErrors() throws {
+        var w = World()
+        w.pool.srs["sr2"] = ObservedSR(uuid: "sr2", name: "Replica storage", type: "ext", physicalSize: 1 << 40, physicalUtilisation: 0, supportsCBT: true)
+        w.pool.templates = ["haven-abd": "tpl-uuid"]
+        w.pool.networks = ["net0"]
+        w.vm("web", disks: ["root"])
+        var p = plan(w, w.desired(extra: Self.policy("  method: abd\n  appliances: {source: src, target: src}") + Self.appliancePools))
+        #expect(p.errors.contains { $0.code == .replicationRoute && $0.message.contains("both name AppliancePool src") }, "\(p.warnings)")
+        #expect(!p.actions.contains { $0.kind == .replicate })
+        p = plan(w, w.desired(extra: Self.policy("  method: cbt\n  appliances: {source: src, target: dst}") + Self.appliancePools))
+        #expect(p.errors.contains { $0.code == .replicationRoute && $0.message.contains("only method abd moves data through appliances") }, "\(p.warnings)")
+        p = plan(w, w.desired(extra: Self.policy("  method: abd\n  appliances: {source: src, target: dst}\n  singlePass: {repository: local}") + Self.appliancePools))
+        #expect(p.errors.contains { $0.code == .replicationRoute && $0.message.contains("singlePass") }, "\(p.warnings)")
     }
 }

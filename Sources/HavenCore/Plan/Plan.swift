@@ -143,12 +143,14 @@ public struct PlanWarning: Sendable, Codable, Hashable {
         case applianceAddressesExhausted = "appliance-addresses-exhausted"
         /// An appliance to remove is in use: it stays until it is idle.
         case applianceInUse = "appliance-in-use"
+        /// A ReplicationPolicy whose method, direction and appliances cannot move data together.
+        case replicationRoute = "replication-route"
     }
 
     /// A plan error: the run exits 2 (what else is planned still runs).
     public var isError: Bool {
         switch code {
-        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt, .noApplianceTemplate, .noApplianceSR, .noApplianceNetwork: true
+        case .poolUnreachable, .missingNetworkMapping, .noTargetSR, .notBuilt, .noApplianceTemplate, .noApplianceSR, .noApplianceNetwork, .replicationRoute: true
         default: false
         }
     }
@@ -276,6 +278,11 @@ public enum BackupMethod: String, Sendable, Codable, Hashable {
     case fullExport = "full-export"
     /// The whole VM as XVA through `/export`.
     case xva
+    /// Changed blocks since the anchor, read by a data-mover appliance the snapshot's disks are
+    /// plugged into (`BackupJob.appliances`): no NBD network needed.
+    case cbtAppliance = "cbt-appliance"
+    /// The whole disk, read by a data-mover appliance.
+    case fullAppliance = "full-appliance"
 }
 
 /// One disk of a backup.
@@ -315,10 +322,14 @@ public struct BackupJob: Sendable, Codable, Hashable {
     public var quiesce: String
     public var preSnapshot: HookJob?
     public var postSnapshot: HookJob?
+    /// The AppliancePool whose appliances read the disks (methods cbt-appliance, full-appliance).
+    public var appliances: String?
 
     public init(method: BackupMethod, repository: RepositoryTarget, disks: [DiskJob], skippedDisks: [String], keepAnchors: Bool,
-                deltaBases: Bool = false, purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?) {
+                deltaBases: Bool = false, purgeSnapshotData: Bool, quiesce: String, preSnapshot: HookJob?, postSnapshot: HookJob?,
+                appliances: String? = nil) {
         self.method = method
+        self.appliances = appliances
         self.deltaBases = deltaBases ? true : nil
         self.repository = repository
         self.disks = disks
@@ -378,9 +389,13 @@ public struct ReplicationJob: Sendable, Codable, Hashable {
     public var xva: Bool = false
     /// The same read also commits a backup version here.
     public var singlePass: SinglePassJob?
+    /// method abd: the blocks go from a source-side appliance to a target-side one.
+    public var abd: ApplianceRoute?
 
     public init(mode: Mode, targetPool: String, targetSR: String, targetSRName: String, replicaName: String, networks: [String: String], keep: Int,
-                trustDestination: Bool, disks: [ReplicaDiskJob], replicaUUID: String?, xva: Bool = false, singlePass: SinglePassJob? = nil) {
+                trustDestination: Bool, disks: [ReplicaDiskJob], replicaUUID: String?, xva: Bool = false, singlePass: SinglePassJob? = nil,
+                abd: ApplianceRoute? = nil) {
+        self.abd = abd
         self.xva = xva
         self.singlePass = singlePass
         self.mode = mode
@@ -393,6 +408,23 @@ public struct ReplicationJob: Sendable, Codable, Hashable {
         self.trustDestination = trustDestination
         self.disks = disks
         self.replicaUUID = replicaUUID
+    }
+}
+
+/// How method abd moves a replica's blocks: the snapshot's disks are plugged into an appliance of
+/// `source` (on the source pool), the replica's into one of `target` (on the target pool); with
+/// `push` the source appliance's mover connects to the target's and writes, with `pull` the target
+/// appliance's mover connects to the source's and reads (the target site opens no port).
+public struct ApplianceRoute: Sendable, Codable, Hashable {
+    public enum Direction: String, Sendable, Codable, Hashable { case push, pull }
+    public var direction: Direction
+    public var source: String
+    public var target: String
+
+    public init(direction: Direction, source: String, target: String) {
+        self.direction = direction
+        self.source = source
+        self.target = target
     }
 }
 
@@ -595,6 +627,8 @@ public struct PlannedAction: Sendable, Hashable {
             case .fullNBD: what = "full backup over NBD"
             case .fullExport: what = "full backup through /export_raw_vdi"
             case .xva: what = "XVA export"
+            case .cbtAppliance: what = "incremental backup (changed blocks through an appliance of \(b.appliances ?? ""))"
+            case .fullAppliance: what = "full backup through an appliance of \(b.appliances ?? "")"
             }
             var s = "\(what) of \(b.disks.count) disk\(b.disks.count == 1 ? "" : "s") (\(b.disks.map(\.name).joined(separator: ", "))) to \(b.repository.name)"
             if !b.skippedDisks.isEmpty { s += ", skipping \(b.skippedDisks.joined(separator: ", "))" }
@@ -614,7 +648,10 @@ public struct PlannedAction: Sendable, Hashable {
             case .incremental: what = "sync replica \(r.replicaName) on \(r.targetPool): changed blocks of"
             case .full: what = "resynchronise replica \(r.replicaName) on \(r.targetPool): every block of"
             }
-            return "\(what) \(r.disks.count) disk\(r.disks.count == 1 ? "" : "s") (\(r.disks.map(\.name).joined(separator: ", "))) to SR \(r.targetSRName), keeping \(r.keep) restore point\(r.keep == 1 ? "" : "s")"
+            let route = r.abd.map { a in
+                a.direction == .push ? " through appliances (push: \(a.source) → \(a.target))" : " through appliances (pull: \(a.target) ← \(a.source))"
+            } ?? ""
+            return "\(what) \(r.disks.count) disk\(r.disks.count == 1 ? "" : "s") (\(r.disks.map(\.name).joined(separator: ", "))) to SR \(r.targetSRName)\(route), keeping \(r.keep) restore point\(r.keep == 1 ? "" : "s")"
                 + (r.singlePass.map { ", and record a backup version in \($0.repository.name) from the same read" } ?? "")
         case .deleteSnapshot(let r): return "delete snapshot \(r.label)"
         case .retireAnchor(let r): return "retire CBT anchor \(r.label)"

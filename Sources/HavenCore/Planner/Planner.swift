@@ -158,7 +158,7 @@ extension Planner {
                 guard let pool = observed[r.spec.source.value] else { continue }
                 for vm in pool.vms where Self.selects(r.spec.vms, vm) {
                     covered[pool.name, default: []].insert(vm.uuid)
-                    if r.spec.method == .cbt { for d in vm.disks { wantedCBT[pool.name, default: []].insert(d.vdiUUID) } }
+                    if r.spec.method == .cbt || r.spec.method == .abd { for d in vm.disks { wantedCBT[pool.name, default: []].insert(d.vdiUUID) } }
                 }
             }
             for policy in desired.backupPolicies where !policy.spec.suspend && (scope?.contains(policy.name) ?? true) {
@@ -408,7 +408,7 @@ extension Planner {
             if spec.method == .xva {
                 method = .xva
                 planned = disks.map { DiskJob(key: $0.0.userdevice, vdiUUID: $0.1.uuid, name: $0.1.name, size: $0.1.size) }
-            } else if spec.method == .delta || (spec.method == .auto && !cbtPossible) {
+            } else if spec.method == .delta || (spec.method == .auto && !cbtPossible && spec.appliances == nil) {
                 // No CBT: a VHD delta against the previous backup's snapshot disk, kept on the
                 // pool for it (the delta base).
                 // Why not CBT, in a clause ("full, because …") and in a few words ("incremental (VHD delta, …)").
@@ -479,8 +479,11 @@ extension Planner {
                         planned[i].anchorVDI = nil
                         planned[i].baseBackup = nil
                     }
-                    method = pool.nbdAvailable ? .fullNBD : .fullExport
+                    // Through appliances the disks are read by their movers: no NBD network needed.
+                    method = spec.appliances != nil ? .fullAppliance : pool.nbdAvailable ? .fullNBD : .fullExport
                     why += "; full, because \(fullBecause)"
+                } else if spec.appliances != nil {
+                    method = .cbtAppliance
                 } else {
                     method = pool.nbdAvailable ? .cbtIncremental : .fullExport
                     if !pool.nbdAvailable { why += "; full, because there is no NBD network to read changed blocks through" }
@@ -493,7 +496,8 @@ extension Planner {
             }
             let job = BackupJob(method: method, repository: repo, disks: planned, skippedDisks: skipped, keepAnchors: keepAnchors, deltaBases: deltaBases,
                                 purgeSnapshotData: spec.purgeSnapshotData, quiesce: spec.quiesce.rawValue,
-                                preSnapshot: Self.hook(spec.hooks.preSnapshot), postSnapshot: Self.hook(spec.hooks.postSnapshot))
+                                preSnapshot: Self.hook(spec.hooks.preSnapshot), postSnapshot: Self.hook(spec.hooks.postSnapshot),
+                                appliances: method == .cbtAppliance || method == .fullAppliance ? spec.appliances?.value : nil)
             let backupKey = ActionKey(.backup, pool: pool.name, subject: vm.uuid, policy: policy.name)
             add(PlannedAction(key: backupKey, action: .backup(job), vm: vm, reason: why, after: enables))
             plannedBackups["\(vm.uuid)\u{0}\(policy.name)"] = backupKey

@@ -10,10 +10,42 @@ extension Planner.Context {
         let sourceName = spec.source.value
         guard let source = observed[sourceName] else { return }
         guard let target = observed[spec.target.pool.value] else { return }
-        if spec.method == .abd || spec.direction == .pull || spec.appliances.source != nil || spec.appliances.target != nil {
-            warn(.notBuilt, sourceName, "abd-\(r.name)", resource: resource,
-                 "ReplicationPolicy \(r.name): \(spec.method == .abd ? "method abd" : "direction pull") moves data through data-mover appliances (AppliancePool, `haven mover`), which are not built yet",
-                 reason: "use method: cbt with direction: push; nothing is replicated for this policy meanwhile")
+        var route: ApplianceRoute?
+        if spec.method == .abd {
+            guard let from = spec.appliances.source?.value, let to = spec.appliances.target?.value else {
+                warn(.replicationRoute, sourceName, "abd-\(r.name)", resource: resource,
+                     "ReplicationPolicy \(r.name): method abd moves the blocks from an appliance on the source pool to one on the target pool, but spec.appliances.\(spec.appliances.source == nil ? "source" : "target") is not set",
+                     reason: "name an AppliancePool of pool \(spec.appliances.source == nil ? sourceName : spec.target.pool.value) there; nothing is replicated for this policy meanwhile")
+                return
+            }
+            guard from != to else {
+                warn(.replicationRoute, sourceName, "abd-\(r.name)", resource: resource,
+                     "ReplicationPolicy \(r.name): spec.appliances.source and spec.appliances.target both name AppliancePool \(from); a sync holds one appliance on each side at once",
+                     reason: "declare a second AppliancePool for the target side; nothing is replicated for this policy meanwhile")
+                return
+            }
+            if spec.singlePass != nil {
+                warn(.replicationRoute, sourceName, "abd-\(r.name)", resource: resource,
+                     "ReplicationPolicy \(r.name): singlePass needs haven to read the blocks, but with method abd they go from appliance to appliance",
+                     reason: "use method: cbt for singlePass, or back the VMs up with a BackupPolicy; nothing is replicated for this policy meanwhile")
+                return
+            }
+            if !(source.hasCBTAPI && source.cbtLicensed) {
+                warn(.notBuilt, sourceName, "cbt-\(r.name)", resource: resource,
+                     "ReplicationPolicy \(r.name): method abd sends the blocks CBT reports changed, and pool \(sourceName) has no CBT (API 2.8+, licensed)",
+                     reason: "use method: xva on this pool (the whole VM is copied each run)")
+                return
+            }
+            route = ApplianceRoute(direction: spec.direction == .pull ? .pull : .push, source: from, target: to)
+        } else if spec.direction == .pull {
+            warn(.replicationRoute, sourceName, "pull-\(r.name)", resource: resource,
+                 "ReplicationPolicy \(r.name): direction pull has the target side fetch the blocks, which only appliances do (method abd)",
+                 reason: "set method: abd with spec.appliances, or direction: push; nothing is replicated for this policy meanwhile")
+            return
+        } else if spec.appliances.source != nil || spec.appliances.target != nil {
+            warn(.replicationRoute, sourceName, "abd-\(r.name)", resource: resource,
+                 "ReplicationPolicy \(r.name): spec.appliances is set but method is \(spec.method.rawValue); only method abd moves data through appliances",
+                 reason: "set method: abd, or remove spec.appliances; nothing is replicated for this policy meanwhile")
             return
         }
         var singlePass: RepositoryTarget?
@@ -104,7 +136,7 @@ extension Planner.Context {
                 continue
             }
             var enables: [ActionKey] = []
-            for d in vm.disks where spec.method == .cbt {
+            for d in vm.disks where spec.method == .cbt || spec.method == .abd {
                 guard let vdi = source.vdis[d.vdiUUID], !vdi.cbtEnabled else { continue }
                 let key = ActionKey(.enableCBT, pool: sourceName, subject: vdi.uuid, policy: owner)
                 enables.append(key)
@@ -121,7 +153,7 @@ extension Planner.Context {
             if record == nil || replica == nil {
                 mode = .initial
                 why += record == nil ? "; initial sync: no replica yet" : "; initial sync: the replica \(record!.replicaUUID) is gone from \(target.name)"
-            } else if !complete && spec.method == .cbt {
+            } else if !complete && spec.method != .xva {
                 mode = .initial
                 why += "; initial sync: the replica \(record!.replicaUUID) was never completed (a sync stopped before its disks were recorded); it is removed"
             }
@@ -181,7 +213,7 @@ extension Planner.Context {
             }
             let job = ReplicationJob(mode: mode, targetPool: target.name, targetSR: sr.uuid, targetSRName: sr.name, replicaName: spec.target.namePrefix + vm.name,
                                      networks: networks, keep: spec.keep, trustDestination: spec.trustDestination, disks: disks,
-                                     replicaUUID: mode == .initial ? nil : record?.replicaUUID, singlePass: pass)
+                                     replicaUUID: mode == .initial ? nil : record?.replicaUUID, singlePass: pass, abd: route)
             add(PlannedAction(key: ActionKey(.replicate, pool: sourceName, subject: vm.uuid, policy: r.name), action: .replicate(job), vm: identity,
                               reason: why, after: enables + removals))
         }

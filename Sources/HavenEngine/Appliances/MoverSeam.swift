@@ -37,9 +37,9 @@ enum MoverSeam {
         return MoverEndpoint(host: host, port: port, pin: p)
     }
 
-    static func token(_ tokenKey: [UInt8], job: String, scope: MoverToken.Scope = .read) throws -> MoverToken {
+    static func token(_ tokenKey: [UInt8], job: String, scope: MoverToken.Scope = .read, lifetime: TimeInterval = 600) throws -> MoverToken {
         let key = try MoverTokenKey(base64: String(decoding: tokenKey, as: UTF8.self))
-        return MoverToken.issue(jobID: job, scope: scope, expires: Date().addingTimeInterval(600), key: key)
+        return MoverToken.issue(jobID: job, scope: scope, expires: Date().addingTimeInterval(lifetime), key: key)
     }
 
     static func client(_ host: String, _ port: Int, pin: String, tokenKey: [UInt8], job: String) throws -> MoverClient {
@@ -47,6 +47,37 @@ enum MoverSeam {
         options.connectTimeout = 10
         options.ioTimeout = 30
         return MoverClient(endpoint: try endpoint(host, port, pin: pin), token: try token(tokenKey, job: job), options: options)
+    }
+
+    /// A transfer's token lives as long as the longest transfer may (every command and every
+    /// resumed stream checks it again); it names the job and allows only what the job does.
+    static let transferTokenLifetime: TimeInterval = 24 * 3_600
+
+    /// The credentials haven holds for a leased appliance: its endpoint (pinned) and its token key.
+    static func transferClient(_ a: ApplianceInfo, tokenKey: [UInt8], job: String, scope: MoverToken.Scope) throws -> MoverClient {
+        var options = MoverClient.Options()
+        options.connectTimeout = 10
+        options.ioTimeout = 120
+        options.window = 64
+        return MoverClient(endpoint: try endpoint(a.address, port, pin: a.pin),
+                           token: try token(tokenKey, job: job, scope: scope, lifetime: transferTokenLifetime), options: options)
+    }
+
+    /// The other appliance of a push or pull, with a token for it (`write` for a push's target, `read` for a pull's source).
+    static func peer(_ a: ApplianceInfo, tokenKey: [UInt8], job: String, scope: MoverToken.Scope, disk: String) throws -> MoverPeer {
+        MoverPeer(endpoint: try endpoint(a.address, port, pin: a.pin), token: try token(tokenKey, job: job, scope: scope, lifetime: transferTokenLifetime), disk: disk)
+    }
+
+    /// Waits until the appliance's mover lists `device` (a plugged disk shows up once its
+    /// kernel has seen it): a few seconds at most.
+    static func waitForDisk(_ client: MoverClient, device: String, appliance: String) async throws -> MoverDisk {
+        var delay = 0.05
+        for _ in 0..<40 {
+            if let d = try await client.disks().first(where: { $0.name == device }) { return d }
+            try await Task.sleep(for: .seconds(delay))
+            delay = min(delay * 2, 0.5)
+        }
+        throw EngineError(.action, appliance, "the disk plugged into appliance \(appliance) as \(device) never showed up in its mover")
     }
 
     /// TLS to the mover, its certificate checked against the pin, a token it must accept, IDENTIFY.

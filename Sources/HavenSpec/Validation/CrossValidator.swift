@@ -127,11 +127,12 @@ struct CrossValidator {
                     "\(owner) replicates Pool '\(s.source.value)' onto itself without 'spec.target.sr'; the replicas would land on the source VMs' own storage. Name a different SR or another pool")
             }
             if s.method == .abd {
-                let needed = s.direction == .push ? ("source", s.appliances.source) : ("target", s.appliances.target)
-                if needed.1 == nil {
+                // The source side reads the snapshot's disks, the target side writes the replica's: both, whatever the direction.
+                let missing = [("source", s.appliances.source), ("target", s.appliances.target)].filter { $0.1 == nil }.map { "'spec.appliances.\($0.0)'" }
+                if !missing.isEmpty {
                     sink.error(
                         .missingField, at: s.methodLocation,
-                        "\(owner): 'method: abd' with 'direction: \(s.direction.rawValue)' needs 'spec.appliances.\(needed.0)'")
+                        "\(owner): 'method: abd' with 'direction: \(s.direction.rawValue)' needs \(missing.joined(separator: " and ")) (an appliance on each side moves the blocks)")
                 }
             }
         }

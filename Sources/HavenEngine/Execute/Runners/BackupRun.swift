@@ -155,7 +155,7 @@ struct BackupRun {
         for vif in vmRecord.vifs {
             if let r = try? await client.record(vif) { vifs.append(VIFInfo(device: r.device, mac: r.mac, network: networks[r.network]?.nameLabel ?? "")) }
         }
-        let incremental = (job.method == .cbtIncremental || job.method == .deltaIncremental) && fallbacks.count < versions.count
+        let incremental = (job.method == .cbtIncremental || job.method == .cbtAppliance || job.method == .deltaIncremental) && fallbacks.count < versions.count
         var manifest = BackupManifest(
             createdAt: started, kind: incremental ? .incremental : (job.method == .xva ? .xva : .full),
             vmUUID: vmRecord.uuid, vmName: vmRecord.nameLabel,
@@ -251,7 +251,7 @@ struct BackupRun {
         let settings = ctx.settings(pool)
         // The changed blocks first: an open NBD connection attaches the VDI to dom0, and xapi
         // refuses list_changed_blocks on an attached VDI.
-        if let anchor = disk.anchorVDI, let base = disk.baseBackup, job.method == .cbtIncremental {
+        if let anchor = disk.anchorVDI, let base = disk.baseBackup, job.method == .cbtIncremental || job.method == .cbtAppliance {
             do {
                 let from = try await client.vdi(uuid: anchor)
                 let bitmap = try await withRetry(on: log) { try await client.listChangedBlocks(from: from, to: snapVDI) }
@@ -286,6 +286,10 @@ struct BackupRun {
             }
             if let fallback { log(fallback) }
         }
+        if job.method == .cbtAppliance || job.method == .fullAppliance, let ap = job.appliances {
+            let version = try await throughAppliance(ap, disk: disk, snapVDI: snapVDI, snapInfo: snapInfo, repo: repo, previous: previous, changed: changed)
+            return (version, fallback)
+        }
         let useNBD = job.method == .cbtIncremental || job.method == .fullNBD || job.method == .deltaIncremental
         let infos = useNBD && deltaBase == nil ? (try? await client.nbdInfo(snapVDI)) ?? [] : []
         if let deltaBase {
@@ -314,6 +318,47 @@ struct BackupRun {
         }
         reporter.finish()
         return (version, fallback)
+    }
+
+    /// Reads one disk through a leased appliance: the snapshot's VDI plugged in read-only, its
+    /// mover streaming the (changed) blocks to haven under a read token, the VBD unplugged and
+    /// destroyed afterwards whatever happens (and when that fails, by the next lease).
+    func throughAppliance(_ ap: String, disk: DiskJob, snapVDI: VDIRef, snapInfo: VDIRecord, repo: BackupRepository,
+                          previous: DiskVersion?, changed: ChangedBlocks?) async throws -> DiskVersion {
+        let me = self
+        return try await ctx.appliances.withLease(ap) { lease in
+            let a = lease.appliance
+            let disks = ApplianceDisks(client: me.client, catalog: me.ctx.catalog, instance: me.instance, pool: me.pool, log: { me.log($0) })
+            try await disks.clearLeftovers(a)
+            guard let key = me.ctx.state.readApplianceKey(pool: a.pool, uuid: a.uuid) else {
+                throw EngineError(.action, a.name, "haven has no token key for appliance \(a.name) (state directory); remove it and let haven provision a new one")
+            }
+            let plugged = try await disks.plug(snapVDI, vdiUUID: snapInfo.uuid, into: a, readOnly: true, now: me.ctx.now())
+            do {
+                let mover = try MoverSeam.transferClient(a, tokenKey: key, job: "backup \(snapInfo.uuid)", scope: .read)
+                let seen = try await MoverSeam.waitForDisk(mover, device: plugged.device, appliance: a.name)
+                guard seen.size == snapInfo.virtualSize else {
+                    throw EngineError(.action, a.name, "appliance \(a.name) sees \(plugged.device) with \(seen.size) bytes; the snapshot's disk has \(snapInfo.virtualSize)")
+                }
+                me.log("disk \(disk.key): read through appliance \(a.name) (\(a.address), \(plugged.device))")
+                let source = MoverDiskSource(client: mover, disk: plugged.device, size: snapInfo.virtualSize,
+                                             label: "mover \(a.name) \(plugged.device) (\(snapInfo.uuid))")
+                let request = DiskBackup.Request(key: disk.key, name: disk.name, vdiUUID: disk.vdiUUID, sourceSnapshotVDI: snapInfo.uuid, source: source,
+                                                 previous: previous, changed: changed)
+                let reporter = ProgressThrottle(action: me.action, disk: disk.name, emit: me.ctx.emitEvent)
+                let version = try await stoppableBlocking { isStopped in
+                    // The run's write session already holds the repository lock (shared) until the commit.
+                    try DiskBackup(repository: repo).run(request, isStopped: isStopped) { p in reporter.report(p.bytesDone, p.bytesTotal) }
+                }
+                reporter.finish()
+                await disks.unplug(plugged)
+                return version
+            } catch {
+                // Taken out even when the run is cancelled: the snapshot's disk cannot be removed while plugged.
+                await Task.detached { await disks.unplug(plugged) }.value
+                throw error
+            }
+        }
     }
 
     /// The snapshot as XVA (`/export`), staged in the state directory's scratch space (its size is

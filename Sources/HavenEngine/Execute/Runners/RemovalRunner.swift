@@ -15,6 +15,11 @@ enum RemovalRunner {
         }
     }
 
+    /// A disk a transfer left plugged into an appliance must come out before it can go.
+    static func transfers(_ a: PlannedAction, _ c: XenAPIClient, _ ctx: ExecutionContext) -> ApplianceDisks {
+        ApplianceDisks(client: c, catalog: ctx.catalog, instance: ctx.instance, pool: a.pool, log: { ctx.log(a, $0) })
+    }
+
     static func snapshot(_ a: PlannedAction, _ r: OwnedRemoval, _ ctx: ExecutionContext) async throws -> ActionOutcome {
         let c = try ctx.client(a.pool)
         if let name = r.adoptIntent { try await adopt(a, r, name: name, ctx) }
@@ -40,6 +45,7 @@ enum RemovalRunner {
             guard info.otherConfig[OwnershipMarks.owner] == ctx.instance else { continue }
             // A snapshot disk that serves as a CBT anchor stays (as CBT metadata) until replaced.
             if anchors.contains(info.uuid) { continue }
+            try await transfers(a, c, ctx).detachTransfers(of: vdi)
             try await withRetry(on: { ctx.log(a, $0) }) { try await c.destroy(vdi) }
             try ctx.catalog.disown(pool: a.pool, uuid: info.uuid)
         }
@@ -95,6 +101,7 @@ enum RemovalRunner {
         guard record.otherConfig[OwnershipMarks.owner] == ctx.instance else {
             throw EngineError(.action, r.uuid, "VDI \(record.nameLabel) does not carry haven's mark; left alone")
         }
+        try await transfers(a, c, ctx).detachTransfers(of: vdi)
         try await withRetry(attempts: 8, on: { ctx.log(a, $0) }) { try await c.dataDestroy(vdi) }
         try await c.setOtherConfig(vdi, key: OwnershipMarks.role, value: "cbt-anchor")
         if var anchor = try ctx.catalog.view().anchors.first(where: { $0.pool == a.pool && $0.snapshotVDI == r.uuid }) {
@@ -117,6 +124,7 @@ enum RemovalRunner {
         guard record.otherConfig[OwnershipMarks.owner] == ctx.instance else {
             throw EngineError(.action, r.uuid, "VDI \(record.nameLabel) does not carry haven's mark; left alone")
         }
+        try await transfers(a, c, ctx).detachTransfers(of: vdi)
         try await withRetry(on: { ctx.log(a, $0) }) { try await c.destroy(vdi) }
         try ctx.catalog.disown(pool: a.pool, uuid: r.uuid)
         try ctx.catalog.removeAnchor(pool: a.pool, snapshotVDI: r.uuid)

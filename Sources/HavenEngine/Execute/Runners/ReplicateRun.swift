@@ -323,6 +323,12 @@ struct ReplicateRun {
         }
         log("disk \(disk.key): \(wanted.count) of \(total) blocks of 64 KiB to copy")
         guard !wanted.isEmpty || pass != nil else { return (CopyCounters(), notes, nil) }
+        if let route = job.abd {
+            guard !wanted.isEmpty else { return (CopyCounters(), notes, nil) }
+            let counters = try await copyThroughAppliances(route, disk: disk, snapVDI: snapVDI, snapInfo: snapInfo, replicaVDI: replicaVDI,
+                                                           blocks: wanted.sorted(), total: total)
+            return (counters, notes, nil)
+        }
         let settings = ctx.settings(sourcePool)
         guard let info = try await source.nbdInfo(snapVDI).first else {
             throw EngineError(.action, disk.name, "no NBD server for \(disk.name): replication reads over NBD")
