@@ -143,7 +143,10 @@ public final class VHDStreamParser {
             guard batOffset < UInt64(Int.max / 2) else { throw VHD.FormatError(message: "BAT offset \(batOffset) is out of range") }
             blockSize = bsize
             let sectorsPerBlock = bsize / VHD.sectorSize
-            bitmapBytes = (sectorsPerBlock / 8 + VHD.sectorSize - 1) / VHD.sectorSize * VHD.sectorSize
+            // One bit per sector, rounded up to whole bytes then sectors (rounding the bits down
+            // gave a block of fewer than 8 sectors no bitmap at all: index out of range, found by
+            // FuzzDiskFormats).
+            bitmapBytes = ((sectorsPerBlock + 7) / 8 + VHD.sectorSize - 1) / VHD.sectorSize * VHD.sectorSize
             try expect(.bat, at: Int(batOffset), count: entries * 4)
         case .bat:
             let bat = pending

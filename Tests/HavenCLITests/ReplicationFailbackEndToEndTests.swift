@@ -249,6 +249,77 @@ import XenAPI
         #expect(try s.backups().count == 2)
     }
 
+    /// Found by the kill sweep: an xva sync killed after `/import` and before the import was made
+    /// the replica left a template carrying its source snapshot's marks (role
+    /// replication-snapshot; or no role, killed while the role was rewritten) and its disks, which
+    /// no later run found. The intent recorded before the import proves it haven's: the next run
+    /// removes it with its disks, and the replica of record stays.
+    @Test(arguments: [("after /import", "replication-snapshot"), ("before xapi VM.add_to_other_config#6", "")])
+    func anXVAImportLeftByAKilledSyncIsFoundAndRemoved(point: String, role: String) async throws {
+        let s = try Scenario(vms: R.vms, policy: R.policy(keep: 2, extra: "  method: xva"), srs: R.srs)
+        let c = s.client()
+        #expect(try s.apply().status == 0)
+        let (_, kept) = try #require(try await replicas(c).first)
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "5", "--seed", "71"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        var run = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": point])
+        #expect(run.status == 99, "\(run.stdout)\(run.stderr)")
+        func imports() async throws -> [(VMRef, VMRecord)] {
+            try await c.records(VMRecord.self).filter { $0.value.isATemplate && !$0.value.isASnapshot && $0.value.otherConfig["haven.owner"] != nil }
+                .map { ($0.key, $0.value) }
+        }
+        let left = try await imports()
+        #expect(left.count == 1, "the killed sync left its import")
+        let (importRef, importRec) = try #require(left.first)
+        #expect((importRec.otherConfig["haven.role"] ?? "") == role, "\(importRec.otherConfig)")
+        var importDisks: [String] = []
+        for v in try await c.diskVDIs(importRef) { importDisks.append(try await c.record(v).uuid) }
+        #expect(!importDisks.isEmpty)
+        // The next run comes an hour later, as scheduled: the intent that proves the import
+        // haven's must outlive the 10 minutes after which intents of snapshots never made go.
+        s.now = s.now.addingTimeInterval(3_700)
+        run = try s.diff()
+        #expect(run.stdout.contains("an xva import of web left by a sync that stopped before making it the replica"), "\(run.stdout)")
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect(try await imports().isEmpty, "the import is gone")
+        let vdis = try await c.records(VDIRecord.self).values
+        for uuid in importDisks { #expect(!vdis.contains { $0.uuid == uuid }, "the import's disk \(uuid) is gone") }
+        let now = try await replicas(c)
+        #expect(now.count == 1 && now.first?.1.uuid != kept.uuid, "the run after the kill made a new replica and removed the old")
+        try await expectEqual(s, c, "after the run that followed the kill")
+        #expect(try s.diff().status == 0)
+    }
+
+    /// Found by the kill sweep: xva syncs killed after `/import`, an hour apart, left imports that
+    /// no later run removed (the intents proving them were dropped as stale after 10 minutes, and
+    /// two removals planned under one intent failed on the second). Each run removes what the one
+    /// before left, under that run's own intent, and nothing stays.
+    @Test func xvaImportsLeftByKilledSyncsAnHourApartAreAllRemoved() async throws {
+        let s = try Scenario(vms: R.vms, policy: R.policy(keep: 2, extra: "  method: xva"), srs: R.srs)
+        let c = s.client()
+        #expect(try s.apply().status == 0)
+        for seed in [81, 82] {
+            #expect(try s.simControl(["write", "--vm", "web", "--percent", "5", "--seed", "\(seed)"]).status == 0)
+            s.now = s.now.addingTimeInterval(3_700)
+            let killed = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": "after /import"])
+            #expect(killed.status == 99, "\(killed.stdout)\(killed.stderr)")
+        }
+        func imports() async throws -> [VMRecord] {
+            try await c.records(VMRecord.self).values.filter { $0.isATemplate && !$0.isASnapshot && $0.otherConfig["haven.owner"] != nil }
+        }
+        // The second run, an hour after the first, removed the first import (its intent still
+        // proves it) before its own sync, then left its own.
+        #expect(try await imports().count == 1, "one import left: the second run's")
+        s.now = s.now.addingTimeInterval(3_700)
+        let next = try s.apply()
+        #expect(next.status == 0, "\(next.stdout)\(next.stderr)")
+        #expect(try await imports().isEmpty, "both imports are gone")
+        #expect(try await replicas(c).count == 1)
+        try await expectEqual(s, c, "after the run that followed the kills")
+        #expect(try s.diff().status == 0)
+    }
+
     @Test(arguments: ["replica-created", "replica-disk-created"])
     func aReplicaLeftByAKilledInitialSyncIsFoundAndRemoved(step: String) async throws {
         let s = try Scenario(vms: R.vms, policy: R.policy(), srs: R.srs)

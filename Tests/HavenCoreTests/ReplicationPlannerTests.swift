@@ -115,6 +115,28 @@ import Testing
         #expect(sync.headline.contains("create replica replica-web"))
     }
 
+    /// Found by the kill sweep: a replication's snapshot left by a run killed inside VM.snapshot
+    /// is adopted (marked backup-snapshot under the intent's policy, `replication:dr`) and then
+    /// removed; killed in between, it stayed for good — no backup policy's retention and no
+    /// clean-up looks at a replication's snapshots. The next plan removes it.
+    @Test func aReplicationSnapshotAdoptedButNotYetRemovedIsRemoved() throws {
+        var w = World()
+        w.pool.srs["sr2"] = ObservedSR(uuid: "sr2", name: "Replica storage", type: "ext", physicalSize: 1 << 40, physicalUtilisation: 0, supportsCBT: true)
+        w.vm("web", disks: ["root"], cbt: true)
+        w.pool.snapshots.append(ObservedSnapshot(uuid: "adopted", name: "haven replica dr web 2026-06-10T11:00:00Z", snapshotOf: "web-uuid",
+                                                 otherConfig: ["haven.owner": w.instance, "haven.role": "backup-snapshot", "haven.policy": "replication:dr",
+                                                               "haven.source": "web-uuid"], disks: []))
+        w.catalog.inventory.append(OwnedObject(pool: "lab", cls: "VM", uuid: "adopted", role: "backup-snapshot", policy: "replication:dr",
+                                               vmUUID: "web-uuid", createdAt: w.now))
+        let p = plan(w, w.desired(extra: Self.policy()))
+        let removal = try #require(p.actions.first { $0.kind == .deleteSnapshot && $0.key.subject == "adopted" })
+        #expect(removal.reason.contains("adopted"))
+        // A snapshot another instance marked is never planned.
+        var other = w
+        other.pool.snapshots[0].otherConfig["haven.owner"] = "someone-else"
+        #expect(!plan(other, other.desired(extra: Self.policy())).actions.contains { $0.key.subject == "adopted" })
+    }
+
     @Test func xvaNeedsNoCBTAndPullWithoutAbdIsAnError() throws {
         var w = World()
         w.pool.srs["sr2"] = ObservedSR(uuid: "sr2", name: "Replica storage", type: "ext", physicalSize: 1 << 40, physicalUtilisation: 0, supportsCBT: true)

@@ -36,6 +36,17 @@ import Testing
         }
     }
 
+    /// Found by FuzzJSONRPC: a high surrogate followed by a `\\u` escape that is not a low
+    /// surrogate trapped (arithmetic overflow) and killed haven. A lone surrogate is U+FFFD and the
+    /// next escape stands on its own.
+    @Test func aHighSurrogateWithoutItsLowHalfIsReplacedNotATrap() throws {
+        #expect(try JSON.parse(Array(#""\ud83d\ud300""#.utf8)) == .string("\u{FFFD}\u{D300}"))
+        #expect(try JSON.parse(Array(#""\ud83d\u0041x""#.utf8)) == .string("\u{FFFD}Ax"))
+        #expect(try JSON.parse(Array(#""\ud83d\ude08""#.utf8)) == .string("😈"))
+        let reply = Array(#"{"jsonrpc":"2.0","result":["\u00e9\ud83d\ud300"],"id":1}"#.utf8)
+        #expect(throws: Never.self) { try JSONRPC.parseResponse(reply) }
+    }
+
     @Test func deeplyNestedXMLRPCReplyIsRefused() async throws {
         let server = try HostileServer(.reply(contentType: "text/xml", body: Self.nestedXML(5_000)))
         let client = Self.client(server, wire: .xmlrpc)

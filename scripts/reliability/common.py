@@ -250,6 +250,9 @@ class Scenario:
         finally:
             db.close()
 
+    def catalog_db(self):
+        return sqlite3.connect("file:%s?mode=ro" % os.path.join(self.state, "catalog.sqlite"), uri=True, timeout=30)
+
     def instance(self):
         p = os.path.join(self.state, "instance-id")
         return open(p).read().strip() if os.path.exists(p) else ""

@@ -1,7 +1,8 @@
 """Fault matrix: every fault rule of the simulator (`haven sim fault --rule …`: errors per call,
 TOO_BUSY, latency, session expiry, dropped NBD connections, master failover, failing tasks, full
 SRs) and a repository on a full file system, crossed with the operations: a backup, a restore to
-the pool, a replication sync, GC. Each run must end with exit 0, or 2 with an error message that
+the pool, an apply (the backups due — CBT and delta —, the replication syncs — cbt with singlePass
+backups, and xva —, prune), GC. Each run must end with exit 0, or 2 with an error message that
 says what failed; never a crash or a hang (a run is killed after a timeout and counted as a
 hang). After each cell the fault is cleared and the invariants of the kill sweep hold: versions
 made restore bit-identically, the repository verifies, nothing is orphaned, the user's objects
@@ -114,6 +115,7 @@ class Matrix(Bench):
         problems += self.note_versions(h, "apply", True)
         if a.rc == 0:
             problems += self.in_sync()
+        problems += self.forget_single_pass()
         problems += self.check_user_objects()
         self.cells.append({"rule": rule_name, "operation": op, "outcome": outcome or "FAILED", "seconds": round(r.seconds, 1),
                            "problems": problems})

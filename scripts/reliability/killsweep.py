@@ -1,7 +1,8 @@
 """kill -9 sweep: haven is killed at numbered durable steps (HAVEN_CRASH_AT: `_exit` with no
 clean-up) and at random moments (SIGKILL, seeded) during backups (full and incremental), prune,
-GC, replication, restores (to a file and to the pool), `backups forget`, `catalog rebuild` and
-the catalog writes inside them. After every kill:
+GC, replication (cbt incrementals with singlePass backups, xva), the fail-back of a failed-over
+replica, restores (to a file and to the pool), `backups forget`, `catalog rebuild` and the
+catalog writes inside them. After every kill:
 
 - every version in the repository restores bit-identically (`haven restore --to-file`, compared
   with the source disk's bytes when the version was taken), and no version vanished that no
@@ -25,7 +26,7 @@ from world import Bench
 # How often each operation is the one killed (apply covers incremental backups, prune, GC
 # planning, replication sync, snapshot clean-up and the catalog writes of all of them).
 OPERATIONS = [("apply", 8), ("backup-full", 2), ("repo-gc", 2), ("forget", 1), ("restore-file", 2), ("restore-pool", 2),
-              ("catalog-rebuild", 1)]
+              ("catalog-rebuild", 1), ("failback", 1)]
 if os.environ.get("RELIABILITY_KILL_OPS"):
     OPERATIONS = [(o, w) for o, w in OPERATIONS if o in os.environ["RELIABILITY_KILL_OPS"].split(",")]
 RECOVER_EVERY = int(os.environ.get("RELIABILITY_RECOVER_EVERY", "4"))
@@ -56,6 +57,10 @@ class Sweep(Bench):
         self.leftovers = {"partial-files": 0, "partial-restored-vms": 0}
         self.counter = 0
         self.recoveries = 0
+        # A leftover that stays is reported after the kill that made it, not again after every
+        # later kill: one defect must not use up the failure budget and stop the sweep.
+        self.reported = set()
+        self.repeats = 0
 
     def prepare(self, op):
         """Arguments of one run of `op`, and the source hashes the versions it makes will hold
@@ -86,7 +91,45 @@ class Sweep(Bench):
                     "restored-%d" % self.counter], None
         if op == "catalog-rebuild":
             return ["catalog", "rebuild", "-f", scn.config], None
+        if op == "failback":
+            # app's replica failed over (not killed), written to, the original shut down: the
+            # fail-back is the run killed.
+            r = scn.haven(["failover", "-f", scn.config, "dr", "app", "--no-start"])
+            if r.rc != 0:
+                self.res.fail(self.section, "haven failover (before a fail-back) failed", r.brief())
+                return None, None
+            self.set_app_power("halted")
+            return ["failback", "-f", scn.config, "dr", "app", "--auto-approve"], None
         raise ValueError(op)
+
+    def failed_over(self):
+        db = self.scn.catalog_db()
+        try:
+            return any(r[0] for r in db.execute("select failedOverAt from replica"))
+        finally:
+            db.close()
+
+    def set_app_power(self, state):
+        pool = self.scn.pool
+        ref = [r for r, v in pool.call("VM.get_all_records").items() if v["name_label"] == "app" and not v["is_a_snapshot"]
+               and not v["is_a_template"]][0]
+        power = pool.call("VM.get_power_state", ref)
+        if state == "halted" and power != "Halted":
+            pool.call("VM.hard_shutdown", ref)
+        elif state == "running" and power != "Running":
+            pool.call("VM.start", ref, False, False)
+
+    def finish_failback(self, context):
+        """After a (killed) fail-back: a clean `haven failback` completes it when the failover is
+        still open, and app runs again (as its user would start it)."""
+        # Later than the killed run (the clock is frozen between runs): a run never shares its
+        # start time, which names its snapshots, with the one before.
+        self.scn.now += 60
+        if self.failed_over():
+            r = self.scn.haven(["failback", "-f", self.scn.config, "dr", "app", "--auto-approve"])
+            if r.rc != 0:
+                self.res.fail(self.section, "the fail-back after %s failed" % context, r.brief())
+        self.set_app_power("running")
 
     def clean_run(self, op, args):
         """A run of `op` without a kill, traced: learns its steps and duration."""
@@ -128,6 +171,8 @@ class Sweep(Bench):
         problems += self.verify()
         problems += self.restore_all("k%d" % self.counter)
         problems += check_orphans(self.scn, self.user_uuids)
+        if op == "failback":
+            self.finish_failback(context)
         problems += self.check_user_objects()
         if op == "restore-file":
             path, digest = self.restore_target
@@ -143,8 +188,15 @@ class Sweep(Bench):
             name = "restored-%d" % self.counter
             self.leftovers["partial-restored-vms"] += sum(1 for v in self.scn.pool.call("VM.get_all_records").values()
                                                           if v["name_label"] == name)
+        self.report("after %s" % context, problems)
+
+    def report(self, what, problems):
         for p in problems:
-            self.res.fail(self.section, "after %s" % context, p)
+            if p in self.reported:
+                self.repeats += 1
+                continue
+            self.reported.add(p)
+            self.res.fail(self.section, what, p)
 
     def recover(self, context):
         """The next apply succeeds and leaves nothing to do."""
@@ -153,10 +205,10 @@ class Sweep(Bench):
         r = self.clean_run("apply", args)
         problems = [] if r.rc == 0 else ["the next apply failed: " + r.brief()]
         problems += self.note_versions(hashes, "apply", allow_removal=True)
+        problems += self.forget_single_pass()
         if r.rc == 0:
             problems += self.in_sync()
-        for p in problems:
-            self.res.fail(self.section, "recovery after %s" % context, p)
+        self.report("recovery after %s" % context, problems)
 
     def run(self):
         start = time.monotonic()
@@ -171,9 +223,13 @@ class Sweep(Bench):
         # Every operation's steps, learnt from one clean run each.
         for op in [o for o, _ in OPERATIONS if o not in ("apply", "forget")]:
             a, h = self.prepare(op)
+            if a is None:
+                continue
             r = self.clean_run(op, a)
             if r.rc != 0:
                 self.res.fail(self.section, "a clean %s failed" % op, r.brief())
+            if op == "failback":
+                self.finish_failback("the clean fail-back")
             if h is not None:
                 self.note_versions(h, op, True)
         self.steps["forget"] = 4
@@ -193,6 +249,8 @@ class Sweep(Bench):
             if k.how == "finished":
                 if k.rc != 0:
                     self.res.fail(self.section, "%s (not killed) failed" % op, k.brief())
+                if op == "failback":
+                    self.finish_failback("a fail-back not killed")
                 self.note_versions(hashes, op, allow_removal=op in REMOVES_VERSIONS)
                 continue
             label = k.point.split(" ", 1)[1] if k.how == "crash-at" else "SIGKILL at a random moment"
@@ -222,7 +280,7 @@ class Sweep(Bench):
             "kills": len(self.kills), "distinctKillPoints": len(distinct), "crashPointKills": at_points,
             "randomSigkills": len(self.kills) - at_points, "byOperation": by_op, "byStep": dict(sorted(self.labels.items())),
             "stepsPerCleanRun": self.steps, "cleanAppliesAfterKills": self.recoveries, "restoresCompared": self.restores,
-            "versionsAtEnd": len(self.expected), "leftovers": self.leftovers,
+            "versionsAtEnd": len(self.expected), "leftovers": self.leftovers, "repeatedProblems": self.repeats,
             "atRest": {"%s %s" % k: v for k, v in sorted(getattr(self, "at_rest_learnt", {}).items(), key=str)}, "seconds": round(time.monotonic() - start, 1),
             "seed": self.seed, "killList": self.kills,
         }
@@ -235,7 +293,7 @@ def merge(parts):
     out["distinctKillPoints"] = len({(k["operation"], k["point"]) for k in out["killList"] if k["how"] == "crash-at"}) + sum(
         1 for k in out["killList"] if k["how"] != "crash-at")
     for key in ("kills", "crashPointKills", "randomSigkills", "cleanAppliesAfterKills", "restoresCompared",
-                "versionsAtEnd"):
+                "versionsAtEnd", "repeatedProblems"):
         out[key] = sum(p[key] for p in parts)
     for key in ("byOperation", "byStep", "leftovers"):
         merged = {}

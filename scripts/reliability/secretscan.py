@@ -35,6 +35,74 @@ def forms(secret):
     return {f for f in out if len(f) >= 8}
 
 
+DAEMON_PATHS = ["/healthz", "/readyz", "/metrics", "/api/v1/status", "/api/v1/daemon", "/"]
+
+
+def daemon_outputs(scn, env, log_format, outputs, res):
+    """Runs `haven daemon` until it has reconciled (readyz) and reads every endpoint, then stops
+    it with SIGTERM; its standard output and error (the log) and the endpoints' bodies join
+    `outputs`."""
+    import json
+    import signal
+    import urllib.request
+
+    e = dict(env)
+    e["HAVEN_LOG_LEVEL"] = "trace"
+    p = scn.start_haven(["daemon", "-f", scn.config, "--listen", "%s.200:0" % scn.prefix, "--log-format", log_format,
+                         "--shutdown-grace", "5s"], env=e)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url, bodies = None, []
+    try:
+        line = p.stdout.readline().decode(errors="replace")
+        if "listening on " in line:
+            url = line.strip().split("listening on ", 1)[1]
+        else:
+            res.fail("secrets", "haven daemon (%s log) did not say where it listens: %r" % (log_format, line))
+            return
+        ready = False
+        for _ in range(240):
+            try:
+                with opener.open(url + "/readyz", timeout=10) as r:
+                    ready = r.status == 200
+            except Exception:
+                ready = False
+            if ready:
+                break
+            time.sleep(0.5)
+        if not ready:
+            res.fail("secrets", "haven daemon (%s log) was not ready within 120 s" % log_format)
+        # Let the first reconcile (backups due) finish, then read every endpoint.
+        for _ in range(240):
+            try:
+                with opener.open(url + "/api/v1/daemon", timeout=10) as r:
+                    info = json.loads(r.read())
+                if info.get("lastReconcile") and info.get("queue", {}).get("depth", 0) == 0 and not info.get("running"):
+                    break
+            except Exception:
+                pass
+            time.sleep(0.5)
+        for path in DAEMON_PATHS:
+            try:
+                with opener.open(url + path, timeout=30) as r:
+                    bodies.append(("daemon %s (%s log)" % (path, log_format), r.read().decode(errors="replace")))
+            except urllib.error.HTTPError as err:
+                bodies.append(("daemon %s (%s log)" % (path, log_format), err.read().decode(errors="replace")))
+            except Exception as err:
+                res.fail("secrets", "daemon endpoint %s did not answer: %s" % (path, err))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            out, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+        outputs.append(("daemon (%s log)" % log_format, line + out.decode(errors="replace") + err.decode(errors="replace")))
+        outputs.extend(bodies)
+        if p.returncode != 0:
+            res.fail("secrets", "haven daemon (%s log) exited %s after SIGTERM" % (log_format, p.returncode),
+                     err.decode(errors="replace")[-2000:])
+
+
 def run(res, root):
     start = time.monotonic()
     password = "pw-" + pysecrets.token_hex(12)
@@ -118,6 +186,12 @@ def run(res, root):
         open(os.path.join(cfg2, "haven.yaml"), "w").write(cfg)
         haven(["diff", "-f", cfg2, "--output", "json"], ok=(0, 1), extra={"RELIABILITY_POOL_PASSWORD": None})
         haven(["status", "-f", cfg2, "--output", "json"], ok=(0, 3), extra={"RELIABILITY_POOL_PASSWORD": None})
+
+        # The daemon: its log (trace, text and JSON) and every endpoint it serves, while it
+        # reconciles (a due backup runs the hooks again) and after.
+        scn.now += 3700
+        for fmt in ("text", "json"):
+            daemon_outputs(scn, env, fmt, outputs, res)
 
         # Where to look: every output, every file of the state directory and the repository, the
         # plan, a text dump of the catalog, and the hook's environment.

@@ -1,5 +1,7 @@
-"""The protected world both the kill sweep and the fault matrix work on: a pool with three
-protected VMs (CBT backups, full backups, a replica) and the user's own look-alikes, and the
+"""The protected world both the kill sweep and the fault matrix work on: a pool with four
+protected VMs (web: CBT backups; db: delta backups, `method: auto` without CBT; app: replicated
+with CBT incrementals and singlePass backup versions; legacy: replicated with `method: xva`) and
+the user's own look-alikes, and the
 checks that every version restores bit-identically, the repository verifies, nothing is left
 behind and the user's objects are untouched."""
 
@@ -21,6 +23,10 @@ VMS = """      - name: web
         power: Running
         networks: [net0]
         disks: [{name: app-root, size: 2Mi, fill: {seed: 14}}]
+      - name: legacy
+        power: Running
+        networks: [net0]
+        disks: [{name: legacy-root, size: 1Mi, fill: {seed: 16}}]
       - name: user-vm
         power: Running
         tags: [mine]
@@ -34,14 +40,18 @@ DOCS = [
     ("apiVersion: haven/v1\nkind: BackupPolicy\nmetadata: {name: nightly}\nspec:\n  pool: lab\n  vms: {names: [db]}\n"
      "  schedule: {every: 1h}\n  cbt: false\n  repository: local\n  retention: {keepLast: 2}\n"),
     ("apiVersion: haven/v1\nkind: ReplicationPolicy\nmetadata: {name: dr}\nspec:\n  source: lab\n  vms: {names: [app]}\n"
-     "  target: {pool: lab, sr: Replica storage}\n  schedule: {every: 1h}\n  keep: 2\n"),
+     "  target: {pool: lab, sr: Replica storage}\n  schedule: {every: 1h}\n  keep: 2\n"
+     "  singlePass: {repository: local}\n"),
+    ("apiVersion: haven/v1\nkind: ReplicationPolicy\nmetadata: {name: drx}\nspec:\n  source: lab\n  vms: {names: [legacy]}\n"
+     "  target: {pool: lab, sr: Replica storage}\n  schedule: {every: 1h}\n  method: xva\n"),
 ]
 
 
 # What haven keeps on the pool between runs, by (class, role): a CBT anchor per protected disk
 # (web's two, app's one for the replication), the replica and its disk, `keep: 2` restore points
 # and their disks. After a successful apply anything beyond this is a leftover.
-# Roles added later (a delta base of `db`…) are learnt from the pool after the first clean runs.
+# Roles added later (the delta base of `db`, `legacy`'s xva replica and its restore point…) are
+# learnt from the pool after the first clean runs.
 AT_REST = {("VDI", "cbt-anchor"): 3, ("VM", "replica"): 1, ("VDI", "replica-disk"): 3, ("VM", "restore-point"): 2}
 
 
@@ -79,9 +89,11 @@ class Bench:
         problems = []
         # Fields haven may change on a protected VM or disk: its snapshot lists, operations in
         # flight, and (on a protected disk) CBT with haven's CBT mark.
+        # The kill sweep shuts app down for a fail-back and starts it again, as its user would:
+        # a new domain id.
         volatile = {"snapshots", "allowed_operations", "current_operations", "VBDs", "cbt_enabled", "other_config", "resident_on",
-                    "physical_utilisation"}
-        protected = {"web", "db", "app", "web-root", "web-data", "db-root", "app-root"}
+                    "physical_utilisation", "domid"}
+        protected = {"web", "db", "app", "legacy", "web-root", "web-data", "db-root", "app-root", "legacy-root"}
         for uuid, before in self.user_before.items():
             now = after.get(uuid)
             if now is None:
@@ -153,18 +165,33 @@ class Bench:
         self.restores += len(jobs)
         return [p for p in results if p]
 
+    def forget_single_pass(self, keep=2):
+        """Single-pass versions (the replication `dr`'s) have no retention: they stay until
+        forgotten. The harness forgets all but the newest `keep`, as an operator would, so that
+        the restores after every kill do not grow without bound. Returns problems."""
+        ids = sorted(b["id"] for b in self.scn.backups() if b.get("policy") == "dr")
+        problems = []
+        for vid in ids[:-keep] if len(ids) > keep else []:
+            r = self.scn.haven(["backups", "forget", "-f", self.scn.config, "--state", self.scn.state, "--yes", vid])
+            if r.rc != 0:
+                problems.append("backups forget %s (a single-pass version) failed: %s" % (vid, r.brief()))
+            else:
+                self.expected.pop(vid, None)
+        return problems
+
     def verify(self):
         r = self.scn.haven(["repo", "verify", "-f", self.scn.config], timeout=300)
         return [] if r.rc == 0 else ["repo verify failed: " + r.brief()]
 
     def start(self):
         self.make_user_objects()
-        self.disks = self.scn.source_disks(["web", "db"])
+        # app's versions are the replication's single-pass backups.
+        self.disks = self.scn.source_disks(["web", "db", "app"])
 
     def guest_writes(self, rng, counter):
         """Guest writes on some of the protected VMs, then the clock moves on past every schedule;
         returns the sources' hashes (what versions made next must restore to)."""
-        for vm, seed in (("web", 1), ("db", 2), ("app", 3)):
+        for vm, seed in (("web", 1), ("db", 2), ("app", 3), ("legacy", 4)):
             if rng.random() < 0.6:
                 self.scn.sim_control(["write", "--vm", vm, "--percent", str(rng.choice([2, 5, 12])), "--seed", str(counter * 10 + seed)])
         self.scn.now += 3700

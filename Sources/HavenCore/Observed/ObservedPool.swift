@@ -25,9 +25,10 @@ public struct ObservedPool: Sendable, Codable {
     public var appliances: [ObservedAppliance] = []
     /// name_label -> uuid of the pool's templates (not snapshots).
     public var templates: [String: String] = [:]
-    /// Templates (not snapshots) carrying a haven owner mark: what an XVA import of a marked
-    /// snapshot makes before haven turns it into a replica (a run killed in between leaves one).
-    public var markedTemplates: [ObservedVM] = []
+    /// Templates (not snapshots) carrying a haven owner mark: an XVA import of one of its
+    /// marked snapshots is a template with the snapshot's marks until it is made a replica, and
+    /// a run stopped in between leaves one (only the replication planner looks at these).
+    public var havenTemplates: [ObservedVM] = []
     /// Address -> name of the VM that reports it in its guest metrics, for every VM that is not
     /// an appliance of haven's (an appliance's addresses are kept with it). Read only for pools
     /// with an AppliancePool: nothing else needs it.

@@ -628,6 +628,17 @@ extension Planner {
                                           reason: "left by a run that stopped during VM.snapshot (requested at \(Self.iso(i.requestedAt))); haven's by its recorded intent, so it is adopted and removed"))
                     }
                 }
+                // Adopted (marked backup-snapshot, in the inventory) for a replication's intent, and
+                // the run stopped before removing it: no backup policy's retention and no clean-up
+                // looks at a replication's snapshots, so it is removed here (found by the kill sweep).
+                for o in inventoryByPool[poolName] ?? [] where o.cls == "VM" && o.role == "backup-snapshot" && o.policy.hasPrefix("replication:")
+                    && !busy(poolName, o.vmUUID) {
+                    guard let s = pool.snapshots.first(where: { $0.uuid == o.uuid }), s.otherConfig[OwnershipMarks.owner] == planner.instance else { continue }
+                    let vm = pool.vms.first { $0.uuid == o.vmUUID }.map { VMIdentity(uuid: $0.uuid, name: $0.name) }
+                    add(PlannedAction(key: ActionKey(.deleteSnapshot, pool: poolName, subject: s.uuid, policy: o.policy),
+                                      action: .deleteSnapshot(OwnedRemoval(uuid: s.uuid, label: "\(s.name) (\(s.uuid))")), vm: vm,
+                                      reason: "adopted from a run that stopped during VM.snapshot, by a run that stopped before removing it"))
+                }
                 for s in pool.snapshots where s.name.hasPrefix("haven ") && s.otherConfig[OwnershipMarks.owner] == nil && !adopted.contains(s.uuid) {
                     warn(.unprovenSnapshot, poolName, "unproven-\(s.uuid)",
                          "snapshot '\(s.name)' (\(s.uuid)) is named like haven's, but nothing proves it is this haven's: left alone",

@@ -227,7 +227,13 @@ extension Planner.Context {
                                    record: ReplicaRecord?) -> [ActionKey] {
         let owner = replicationOwnerKey(r.name)
         let inventory = inventoryByPool[target.name] ?? []
-        let intent = catalog.intents.first { $0.pool == target.name && $0.policy == owner && $0.vmUUID == vm.uuid && $0.name.hasPrefix(replicaIntentPrefix) }
+        let intents = catalog.intents.filter { $0.pool == target.name && $0.policy == owner && $0.vmUUID == vm.uuid && $0.name.hasPrefix(replicaIntentPrefix) }
+        let intent = intents.first
+        // Each run's intent ends with its start time, as does the name of the import it made: a
+        // leftover is removed under its own intent (several killed runs leave several of each).
+        func intentOf(_ name: String) -> SnapshotIntent? {
+            intents.first { i in i.name.split(separator: " ").last.map { name.hasSuffix(" " + $0) } ?? false } ?? intent
+        }
         func ours(_ marks: [String: String]) -> Bool {
             marks[OwnershipMarks.owner] == planner.instance && marks[OwnershipMarks.policy] == owner
         }
@@ -235,7 +241,14 @@ extension Planner.Context {
         var attached = Set<String>()
         for v in target.vms { for d in v.disks { attached.insert(d.vdiUUID) } }
         for s in target.snapshots { for d in s.disks { attached.insert(d.vdiUUID) } }
-        for candidate in target.vms where candidate.uuid != keep && candidate.isHavenReplica && ours(candidate.otherConfig)
+        // An xva run stopped between `/import` and the end of making the import a replica leaves a
+        // template carrying its source snapshot's marks (role replication-snapshot), or a role
+        // being rewritten (none), or already `replica`: haven's only while the intent recorded
+        // before the import is open.
+        let imports = intent == nil ? [] : target.havenTemplates.filter {
+            [nil, "replication-snapshot", "replica"].contains($0.otherConfig[OwnershipMarks.role])
+        }
+        for candidate in target.vms.filter(\.isHavenReplica) + imports where candidate.uuid != keep && ours(candidate.otherConfig)
             && candidate.otherConfig[OwnershipMarks.source] == vm.uuid {
             let known = inventory.contains { $0.uuid == candidate.uuid && $0.cls == "VM" }
             guard known || intent != nil else {
@@ -244,28 +257,17 @@ extension Planner.Context {
                      reason: "delete it by hand if it is a leftover")
                 continue
             }
-            let why = candidate.uuid == record?.replicaUUID
+            let why = imports.contains(candidate)
+                ? "an xva import of \(vm.name) left by a sync that stopped before making it the replica (haven's by its marks and the recorded intent)"
+                : candidate.uuid == record?.replicaUUID
                 ? "the replica \(candidate.uuid) was never completed: the initial sync that created it stopped before its disks were recorded; a new initial sync replaces it"
                 : keep == nil ? "a replica of \(vm.name) left by a sync that stopped before it was recorded (haven's by its marks and \(known ? "the inventory" : "the recorded intent"))"
                 : "an older replica of \(vm.name): the replica of record is \(keep!) (a run stopped between importing the new replica and removing this one)"
             let key = ActionKey(.removeReplica, pool: target.name, subject: candidate.uuid, policy: owner)
             add(PlannedAction(key: key, action: .removeReplica(ReplicaRemoval(pool: target.name, vmUUID: candidate.uuid, vdis: [],
-                                                                               label: "replica \(candidate.name) (\(candidate.uuid)) on \(target.name)", intent: known ? nil : intent?.name)),
+                                                                               label: "replica \(candidate.name) (\(candidate.uuid)) on \(target.name)", intent: known ? nil : intentOf(candidate.name)?.name)),
                               vm: identity, reason: why))
             keys.append(key)
-        }
-        // method xva: the imported copy of the marked source snapshot (a template carrying the
-        // snapshot's marks) that a run killed before making it a replica left behind. Proven by
-        // the marks and the intent recorded before the import, with the same time stamp.
-        if let intent, let stamp = intent.name.split(separator: " ").last.map(String.init) {
-            for t in target.markedTemplates where ours(t.otherConfig) && t.otherConfig[OwnershipMarks.source] == vm.uuid
-                && t.otherConfig[OwnershipMarks.role] == "replication-snapshot" && t.otherConfig["haven.created"] == stamp {
-                let key = ActionKey(.removeReplica, pool: target.name, subject: t.uuid, policy: owner)
-                add(PlannedAction(key: key, action: .removeReplica(ReplicaRemoval(pool: target.name, vmUUID: t.uuid, vdis: [],
-                                                                                   label: "imported template \(t.name) (\(t.uuid)) on \(target.name)", intent: intent.name)),
-                                  vm: identity, reason: "imported by an xva sync of \(vm.name) that stopped before making it a replica (haven's by its marks and the recorded intent)"))
-                keys.append(key)
-            }
         }
         let sourceDisks = Set(vm.disks.map(\.vdiUUID))
         let recorded = Set(record?.diskMap.values.map { $0 } ?? [])

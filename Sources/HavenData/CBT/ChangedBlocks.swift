@@ -22,6 +22,9 @@ public struct ChangedBlocks: Sendable, Equatable {
         guard let data = Data(base64Encoded: base64.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             throw DataError(.badBitmap, "list_changed_blocks", "the bitmap is not valid base64")
         }
+        guard diskSize >= 0 else {
+            throw DataError(.badBitmap, "list_changed_blocks", "the disk's size \(diskSize) is negative")
+        }
         let bytes = [UInt8](data)
         let needed = Int((diskSize + Int64(Self.blockSize) - 1) / Int64(Self.blockSize))
         guard bytes.count * 8 >= needed else {
@@ -50,7 +53,7 @@ public struct ChangedBlocks: Sendable, Equatable {
 
     /// The same bitmap encoded as xapi does.
     public var base64: String {
-        var bytes = [UInt8](repeating: 0, count: (blockCount + 7) / 8)
+        var bytes = [UInt8](repeating: 0, count: max(0, (blockCount + 7) / 8))
         for b in blocks { bytes[b / 8] |= 0x80 >> UInt8(b % 8) }
         return Data(bytes).base64EncodedString()
     }

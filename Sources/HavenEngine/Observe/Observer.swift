@@ -38,7 +38,7 @@ public enum Observer {
         var snapshots: [ObservedSnapshot] = []
         var appliances: [ObservedAppliance] = []
         var templates: [String: String] = [:]
-        var markedTemplates: [ObservedVM] = []
+        var havenTemplates: [ObservedVM] = []
         var guestAddresses: [String: String] = [:]
         for (_, vm) in vmRecords {
             let addresses = metrics[vm.guestMetrics]?.addresses ?? []
@@ -56,9 +56,9 @@ public enum Observer {
             if vm.isATemplate && !vm.isASnapshot {
                 templates[vm.nameLabel] = vm.uuid
                 if vm.otherConfig[OwnershipMarks.owner] != nil {
-                    var t = ObservedVM(uuid: vm.uuid, name: vm.nameLabel, powerState: vm.powerState.rawValue, tags: vm.tags, disks: disks(vm))
-                    t.otherConfig = vm.otherConfig.filter { $0.key.hasPrefix("haven.") }
-                    markedTemplates.append(t)
+                    var o = ObservedVM(uuid: vm.uuid, name: vm.nameLabel, powerState: vm.powerState.rawValue, tags: vm.tags, disks: disks(vm))
+                    o.otherConfig = vm.otherConfig.filter { $0.key.hasPrefix("haven.") }
+                    havenTemplates.append(o)
                 }
             }
             if vm.isRealVM {
@@ -92,7 +92,7 @@ public enum Observer {
         pool.defaultSR = poolRecord.flatMap { srUUID[$0.defaultSR] }
         pool.appliances = appliances.sorted { ($0.name, $0.uuid) < ($1.name, $1.uuid) }
         pool.templates = templates
-        pool.markedTemplates = markedTemplates
+        pool.havenTemplates = havenTemplates.sorted { $0.uuid < $1.uuid }
         pool.guestAddresses = guestAddresses
         pool.hostAddresses = hostAddresses
         return pool

@@ -123,17 +123,30 @@ extension Engine {
     /// once the pool has been seen without it for a while; this run holds the pool's lock. A
     /// key-scoped run drops only its own keys' intents (another worker may be inside VM.snapshot).
     func clearStaleIntents(_ observation: Observation, now: Date, keys: KeyScope? = nil) throws {
-        for i in try catalog.view().intents where i.isApplianceIntent {
+        let view = try catalog.view()
+        for i in view.intents where i.isApplianceIntent {
             // Kept while its process lives or a copy carries its name (the plan removes that copy first).
             guard let holder = i.applianceHolder, ApplianceLeases.isStale(holder: holder), let pool = observation.pools[i.pool] else { continue }
             if pool.templates[i.name] == nil, !pool.appliances.contains(where: { $0.name == i.name }), !pool.vms.contains(where: { $0.name == i.name }) {
                 try catalog.clearIntent(pool: i.pool, name: i.name)
             }
         }
-        for i in try catalog.view().intents where !i.isApplianceIntent && now.timeIntervalSince(i.requestedAt) > 600 {
+        for i in view.intents where !i.isApplianceIntent && now.timeIntervalSince(i.requestedAt) > 600 {
             if let keys, !keys.housekeeping, !keys.keys.contains(where: { $0.pool == i.pool && $0.vm == i.vmUUID }) { continue }
             if let keys, keys.isBusy(pool: i.pool, vm: i.vmUUID) { continue }
             guard let pool = observation.pools[i.pool] else { continue }
+            // A replica's intent (before VM.create or an xva import) names no snapshot: it stays
+            // while a VM or template carrying that replication's marks for that VM is not in the
+            // inventory — the leftover it proves haven's (dropping it after 10 minutes left an
+            // xva import no run could prove, found by the kill sweep).
+            if i.name.hasPrefix(replicaIntentPrefix) {
+                let unproven = (pool.vms + pool.havenTemplates).contains { vm in
+                    vm.otherConfig[OwnershipMarks.source] == i.vmUUID && vm.otherConfig[OwnershipMarks.policy] == i.policy
+                        && !view.inventory.contains { $0.pool == i.pool && $0.uuid == vm.uuid }
+                }
+                if !unproven { try catalog.clearIntent(pool: i.pool, name: i.name) }
+                continue
+            }
             if !pool.snapshots.contains(where: { $0.snapshotOf == i.vmUUID && $0.name == i.name }) {
                 try catalog.clearIntent(pool: i.pool, name: i.name)
             }

@@ -58,18 +58,22 @@ struct RemoveReplicaRun {
         let owner = action.policy ?? ""
         func proven(_ uuid: String, _ marks: [String: String]) -> Bool {
             guard marks[OwnershipMarks.owner] == ctx.instance, marks[OwnershipMarks.policy] == owner else { return false }
+            // The plan's intent, or (it may have been cleared by the removal of a sibling leftover
+            // of another killed run of the same sync) any open replica intent of this VM and policy.
             return view.inventory.contains { $0.pool == job.pool && $0.uuid == uuid }
                 || (job.intent.map { i in view.intents.contains { $0.pool == job.pool && $0.name == i } } ?? false)
+                || (job.intent != nil && view.intents.contains { $0.pool == job.pool && $0.policy == owner && $0.vmUUID == (action.vm?.uuid ?? "")
+                        && $0.name.hasPrefix(replicaIntentPrefix) })
         }
         var done: [String] = []
         if let uuid = job.vmUUID {
             if let ref = try await lookup({ try await client.vm(uuid: uuid) }) {
                 let rec = try await client.record(ref)
-                // A replica, or the template an xva import made of the marked source snapshot
-                // before the run that imported it could make it a replica.
+                // Not yet made a replica: an xva import (a template with its snapshot's marks, or
+                // a role half rewritten), proven by the intent recorded before `/import`.
                 let role = rec.otherConfig[OwnershipMarks.role]
-                let importedCopy = role == "replication-snapshot" && rec.isATemplate && !rec.isASnapshot
-                guard proven(uuid, rec.otherConfig), role == "replica" || importedCopy else {
+                let unfinishedImport = rec.isATemplate && !rec.isASnapshot && job.intent != nil && (role == nil || role == "replication-snapshot")
+                guard proven(uuid, rec.otherConfig), role == "replica" || unfinishedImport else {
                     throw EngineError(.action, uuid, "VM \(rec.nameLabel) is not provably haven's replica (marks and catalog); left alone")
                 }
                 if let record = view.replicas.first(where: { $0.replicaUUID == uuid }), !record.diskMap.isEmpty {

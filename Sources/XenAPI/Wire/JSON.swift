@@ -207,9 +207,17 @@ public enum JSON {
                         if (0xD800..<0xDC00).contains(scalar), i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"),
                             bytes[i + 1] == UInt8(ascii: "u")
                         {
+                            // Only a low surrogate completes the pair (anything else underflowed
+                            // `low - 0xDC00`: a trap found by FuzzJSONRPC); otherwise the high one
+                            // alone is U+FFFD and the next escape is read on its own.
+                            let pairStart = i
                             i += 2
                             let low = try hex4()
-                            scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                            if (0xDC00..<0xE000).contains(low) {
+                                scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                            } else {
+                                i = pairStart
+                            }
                         }
                         out.append(contentsOf: String(Character(Unicode.Scalar(scalar) ?? "\u{FFFD}")).utf8)
                     default: out.append(e)

@@ -122,11 +122,16 @@ extension ReplicateRun {
     /// plan can prove haven's), then no template, name, blocked start, disks marked, VIFs on the
     /// mapped networks.
     func makeReplica(_ ref: VMRef, vmRecord: VMRecord, snapDisks: [String: VDIRecord], started: Date) async throws -> Replica {
+        // The import carries the snapshot's marks: a mark already right is not rewritten (a rewrite
+        // is a remove then an add, and a run stopped in between would leave the import without
+        // the owner mark that proves it haven's).
+        var rec = try await target.record(ref)
         for (k, v) in [(OwnershipMarks.owner, ctx.instance), (OwnershipMarks.role, "replica"), (OwnershipMarks.policy, owner),
-                       (OwnershipMarks.source, vmRecord.uuid), ("haven.created", ISO8601DateFormatter().string(from: started))] {
+                       (OwnershipMarks.source, vmRecord.uuid), ("haven.created", ISO8601DateFormatter().string(from: started))]
+            where rec.otherConfig[k] != v {
             try await target.setOtherConfig(ref, key: k, value: v)
         }
-        var rec = try await target.record(ref)
+        rec = try await target.record(ref)
         try ctx.catalog.own(OwnedObject(pool: job.targetPool, cls: "VM", uuid: rec.uuid, role: "replica", policy: owner, vmUUID: vmRecord.uuid, createdAt: started))
         if rec.isATemplate { try await target.setIsATemplate(ref, false) }
         // HA never restarts a replica: the import carries the source's restart priority.
