@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 #include "cssl.h"
 
 #include <openssl/ssl.h>
@@ -254,4 +255,8 @@ int haven_pem_cert_sha256(const char *pem, size_t length, unsigned char *out) {
     int ok = X509_digest(cert, EVP_sha256(), out, &len);
     X509_free(cert);
     return ok && len == 32 ? 0 : -1;
+}
+
+int haven_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }

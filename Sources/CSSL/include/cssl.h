@@ -45,4 +45,9 @@ int haven_make_self_signed(const char *common_name, int days, char **cert_pem, c
 /// SHA-256 of the DER form of the first certificate in PEM text, 32 bytes into `out`; 0 on success.
 int haven_pem_cert_sha256(const char *pem, size_t length, unsigned char *out);
 
+
+#include <spawn.h>
+/// Adds "close every descriptor from `from` up" to spawn file actions (glibc 2.34+): a child
+/// inherits nothing else of the parent's, whatever other threads have open.
+int haven_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
 #endif

@@ -1,3 +1,4 @@
+import CSSL
 import Foundation
 
 #if canImport(Glibc)
@@ -34,6 +35,9 @@ final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, stderrPath ?? "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0o644)
         for (parent, child) in inherit { posix_spawn_file_actions_adddup2(&actions, parent, child) }
+        // Nothing else of the parent's: a long-lived child (a mover) holding the write end of a pipe
+        // another thread made for its own child would keep that pipe from ever ending.
+        haven_spawn_add_closefrom(&actions, (inherit.map(\.child).max() ?? 2) + 1)
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }
         var child: pid_t = 0
