@@ -125,30 +125,9 @@ struct DataBench {
 
     func spawn(_ tool: String, _ args: [String], env: [String: String]) throws -> (Int32, String, Double) {
         let log = dir.appendingPathComponent("run-\(UUID().uuidString).log").path
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var environment = ProcessInfo.processInfo.environment
-        environment.merge(env) { _, b in b }
-        let argv = ([tool] + args).map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for p in argv { free(p) }
-            for p in envp { free(p) }
-        }
-        var pid: pid_t = 0
-        let start = DispatchTime.now().uptimeNanoseconds
-        guard posix_spawn(&pid, tool, &actions, nil, argv, envp) == 0 else { throw DataError(.io, tool, "cannot start") }
-        var status: Int32 = 0
-        var usage = rusage()
-        while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        let (code, seconds, _) = try spawnMeasured(tool, args, env: env, log: log)
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         unlink(log)
-        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         guard code == 0 else { throw DataError(.io, args.dropFirst(5).first ?? tool, "exit \(code): \(text.suffix(600))") }
         return (code, text, seconds)
     }
