@@ -424,18 +424,7 @@ extension Planner {
                 if spec.snapshotRetention == 0 {
                     fullBecause = "snapshotRetention is 0, so no snapshot is kept as a delta base"
                 }
-                for (d, vdi) in disks {
-                    var disk = DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
-                    if fullBecause == nil {
-                        let anchor = anchors.first { $0.diskKey == d.userdevice && $0.kind == .delta }
-                        fullBecause = Self.unusable(anchor, .delta, d, vdi, pool, backupIDs, first: history.isEmpty)
-                        if fullBecause == nil, let a = anchor {
-                            disk.anchorVDI = a.snapshotVDI
-                            disk.baseBackup = a.backupID
-                        }
-                    }
-                    planned.append(disk)
-                }
+                planned = Self.diskJobs(disks, .delta, anchors, pool, backupIDs, first: history.isEmpty, fullBecause: &fullBecause)
                 if let force, force.full, force.forces(policy.name) { fullBecause = "--full was asked" }
                 if let fullBecause {
                     for i in planned.indices {
@@ -456,23 +445,7 @@ extension Planner {
                         fullBecause = "CBT is not licensed"
                     } else { fullBecause = "an SR does not support CBT" }
                 }
-                for (d, vdi) in disks {
-                    var disk = DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
-                    if fullBecause == nil {
-                        let anchor = anchors.first { $0.diskKey == d.userdevice && $0.kind == .cbt }
-                        if !vdi.cbtEnabled {
-                            fullBecause = history.isEmpty
-                                ? "first backup with CBT" : "CBT was re-enabled on disk \(d.userdevice) (it was off, so no changed blocks are known)"
-                        } else {
-                            fullBecause = Self.unusable(anchor, .cbt, d, vdi, pool, backupIDs, first: history.isEmpty)
-                            if fullBecause == nil, let a = anchor {
-                                disk.anchorVDI = a.snapshotVDI
-                                disk.baseBackup = a.backupID
-                            }
-                        }
-                    }
-                    planned.append(disk)
-                }
+                planned = Self.diskJobs(disks, .cbt, anchors, pool, backupIDs, first: history.isEmpty, fullBecause: &fullBecause)
                 if let force, force.full, force.forces(policy.name) { fullBecause = "--full was asked" }
                 if let fullBecause {
                     for i in planned.indices {
@@ -504,6 +477,27 @@ extension Planner {
             // The anchors this backup replaces go once it succeeded; if it fails they stay.
             retireAnchors(policy, pool, vm, because: keepAnchors ? "replaced by the new anchor once the backup succeeds"
                               : "not needed once the backup succeeds (it keeps no anchor)", requires: [backupKey])
+        }
+
+        /// The disk jobs of a backup, each on its kept anchor of `kind` while every disk has a usable
+        /// one; the first reason one cannot goes into `fullBecause` (then the caller reads whole).
+        static func diskJobs(_ disks: [(ObservedDisk, ObservedVDI)], _ kind: AnchorKind, _ anchors: [Anchor], _ pool: ObservedPool,
+                             _ backupIDs: Set<String>, first: Bool, fullBecause: inout String?) -> [DiskJob] {
+            disks.map { d, vdi in
+                var disk = DiskJob(key: d.userdevice, vdiUUID: vdi.uuid, name: vdi.name, size: vdi.size)
+                guard fullBecause == nil else { return disk }
+                if kind == .cbt && !vdi.cbtEnabled {
+                    fullBecause = first ? "first backup with CBT" : "CBT was re-enabled on disk \(d.userdevice) (it was off, so no changed blocks are known)"
+                    return disk
+                }
+                let anchor = anchors.first { $0.diskKey == d.userdevice && $0.kind == kind }
+                fullBecause = unusable(anchor, kind, d, vdi, pool, backupIDs, first: first)
+                if fullBecause == nil, let a = anchor {
+                    disk.anchorVDI = a.snapshotVDI
+                    disk.baseBackup = a.backupID
+                }
+                return disk
+            }
         }
 
         /// Why a disk's kept anchor (a CBT anchor, or a delta base with its data) cannot be the base
