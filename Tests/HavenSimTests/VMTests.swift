@@ -110,6 +110,22 @@ import XenAPI
         let c2 = sim.client()
         #expect(try await c2.record(snap).nameLabel == "kept")
     }
+
+    /// A second stop once closed the listening descriptors again, by then reused by whatever the
+    /// process opened next (a curl socket, a SQLite file): flaky "SSL connect error" and "disk
+    /// I/O error" elsewhere in the test process. Descriptors opened between the two stops live on.
+    @Test func stoppingTwiceClosesNothingElse() async throws {
+        let sim = try SimHarness(SimHarness.basicWorld)
+        _ = try await sim.client().vm(named: "web")
+        sim.simulator.stop()
+        // Let the accept threads leave, so the lowest free numbers are the listeners' old ones.
+        try await Task.sleep(for: .milliseconds(300))
+        var opened: [Int32] = []
+        for _ in 0..<16 { opened.append(open("/dev/null", O_RDONLY | O_CLOEXEC)) }
+        defer { for fd in opened { close(fd) } }
+        sim.simulator.stop()
+        for fd in opened { #expect(fcntl(fd, F_GETFD) != -1, "descriptor \(fd) was closed by the second stop") }
+    }
 }
 
 @Suite struct EventStreamTests {

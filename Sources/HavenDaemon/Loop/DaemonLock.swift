@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -11,6 +12,7 @@ final class DaemonLock: Sendable {
     let path: String
     /// The open descriptor holding the lock; closing it releases the lock.
     let fd: Int32
+    private let released = Atomic<Bool>(false)
 
     private init(path: String, fd: Int32) {
         self.path = path
@@ -41,6 +43,8 @@ final class DaemonLock: Sendable {
     }
 
     func release() {
+        // Once: a second close(2) could close a descriptor number reused by another file.
+        guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
         flock(fd, LOCK_UN)
         close(fd)
     }

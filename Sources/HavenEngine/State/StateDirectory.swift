@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import HavenCatalog
 
 #if canImport(Glibc)
@@ -129,10 +130,13 @@ public struct StateDirectory: Sendable {
 /// kernel when the process dies).
 public final class PoolLock: Sendable {
     let fd: Int32
+    private let released = Atomic<Bool>(false)
 
     init(fd: Int32) { self.fd = fd }
 
     public func release() {
+        // Once: a second close(2) could close a descriptor number reused by another file.
+        guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
         flock(fd, LOCK_UN)
         close(fd)
     }

@@ -94,16 +94,16 @@ public final class MoverServer: Sendable {
             defer { s.listenFD = -1 }
             return (s.listenFD, Array(s.active.values))
         }
-        if fd >= 0 {
-            shutdown(fd, Int32(SHUT_RDWR))
-            close(fd)
-        }
+        // Only a shutdown: the accept thread closes the descriptor as it leaves, so the number
+        // cannot be reused by another socket while accept(2) may still be called on it.
+        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
         for c in open { c.abort() }
     }
 
     func record(_ change: (inout Statistics) -> Void) { state.withLock { change(&$0.statistics) } }
 
     private func acceptLoop(_ listenFD: Int32) {
+        defer { close(listenFD) }
         while true {
             var peer = sockaddr_in()
             var len = socklen_t(MemoryLayout<sockaddr_in>.size)

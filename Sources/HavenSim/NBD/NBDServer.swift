@@ -31,7 +31,7 @@ final class NBDServer: @unchecked Sendable {
     let pluginPath: String
     let pluginArgs: [String]
     private let state = Mutex(State())
-    private var listenFD: Int32 = -1
+    private let listenFD = Atomic<Int32>(-1)
 
     init(address: String, directory: URL, pluginPath: String, pluginArgs: [String]) {
         self.address = address
@@ -93,16 +93,15 @@ final class NBDServer: @unchecked Sendable {
             close(fd)
             throw SimError("NBD: cannot listen on \(address):\(Self.port): \(message)")
         }
-        listenFD = fd
-        Thread { [self] in acceptLoop() }.start()
+        listenFD.store(fd, ordering: .sequentiallyConsistent)
+        Thread { [self] in acceptLoop(fd) }.start()
     }
 
     func stop() {
-        if listenFD >= 0 {
-            shutdown(listenFD, Int32(SHUT_RDWR))
-            close(listenFD)
-            listenFD = -1
-        }
+        // Only a shutdown: the accept thread closes the descriptor when it leaves (closing here
+        // could let a reused number be accepted on, or closed twice).
+        let fd = listenFD.exchange(-1, ordering: .sequentiallyConsistent)
+        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
         let p = state.withLock { s -> ChildProcess? in
             defer { s.process = nil }
             return s.process
@@ -110,7 +109,8 @@ final class NBDServer: @unchecked Sendable {
         p?.stop()
     }
 
-    private func acceptLoop() {
+    private func acceptLoop(_ listenFD: Int32) {
+        defer { close(listenFD) }
         while true {
             let client = accept(listenFD, nil, nil)
             if client < 0 {

@@ -190,8 +190,9 @@ final class BufferedReader {
 /// A small threaded HTTP/1.1 server: one thread per connection, keep-alive, TLS optional.
 /// Enough for a simulator on loopback; it is not a general web server.
 final class HTTPServer: @unchecked Sendable {
-    // @unchecked: `listenFD` and `running` are written before the accept thread starts and
-    // read-only afterwards except through `stop()`, which only closes the socket.
+    // @unchecked: `listenFD` is written before the accept thread starts and read-only
+    // afterwards; `stop()` only shuts the socket down (once, through `running`), and the accept
+    // thread alone closes it, so the descriptor number is never reused under a live loop.
     typealias Handler = @Sendable (HTTPServerRequest, HTTPServerResponse) -> Void
 
     let address: String
@@ -239,15 +240,15 @@ final class HTTPServer: @unchecked Sendable {
         thread.start()
     }
 
+    /// Idempotent. Closing here would let the number be reused by another socket or file while
+    /// the accept thread may still call accept(2) on it, or a second stop close someone else's.
     func stop() {
-        running.store(false, ordering: .sequentiallyConsistent)
-        if listenFD >= 0 {
-            shutdown(listenFD, Int32(SHUT_RDWR))
-            Glibc.close(listenFD)
-        }
+        guard running.exchange(false, ordering: .sequentiallyConsistent) else { return }
+        shutdown(listenFD, Int32(SHUT_RDWR))
     }
 
     private func acceptLoop() {
+        defer { Glibc.close(listenFD) }
         while running.load(ordering: .sequentiallyConsistent) {
             var peer = sockaddr_in()
             var len = socklen_t(MemoryLayout<sockaddr_in>.size)
