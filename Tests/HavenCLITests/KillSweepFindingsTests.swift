@@ -104,3 +104,64 @@ import XenAPI
         }
     }
 }
+
+/// Leftovers of the second kill sweep (docs/RELIABILITY.md), each replayed at its crash point.
+@Suite struct KillSweepLeftoverTests {
+    typealias R = ReplicationEndToEndTests
+
+    /// haven's VDIs attached to no VM (CBT metadata anchors excepted): what no run looks for.
+    func looseDisks(_ c: XenAPIClient) async throws -> [VDIRecord] {
+        try await c.records(VDIRecord.self).values.filter { $0.otherConfig["haven.owner"] != nil && $0.vbds.isEmpty && $0.type != "cbt_metadata" }
+    }
+
+    /// An xva sync removes the previous replica after recording the new one: its restore points
+    /// and then itself. It destroyed each VM before its disks, so a kill in between left the
+    /// restore point's disks (in no inventory) or the replica's (named after the source snapshot's
+    /// disks, which the plan did not match) attached to nothing, for good. Disks now go first, and
+    /// loose xva replica disks are found by the inventory.
+    @Test(arguments: ["after xapi VM.destroy#1", "after xapi VM.destroy#2", "after xapi VDI.destroy#1", "after xapi VDI.destroy#3"])
+    func anXVASyncKilledWhileRemovingThePreviousReplicaLeavesNothingLoose(point: String) async throws {
+        let s = try Scenario(vms: R.vms, policy: R.policy(keep: 2, extra: "  method: xva"), srs: R.srs)
+        let c = s.client()
+        #expect(try s.apply().status == 0)
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "5", "--seed", "73"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        let killed = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": point])
+        #expect(killed.status == 99, "\(killed.stdout)\(killed.stderr)")
+        s.now = s.now.addingTimeInterval(3_700)
+        let next = try s.apply()
+        #expect(next.status == 0, "\(next.stdout)\(next.stderr)")
+        let loose = try await looseDisks(c)
+        #expect(loose.isEmpty, "\(loose.map { "\($0.nameLabel) \($0.uuid) \($0.otherConfig)" })")
+        let replicas = try await c.records(VMRecord.self).values.filter { $0.isRealVM && $0.nameLabel == "replica-web" }
+        #expect(replicas.count == 1)
+        #expect(try s.diff().status == 0)
+    }
+
+    /// A fail-back killed after it closed the failover in the catalog and before it retired the
+    /// failover anchors (snapshots of the replica's disks, CBT metadata) left them for good: no
+    /// failover was open, so nothing looked at them. The next run retires them.
+    @Test func failoverAnchorsLeftByAKilledFailbackAreRetired() async throws {
+        let s = try Scenario(vms: R.vms, policy: R.policy(keep: 2), srs: R.srs)
+        let c = s.client()
+        #expect(try s.apply().status == 0)
+        var run = try s.haven(["failover", "-f", s.config, "dr", "web", "--no-start"])
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        func anchors() async throws -> [VDIRecord] {
+            try await c.records(VDIRecord.self).values.filter { $0.otherConfig["haven.role"] == "failover-anchor" }
+        }
+        #expect(try await !anchors().isEmpty, "the failover recorded its anchors")
+        #expect(try s.simControl(["power", "--vm", "web", "shutdown"]).status == 0)
+        s.now = s.now.addingTimeInterval(60)
+        run = try s.haven(["failback", "-f", s.config, "dr", "web", "--auto-approve"], env: ["HAVEN_CRASH_AT": "catalog set replica"])
+        #expect(run.status == 99, "\(run.stdout)\(run.stderr)")
+        #expect(try await !anchors().isEmpty, "killed before the anchors were retired")
+        let diff = try s.diff()
+        #expect(diff.stdout.contains("left by a fail-back that stopped before retiring it"), "\(diff.stdout)")
+        s.now = s.now.addingTimeInterval(3_700)
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect(try await anchors().isEmpty, "the failover anchors are gone")
+        #expect(try s.diff().status == 0)
+    }
+}

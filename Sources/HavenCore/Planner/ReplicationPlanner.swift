@@ -144,6 +144,15 @@ extension Planner.Context {
                                   vm: identity, reason: "ReplicationPolicy \(r.name) reads changed blocks"))
             }
             strayAnchors(owner: owner, source, identity)
+            // A fail-back killed after it closed the failover and before it retired the failover
+            // anchors leaves them recorded under `failover:NAME`; no failover is open, so they go.
+            for a in anchorsByKey["\(target.name)\u{0}\(failoverAnchorKey(r.name))\u{0}\(vm.uuid)"] ?? [] {
+                let key = ActionKey(.retireAnchor, pool: target.name, subject: a.snapshotVDI, policy: failoverAnchorKey(r.name))
+                guard !keys.contains(key) else { continue }
+                let name = target.vdis[a.snapshotVDI]?.name ?? "gone"
+                add(PlannedAction(key: key, action: .retireAnchor(OwnedRemoval(uuid: a.snapshotVDI, label: "\(a.snapshotVDI) (\(name))")), vm: identity,
+                                  reason: "a failover anchor of \(vm.name) left by a fail-back that stopped before retiring it"))
+            }
             guard let reason = dueReason(spec.schedule, last: record?.lastSync).map({ $0.replacingOccurrences(of: "never backed up", with: "never replicated").replacingOccurrences(of: "last backup", with: "last sync") }) else { continue }
             let anchors = anchorsByKey["\(sourceName)\u{0}\(owner)\u{0}\(vm.uuid)"] ?? []
             let replicaDisks = record?.diskMap ?? [:]
@@ -272,7 +281,10 @@ extension Planner.Context {
         let sourceDisks = Set(vm.disks.map(\.vdiUUID))
         let recorded = Set(record?.diskMap.values.map { $0 } ?? [])
         let loose = target.vdis.values.filter { v in
-            !v.isSnapshot && v.otherConfig[OwnershipMarks.role] == "replica-disk" && ours(v.otherConfig) && sourceDisks.contains(v.otherConfig[OwnershipMarks.source] ?? "")
+            // An xva replica's disks name the source snapshot's disks (gone since): the inventory,
+            // which records the source VM, says whose they are.
+            !v.isSnapshot && v.otherConfig[OwnershipMarks.role] == "replica-disk" && ours(v.otherConfig)
+                && (sourceDisks.contains(v.otherConfig[OwnershipMarks.source] ?? "") || inventory.contains { $0.uuid == v.uuid && $0.vmUUID == vm.uuid })
                 && !attached.contains(v.uuid) && !recorded.contains(v.uuid)
                 && (inventory.contains { $0.uuid == v.uuid } || intent != nil)
         }.map(\.uuid).sorted()

@@ -19,25 +19,26 @@ func destroyReplica(_ client: XenAPIClient, pool: String, ref: VMRef, instance: 
         }
         return out
     }
+    // Disks before their VM, everywhere: killed in between, the VM (marked, in the inventory) is
+    // still there for the next run to find and remove; the other way round its disks stayed,
+    // attached to nothing, carrying marks no plan looked for (found by the kill sweep).
     for (pref, p) in try await client.records(VMRecord.self) where p.isASnapshot && p.snapshotOf == ref && p.otherConfig[OwnershipMarks.owner] == instance {
-        let vdis = try await disks(p)
-        try await withRetry(on: log) { try await client.destroy(pref) }
-        for d in vdis {
+        for d in try await disks(p) {
             let uuid = try await client.record(d).uuid
             try await withRetry(on: log) { try await client.destroy(d) }
             try catalog.disown(pool: pool, uuid: uuid)
         }
+        try await withRetry(on: log) { try await client.destroy(pref) }
         try catalog.disown(pool: pool, uuid: p.uuid)
         done.append("deleted restore point \(p.nameLabel)")
     }
-    let vdis = try await disks(rec)
-    try await withRetry(on: log) { try await client.destroy(ref) }
-    for d in vdis {
+    for d in try await disks(rec) {
         let v = try await client.record(d)
         guard v.otherConfig[OwnershipMarks.owner] == instance else { continue }
         try await withRetry(on: log) { try await client.destroy(d) }
         try catalog.disown(pool: pool, uuid: v.uuid)
     }
+    try await withRetry(on: log) { try await client.destroy(ref) }
     try catalog.disown(pool: pool, uuid: rec.uuid)
     done.append("deleted replica \(rec.nameLabel) (\(rec.uuid)) on \(pool)")
     return done

@@ -88,12 +88,13 @@ struct BackupRun {
         }
         let anchors = Set(((try? ctx.catalog.view())?.anchors ?? []).map(\.snapshotVDI))
         do {
-            try await withRetry(on: log) { try await client.destroy(snapshot) }
-            try ctx.catalog.disown(pool: pool, uuid: record.uuid)
+            // Disks before the VM (a kill in between leaves the marked VM to be found again).
             for (ref, uuid) in vdis where !anchors.contains(uuid) {
                 try await withRetry(on: log) { try await client.destroy(ref) }
                 try ctx.catalog.disown(pool: pool, uuid: uuid)
             }
+            try await withRetry(on: log) { try await client.destroy(snapshot) }
+            try ctx.catalog.disown(pool: pool, uuid: record.uuid)
             log("removed the snapshot of the failed backup")
         } catch {
             log("could not remove the snapshot of the failed backup (\(error)); it carries haven's mark and the next plan removes it")

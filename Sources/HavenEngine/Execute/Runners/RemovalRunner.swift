@@ -37,8 +37,9 @@ enum RemovalRunner {
             let b = try await c.record(vbd)
             if !b.vdi.isNull, b.type == "Disk" { vdis.append(b.vdi) }
         }
-        try await withRetry(on: { ctx.log(a, $0) }) { try await c.destroy(vm) }
-        try ctx.catalog.disown(pool: a.pool, uuid: r.uuid)
+        // Its disks first, then the snapshot VM: killed in between, the VM (marked, in the
+        // inventory) is still there to be found again; the other way round a disk whose marks
+        // were half written stayed attached to nothing, found by no plan (kill sweep).
         let anchors = Set(try ctx.catalog.view().anchors.map(\.snapshotVDI))
         for vdi in vdis {
             guard let info = try await lookup({ try await c.record(vdi) }) else { continue }
@@ -49,6 +50,8 @@ enum RemovalRunner {
             try await withRetry(on: { ctx.log(a, $0) }) { try await c.destroy(vdi) }
             try ctx.catalog.disown(pool: a.pool, uuid: info.uuid)
         }
+        try await withRetry(on: { ctx.log(a, $0) }) { try await c.destroy(vm) }
+        try ctx.catalog.disown(pool: a.pool, uuid: r.uuid)
         return ActionOutcome("deleted snapshot \(record.nameLabel)")
     }
 

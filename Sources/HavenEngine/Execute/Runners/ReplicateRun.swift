@@ -498,12 +498,13 @@ struct ReplicateRun {
             if let b = try? await source.record(vbd), b.type == "Disk", !b.vdi.isNull, let v = try? await source.record(b.vdi) { vdis.append((b.vdi, v.uuid)) }
         }
         do {
-            try await withRetry(on: log) { try await source.destroy(snapshot) }
-            try ctx.catalog.disown(pool: sourcePool, uuid: record.uuid)
+            // Disks before the VM (a kill in between leaves the marked VM to be found again).
             for (ref, uuid) in vdis {
                 try await withRetry(on: log) { try await source.destroy(ref) }
                 try ctx.catalog.disown(pool: sourcePool, uuid: uuid)
             }
+            try await withRetry(on: log) { try await source.destroy(snapshot) }
+            try ctx.catalog.disown(pool: sourcePool, uuid: record.uuid)
         } catch {
             log("could not remove the snapshot of the failed sync (\(error)); it carries haven's mark")
         }
