@@ -2,7 +2,7 @@
 SWIFT ?= swift
 HAVEN := .build/debug/haven
 
-.PHONY: all deps build demo test bench reliability schema format lint clean
+.PHONY: all deps build demo test bench reliability fuzz-long schema format lint clean
 
 all: build
 
@@ -27,6 +27,13 @@ test: deps
 reliability: deps
 	$(SWIFT) build --product haven
 	nice python3 scripts/reliability/run.py
+
+## The long fuzz run (not in `make reliability`): up to 1,000,000 executions per target, at most
+## FUZZ_LONG_SECONDS each; the figures go to reliability-results.json and docs/RELIABILITY.md.
+FUZZ_LONG_SECONDS ?= 7200
+fuzz-long: deps
+	$(SWIFT) build --product haven
+	RELIABILITY_FUZZ_SECONDS=$(FUZZ_LONG_SECONDS) RELIABILITY_FUZZ_RUNS=1000000 nice python3 scripts/reliability/run.py --only fuzz
 
 ## Benchmarks (release build); prints ratios measured in the same run.
 bench:

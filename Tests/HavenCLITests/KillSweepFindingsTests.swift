@@ -164,4 +164,40 @@ import XenAPI
         #expect(try await anchors().isEmpty, "the failover anchors are gone")
         #expect(try s.diff().status == 0)
     }
+
+    /// A failover killed after it reverted the replica (xapi gives it new disks) and before it
+    /// recorded the failover: the next apply took the replica for an unfinished one (its recorded
+    /// disks gone), destroyed it and began a new initial sync. The failover is now recorded first;
+    /// killed anywhere, the replica stays the VM of record until `haven failback`, which completes,
+    /// and nothing of the failover (anchor snapshot, anchors) stays after it.
+    @Test(arguments: ["after xapi VM.revert", "after xapi VM.snapshot", "catalog own#1", "before xapi VDI.data_destroy"])
+    func aKilledFailoverLeavesTheReplicaFailedOverAndNothingBehindAfterTheFailback(point: String) async throws {
+        let s = try Scenario(vms: R.vms, policy: R.policy(keep: 2), srs: R.srs)
+        let c = s.client()
+        #expect(try s.apply().status == 0)
+        func replicas() async throws -> [VMRecord] {
+            try await c.records(VMRecord.self).values.filter { $0.isRealVM && $0.nameLabel == "replica-web" }
+        }
+        let replica = try #require(try await replicas().first)
+        s.now = s.now.addingTimeInterval(60)
+        var run = try s.haven(["failover", "-f", s.config, "dr", "web", "--no-start"], env: ["HAVEN_CRASH_AT": point])
+        #expect(run.status == 99, "\(run.stdout)\(run.stderr)")
+        s.now = s.now.addingTimeInterval(3_700)
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect(try await replicas().map(\.uuid) == [replica.uuid], "the replica being failed over is never removed nor replaced")
+        #expect(try s.simControl(["power", "--vm", "web", "shutdown"]).status == 0)
+        run = try s.haven(["failback", "-f", s.config, "dr", "web", "--auto-approve"])
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        s.now = s.now.addingTimeInterval(3_700)
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let vms = try await c.records(VMRecord.self).values
+        let vdis = try await c.records(VDIRecord.self).values
+        #expect(!vms.contains { $0.otherConfig["haven.role"] == "failover-anchor" || $0.nameLabel.contains("failover anchor") })
+        #expect(!vdis.contains { $0.otherConfig["haven.role"] == "failover-anchor" })
+        #expect(try await looseDisks(c).isEmpty)
+        #expect(try await replicas().map(\.uuid) == [replica.uuid])
+        #expect(try s.diff().status == 0)
+    }
 }

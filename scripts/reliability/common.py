@@ -146,7 +146,7 @@ class Scenario:
     """`haven sim` serving one pool on a /24 of its own, a configuration pointing at it, and the
     state directory and repository of one haven instance."""
 
-    def __init__(self, root, name, vms, docs, password, srs=None, networks=None):
+    def __init__(self, root, name, vms, docs, password, srs=None, networks=None, templates=""):
         self.name = name
         self.dir = os.path.join(root, name)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -159,17 +159,17 @@ class Scenario:
         self.config = os.path.join(self.dir, "config")
         self.now = time.time()
         srs = srs or "[{name: Local storage, type: ext, size: 64Gi, default: true}, {name: Replica storage, type: ext, size: 64Gi}]"
-        networks = networks or "[{name: net0, purpose: [nbd]}]"
+        networks = networks or "[{name: net0, purpose: [nbd], dhcp: \"%s.200-%s.249\"}]" % (self.prefix, self.prefix)
         world = ("pools:\n  - name: lab\n    port: 4443\n    credentials: {username: root, password: %s}\n"
                  "    hosts:\n      - {name: h1, address: \"%s.1\"}\n      - {name: h2, address: \"%s.2\"}\n"
-                 "    srs: %s\n    networks: %s\n    vms:\n%s\n") % (password, self.prefix, self.prefix, srs, networks, vms)
+                 "    srs: %s\n    networks: %s\n%s    vms:\n%s\n") % (password, self.prefix, self.prefix, srs, networks, templates, vms)
         with open(os.path.join(self.dir, "world.yaml"), "w") as f:
             f.write(world)
         pool_doc = ("apiVersion: haven/v1\nkind: Pool\nmetadata: {name: lab}\nspec:\n  url: https://%s.2:4443\n"
                     "  credentials: {username: root, passwordEnv: RELIABILITY_POOL_PASSWORD}\n"
                     "  tls: {caFile: %s/pools/lab/pki/pool-bundle.pem}\n") % (self.prefix, self.sim_state)
         with open(os.path.join(self.config, "haven.yaml"), "w") as f:
-            f.write("---\n".join([pool_doc] + [d.replace("{REPO}", self.repo) for d in docs]))
+            f.write("---\n".join([pool_doc] + [d.replace("{REPO}", self.repo).replace("{PREFIX}", self.prefix) for d in docs]))
         self.sim_log = open(os.path.join(self.dir, "sim.log"), "w")
         self.sim = subprocess.Popen([HAVEN, "sim", "--world", os.path.join(self.dir, "world.yaml"), "--state", self.sim_state],
                                     stdout=self.sim_log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 
+from common import check_orphans
 from world import Bench
 
 PASSWORD = "fault-matrix-pool-secret-91c4"
@@ -40,7 +41,9 @@ RULES = [
 
 # backup: `backup now` of the CBT policy; apply: everything due (backups of both policies, the
 # replication sync, prune); restore: a version back onto the pool; gc: `repo gc` after a forget.
-OPERATIONS = ["backup", "apply", "restore", "gc"]
+# failover: `haven failover dr app --no-start` (then, without the fault, a fail-back); xva and
+# appliance backups are in the apply (policies `archive` and `boxes` of the world).
+OPERATIONS = ["backup", "apply", "restore", "gc", "failover"]
 TIMEOUT = 180
 
 
@@ -65,6 +68,9 @@ class Matrix(Bench):
             vid = sorted(v for v, disks in self.expected.items() if "0" in disks)[-1]
             return ["restore", "-f", scn.config, "--backup", vid, "--to-pool", "lab", "--sr", "Local storage", "--name",
                     "fault-restore-%d" % self.counter], None
+        if op == "failover":
+            self.scn.now += 60
+            return ["failover", "-f", scn.config, "dr", "app", "--no-start"], None
         if op == "gc":
             ids = sorted(self.expected)
             if len(ids) > 3:
@@ -107,6 +113,10 @@ class Matrix(Bench):
             problems.append("the simulator died")
         problems += self.note_versions(hashes, op, allow_removal=op in ("backup", "apply", "gc"))
         problems += self.verify()
+        if op == "failover":
+            # Without the fault: an open failover is failed back, app runs again (orphans first).
+            problems += check_orphans(scn, self.user_uuids)
+            self.finish_failback("the failover under %s" % rule_name)
         # The next apply succeeds and leaves nothing behind.
         after, h = ["apply", "-f", scn.config, "--auto-approve"], self.guest_writes(self.rng, 1000 + self.counter)
         a = scn.haven(after, timeout=TIMEOUT)

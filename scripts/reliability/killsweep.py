@@ -25,19 +25,26 @@ from world import Bench
 
 # How often each operation is the one killed (apply covers incremental backups, prune, GC
 # planning, replication sync, snapshot clean-up and the catalog writes of all of them).
-OPERATIONS = [("apply", 8), ("backup-full", 2), ("repo-gc", 2), ("forget", 1), ("restore-file", 2), ("restore-pool", 2),
-              ("catalog-rebuild", 1), ("failback", 1)]
+OPERATIONS = [("apply", 8), ("backup-full", 2), ("backup-xva", 1), ("backup-abd", 1), ("repo-gc", 2), ("forget", 1), ("restore-file", 2),
+              ("restore-pool", 2), ("catalog-rebuild", 1), ("failover", 1), ("failback", 1)]
 if os.environ.get("RELIABILITY_KILL_OPS"):
     OPERATIONS = [(o, w) for o, w in OPERATIONS if o in os.environ["RELIABILITY_KILL_OPS"].split(",")]
 RECOVER_EVERY = int(os.environ.get("RELIABILITY_RECOVER_EVERY", "4"))
-REMOVES_VERSIONS = ("apply", "forget", "backup-full")
+REMOVES_VERSIONS = ("apply", "forget", "backup-full", "backup-xva", "backup-abd")
+# Steps after which versions already in the repository may have changed (a manifest removed, a
+# version forgotten, packs removed or rewritten by GC): a killed run that reached none of them
+# cannot have touched an earlier version, and only the versions it made are restored after it
+# (`repo verify` still reads every chunk of every version after every kill).
+TOUCHES_VERSIONS = ("manifest removed", "catalog forget backup", "gc ")
+ALWAYS_RESTORE_ALL = ("repo-gc", "forget")
 
 
 class Killed:
     """What a killed (or not killed) run gave."""
 
-    def __init__(self, how, point, rc, out, err, args):
+    def __init__(self, how, point, rc, out, err, args, steps=None):
         self.how, self.point, self.rc, self.out, self.err, self.args = how, point, rc, out, err, args
+        self.steps = steps      # the durable steps the run reached (its HAVEN_CRASH_TRACE), None if unknown
 
     def brief(self, n=600):
         return "haven %s -> rc %s\n%s" % (" ".join(self.args), self.rc, (self.out + self.err)[-n:])
@@ -61,17 +68,19 @@ class Sweep(Bench):
         # later kill: one defect must not use up the failure budget and stop the sweep.
         self.reported = set()
         self.repeats = 0
+        self.full_checks = 0      # kills after which every version was restored
 
     def prepare(self, op):
         """Arguments of one run of `op`, and the source hashes the versions it makes will hold
         (None: it makes none)."""
         scn = self.scn
         self.counter += 1
-        if op in ("apply", "backup-full"):
+        if op in ("apply", "backup-full", "backup-xva", "backup-abd"):
             hashes = self.guest_writes(self.rng, self.counter)
             if op == "apply":
                 return ["apply", "-f", scn.config, "--auto-approve"], hashes
-            return ["backup", "now", "daily", "--full", "-f", scn.config], hashes
+            policy = {"backup-full": "daily", "backup-xva": "archive", "backup-abd": "boxes"}[op]
+            return ["backup", "now", policy, "--full", "-f", scn.config], hashes
         ids = sorted(self.expected)
         if op == "repo-gc":
             return ["repo", "gc", "-f", scn.config, "--safety-window", "0s"], None
@@ -91,6 +100,11 @@ class Sweep(Bench):
                     "restored-%d" % self.counter], None
         if op == "catalog-rebuild":
             return ["catalog", "rebuild", "-f", scn.config], None
+        if op == "failover":
+            # The failover itself is the run killed (without starting the replica); after the
+            # checks, an open failover is failed back and app runs again.
+            self.scn.now += 60
+            return ["failover", "-f", scn.config, "dr", "app", "--no-start"], None
         if op == "failback":
             # app's replica failed over (not killed), written to, the original shut down: the
             # fail-back is the run killed.
@@ -101,35 +115,6 @@ class Sweep(Bench):
             self.set_app_power("halted")
             return ["failback", "-f", scn.config, "dr", "app", "--auto-approve"], None
         raise ValueError(op)
-
-    def failed_over(self):
-        db = self.scn.catalog_db()
-        try:
-            return any(r[0] for r in db.execute("select failedOverAt from replica"))
-        finally:
-            db.close()
-
-    def set_app_power(self, state):
-        pool = self.scn.pool
-        ref = [r for r, v in pool.call("VM.get_all_records").items() if v["name_label"] == "app" and not v["is_a_snapshot"]
-               and not v["is_a_template"]][0]
-        power = pool.call("VM.get_power_state", ref)
-        if state == "halted" and power != "Halted":
-            pool.call("VM.hard_shutdown", ref)
-        elif state == "running" and power != "Running":
-            pool.call("VM.start", ref, False, False)
-
-    def finish_failback(self, context):
-        """After a (killed) fail-back: a clean `haven failback` completes it when the failover is
-        still open, and app runs again (as its user would start it)."""
-        # Later than the killed run (the clock is frozen between runs): a run never shares its
-        # start time, which names its snapshots, with the one before.
-        self.scn.now += 60
-        if self.failed_over():
-            r = self.scn.haven(["failback", "-f", self.scn.config, "dr", "app", "--auto-approve"])
-            if r.rc != 0:
-                self.res.fail(self.section, "the fail-back after %s failed" % context, r.brief())
-        self.set_app_power("running")
 
     def clean_run(self, op, args):
         """A run of `op` without a kill, traced: learns its steps and duration."""
@@ -146,32 +131,47 @@ class Sweep(Bench):
         """Runs `op` and kills it at a crash point (HAVEN_CRASH_AT) or, three times in ten, with
         SIGKILL at a random moment."""
         steps = self.steps.get(op, 0)
+        trace = os.path.join(self.scn.dir, "trace-killed.txt")
+        if os.path.exists(trace):
+            os.unlink(trace)
+
+        def reached():
+            try:
+                return [ln.split(" ", 1)[1].strip() for ln in open(trace) if " " in ln]
+            except OSError:
+                return []
+
         if steps and self.rng.random() < 0.7:
             tried = self.tried.setdefault(op, set())
             fresh = [k for k in range(1, steps + 1) if k not in tried]
             k = self.rng.choice(fresh or range(1, steps + 1))
             tried.add(k)
-            r = self.scn.haven(args, env={"HAVEN_CRASH_AT": str(k)}, timeout=300)
+            r = self.scn.haven(args, env={"HAVEN_CRASH_AT": str(k), "HAVEN_CRASH_TRACE": trace}, timeout=300)
             if r.rc == 99:
                 label = next((ln.split("(", 1)[1].rstrip(")") for ln in r.err.splitlines() if "crash point" in ln), "?")
-                return Killed("crash-at", "%d %s" % (k, label), r.rc, r.out, r.err, args)
-            return Killed("finished", None, r.rc, r.out, r.err, args)
+                return Killed("crash-at", "%d %s" % (k, label), r.rc, r.out, r.err, args, reached())
+            return Killed("finished", None, r.rc, r.out, r.err, args, reached())
         delay = self.rng.uniform(0.05, max(0.2, self.durations.get(op, 2.0)))
-        p = self.scn.start_haven(args)
+        p = self.scn.start_haven(args, env={"HAVEN_CRASH_TRACE": trace})
         time.sleep(delay)
         finished = p.poll() is not None
         if not finished:
             os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate()
         return Killed("finished" if finished else "sigkill", "t=%.2fs" % delay, p.returncode, out.decode(errors="replace"),
-                      err.decode(errors="replace"), args)
+                      err.decode(errors="replace"), args, reached())
 
-    def check_after(self, op, hashes, context):
+    def check_after(self, op, hashes, context, steps):
+        before = set(self.expected)
         problems = self.note_versions(hashes, op, allow_removal=op in REMOVES_VERSIONS)
         problems += self.verify()
-        problems += self.restore_all("k%d" % self.counter)
+        if op in ALWAYS_RESTORE_ALL or steps is None or any(s.startswith(TOUCHES_VERSIONS) for s in steps):
+            problems += self.restore_all("k%d" % self.counter)
+            self.full_checks += 1
+        else:
+            problems += self.restore_all("k%d" % self.counter, only=set(self.expected) - before)
         problems += check_orphans(self.scn, self.user_uuids)
-        if op == "failback":
+        if op in ("failback", "failover"):
             self.finish_failback(context)
         problems += self.check_user_objects()
         if op == "restore-file":
@@ -202,10 +202,19 @@ class Sweep(Bench):
         """The next apply succeeds and leaves nothing to do."""
         self.recoveries += 1
         args, hashes = self.prepare("apply")
+        before = set(self.expected)
         r = self.clean_run("apply", args)
         problems = [] if r.rc == 0 else ["the next apply failed: " + r.brief()]
         problems += self.note_versions(hashes, "apply", allow_removal=True)
         problems += self.forget_single_pass()
+        # This apply may have pruned and collected garbage: every version then, else its own.
+        trace = os.path.join(self.scn.dir, "trace-apply.txt")
+        steps = [ln.split(" ", 1)[1].strip() for ln in open(trace) if " " in ln] if os.path.exists(trace) else None
+        if steps is None or any(s.startswith(TOUCHES_VERSIONS) for s in steps):
+            problems += self.restore_all("r%d" % self.counter)
+            self.full_checks += 1
+        else:
+            problems += self.restore_all("r%d" % self.counter, only=set(self.expected) - before)
         if r.rc == 0:
             problems += self.in_sync()
         self.report("recovery after %s" % context, problems)
@@ -228,8 +237,8 @@ class Sweep(Bench):
             r = self.clean_run(op, a)
             if r.rc != 0:
                 self.res.fail(self.section, "a clean %s failed" % op, r.brief())
-            if op == "failback":
-                self.finish_failback("the clean fail-back")
+            if op in ("failback", "failover"):
+                self.finish_failback("the clean %s" % op)
             if h is not None:
                 self.note_versions(h, op, True)
         self.steps["forget"] = 4
@@ -249,15 +258,15 @@ class Sweep(Bench):
             if k.how == "finished":
                 if k.rc != 0:
                     self.res.fail(self.section, "%s (not killed) failed" % op, k.brief())
-                if op == "failback":
-                    self.finish_failback("a fail-back not killed")
+                if op in ("failback", "failover"):
+                    self.finish_failback("a %s not killed" % op)
                 self.note_versions(hashes, op, allow_removal=op in REMOVES_VERSIONS)
                 continue
             label = k.point.split(" ", 1)[1] if k.how == "crash-at" else "SIGKILL at a random moment"
             self.labels[label] = self.labels.get(label, 0) + 1
             self.kills.append({"operation": op, "how": k.how, "point": k.point, "worker": self.worker, "seed": self.seed})
             context = "worker %d: %s killed (%s %s)" % (self.worker, op, k.how, k.point)
-            self.check_after(op, hashes, context)
+            self.check_after(op, hashes, context, k.steps)
             # A later killed run recovers first (and must not fail before its kill point); after
             # every fourth kill a clean apply must succeed and leave nothing to do.
             if len(self.kills) % RECOVER_EVERY == 0:
@@ -280,6 +289,7 @@ class Sweep(Bench):
             "kills": len(self.kills), "distinctKillPoints": len(distinct), "crashPointKills": at_points,
             "randomSigkills": len(self.kills) - at_points, "byOperation": by_op, "byStep": dict(sorted(self.labels.items())),
             "stepsPerCleanRun": self.steps, "cleanAppliesAfterKills": self.recoveries, "restoresCompared": self.restores,
+            "killsWithEveryVersionRestored": self.full_checks,
             "versionsAtEnd": len(self.expected), "leftovers": self.leftovers, "repeatedProblems": self.repeats,
             "atRest": {"%s %s" % k: v for k, v in sorted(getattr(self, "at_rest_learnt", {}).items(), key=str)}, "seconds": round(time.monotonic() - start, 1),
             "seed": self.seed, "killList": self.kills,
@@ -292,7 +302,7 @@ def merge(parts):
     # The same step number of the same operation counts once, whichever pool it was killed on.
     out["distinctKillPoints"] = len({(k["operation"], k["point"]) for k in out["killList"] if k["how"] == "crash-at"}) + sum(
         1 for k in out["killList"] if k["how"] != "crash-at")
-    for key in ("kills", "crashPointKills", "randomSigkills", "cleanAppliesAfterKills", "restoresCompared",
+    for key in ("kills", "crashPointKills", "randomSigkills", "cleanAppliesAfterKills", "restoresCompared", "killsWithEveryVersionRestored",
                 "versionsAtEnd", "repeatedProblems"):
         out[key] = sum(p[key] for p in parts)
     for key in ("byOperation", "byStep", "leftovers"):

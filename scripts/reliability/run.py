@@ -29,13 +29,22 @@ def section(name):
     print("\n== %s" % name, flush=True)
 
 
-def run_property(res, seeds):
-    """The ownership property test of the normal suite, with many seeds."""
+def build_tests(res):
+    """The test bundle the property section runs, built first (before anything else competes for
+    the CPU, and so that an edit made while the harness runs cannot break its build)."""
     start = time.monotonic()
-    env = dict(os.environ, HAVEN_PROPERTY_SEEDS=str(seeds))
     build = subprocess.run(["swift", "build", "--build-tests"], cwd=ROOT, capture_output=True, text=True)
     if build.returncode != 0:
         res.fail("property", "swift build --build-tests failed", build.stdout[-3000:] + build.stderr[-3000:])
+        return None
+    return round(time.monotonic() - start, 1)
+
+
+def run_property(res, seeds, built):
+    """The ownership property test of the normal suite, with many seeds."""
+    start = time.monotonic()
+    env = dict(os.environ, HAVEN_PROPERTY_SEEDS=str(seeds))
+    if built is None:
         return {"seeds": seeds, "passed": False}
     t = subprocess.run(["swift", "test", "--skip-build", "--disable-xctest", "--filter", "OwnershipPropertyTests"], cwd=ROOT,
                        capture_output=True, text=True, env=env)
@@ -52,9 +61,11 @@ def table(results):
     k = results.get("killSweep")
     if k:
         rows.append(("kill -9 sweep", "%d kills (%d at crash points, %d SIGKILL at random moments), %d distinct points; "
-                     "%d restores compared; %d clean applies after kills" % (
+                     "%d restores compared (every version after %d kills); %d clean applies after kills; leftovers counted %s; by operation %s" % (
                          k["kills"], k["crashPointKills"], k["randomSigkills"], k["distinctKillPoints"], k["restoresCompared"],
-                         k["cleanAppliesAfterKills"]), k["seconds"]))
+                         k.get("killsWithEveryVersionRestored", 0), k["cleanAppliesAfterKills"],
+                         ", ".join("%s %d" % kv for kv in sorted(k.get("leftovers", {}).items())),
+                         ", ".join("%s %d" % kv for kv in sorted(k.get("byOperation", {}).items()))), k["seconds"]))
     f = results.get("faultMatrix")
     if f:
         o = f["outcomes"]
@@ -95,6 +106,12 @@ def main():
     # The fuzzers are CPU-bound and the pool sections mostly wait on the simulator: the fuzzers
     # run on a thread of their own beside the secrets scan, the kill sweep and the fault matrix
     # (built first, so that compiling does not compete with them).
+    built = None
+    if "property" in only:
+        section("test bundle for the ownership property (built first)")
+        built = build_tests(res)
+        print("    built in %s s" % built, flush=True)
+        results["testBuildSeconds"] = built
     fuzz_thread = None
     if "fuzz" in only:
         import threading
@@ -131,15 +148,19 @@ def main():
         results["fuzz"] = box.get("out", {"targets": []})
     if "property" in only:
         section("ownership property test")
-        results["property"] = run_property(res, int(os.environ.get("RELIABILITY_PROPERTY_SEEDS", "40")))
+        results["property"] = run_property(res, int(os.environ.get("RELIABILITY_PROPERTY_SEEDS", "40")), built)
     results["seconds"] = round(time.monotonic() - start, 1)
     results["failures"] = res.failures
     results["passed"] = not res.failures
     with open(os.path.join(ROOT, "reliability-results.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
-    print("\n== summary (seed %d, %.0f s)" % (args.seed, results["seconds"]))
+    load = os.getloadavg()
+    results["loadAverageAtEnd"] = [round(x, 1) for x in load]
+    print("\n== summary (seed %d, %.0f s, load average at the end %.1f %.1f %.1f)" % ((args.seed, results["seconds"]) + load))
+    # The table docs/RELIABILITY.md carries.
+    print("| section | figures | seconds |\n|---|---|---|")
     for name, what, secs in table(results):
-        print("  %-26s %-100s %6.0f s" % (name, what, secs))
+        print("| %s | %s | %.0f |" % (name, what, secs))
     print("  %d failure%s; details in reliability-results.json" % (len(res.failures), "" if len(res.failures) == 1 else "s"))
     return 0 if not res.failures else 1
 

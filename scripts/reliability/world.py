@@ -27,6 +27,14 @@ VMS = """      - name: web
         power: Running
         networks: [net0]
         disks: [{name: legacy-root, size: 1Mi, fill: {seed: 16}}]
+      - name: arch
+        power: Running
+        networks: [net0]
+        disks: [{name: arch-root, size: 1Mi, fill: {seed: 17}}, {name: arch-data, size: 1Mi, fill: {seed: 18, unallocated: 0.5}}]
+      - name: box
+        power: Running
+        networks: [net0]
+        disks: [{name: box-root, size: 1Mi, fill: {seed: 19}}]
       - name: user-vm
         power: Running
         tags: [mine]
@@ -44,7 +52,17 @@ DOCS = [
      "  singlePass: {repository: local}\n"),
     ("apiVersion: haven/v1\nkind: ReplicationPolicy\nmetadata: {name: drx}\nspec:\n  source: lab\n  vms: {names: [legacy]}\n"
      "  target: {pool: lab, sr: Replica storage}\n  schedule: {every: 1h}\n  method: xva\n"),
+    # `method: xva` backups: the whole VM as one archive, each disk restored out of it.
+    ("apiVersion: haven/v1\nkind: BackupPolicy\nmetadata: {name: archive}\nspec:\n  pool: lab\n  vms: {names: [arch]}\n"
+     "  schedule: {every: 1h}\n  method: xva\n  cbt: false\n  repository: local\n  retention: {keepLast: 2}\n"),
+    # Backups read by an appliance (a VM running `haven mover`, on a static address).
+    ("apiVersion: haven/v1\nkind: AppliancePool\nmetadata: {name: abd}\nspec:\n  pool: lab\n  template: haven-abd\n"
+     "  sr: Local storage\n  network: net0\n  addresses: [{PREFIX}.50]\n  netmask: 255.255.255.0\n  dhcpFallback: false\n  max: 1\n"),
+    ("apiVersion: haven/v1\nkind: BackupPolicy\nmetadata: {name: boxes}\nspec:\n  pool: lab\n  vms: {names: [box]}\n"
+     "  schedule: {every: 1h}\n  repository: local\n  appliances: abd\n  retention: {keepLast: 2}\n"),
 ]
+
+TEMPLATES = "    templates: [{name: haven-abd, appliance: true, memory: 128Mi, disks: [{size: 4Mi}]}]\n"
 
 
 # What haven keeps on the pool between runs, by (class, role): a CBT anchor per protected disk
@@ -60,7 +78,7 @@ class Bench:
 
     def __init__(self, res, root, name, section, password=None):
         self.res, self.section = res, section
-        self.scn = Scenario(root, name, VMS, DOCS, password or PASSWORD)
+        self.scn = Scenario(root, name, VMS, DOCS, password or PASSWORD, templates=TEMPLATES)
         self.expected = {}        # version id -> {disk key: sha256}
         self.restores = 0
         self.tag = 0
@@ -93,7 +111,8 @@ class Bench:
         # a new domain id.
         volatile = {"snapshots", "allowed_operations", "current_operations", "VBDs", "cbt_enabled", "other_config", "resident_on",
                     "physical_utilisation", "domid"}
-        protected = {"web", "db", "app", "legacy", "web-root", "web-data", "db-root", "app-root", "legacy-root"}
+        protected = {"web", "db", "app", "legacy", "arch", "box", "web-root", "web-data", "db-root", "app-root", "legacy-root", "arch-root",
+                     "arch-data", "box-root"}
         for uuid, before in self.user_before.items():
             now = after.get(uuid)
             if now is None:
@@ -114,6 +133,38 @@ class Bench:
                 if now.get(k) != v:
                     problems.append("user object %s (%s): %s changed from %r to %r" % (uuid, before["name_label"], k, v, now.get(k)))
         return problems
+
+    # --- failover and fail-back of `app` (the replication dr) -------------------------------
+
+    def failed_over(self):
+        db = self.scn.catalog_db()
+        try:
+            return any(r[0] for r in db.execute("select failedOverAt from replica"))
+        finally:
+            db.close()
+
+    def set_app_power(self, state):
+        pool = self.scn.pool
+        ref = [r for r, v in pool.call("VM.get_all_records").items() if v["name_label"] == "app" and not v["is_a_snapshot"]
+               and not v["is_a_template"]][0]
+        power = pool.call("VM.get_power_state", ref)
+        if state == "halted" and power != "Halted":
+            pool.call("VM.hard_shutdown", ref)
+        elif state == "running" and power != "Running":
+            pool.call("VM.start", ref, False, False)
+
+    def finish_failback(self, context):
+        """After a (killed) fail-back: a clean `haven failback` completes it when the failover is
+        still open, and app runs again (as its user would start it)."""
+        # Later than the killed run (the clock is frozen between runs): a run never shares its
+        # start time, which names its snapshots, with the one before.
+        self.scn.now += 60
+        if self.failed_over():
+            self.set_app_power("halted")
+            r = self.scn.haven(["failback", "-f", self.scn.config, "dr", "app", "--auto-approve"])
+            if r.rc != 0:
+                self.res.fail(self.section, "the fail-back after %s failed" % context, r.brief())
+        self.set_app_power("running")
 
     # --- versions and their bytes -------------------------------------------------------------
 
@@ -138,12 +189,18 @@ class Bench:
             if hashes is None:
                 problems.append("version %s appeared during %s, which makes no version" % (vid, op))
                 continue
-            self.expected[vid] = {d["key"]: hashes[(b["vm"]["name"], d["key"])] for d in b["disks"]}
+            vm = b["vm"]["name"]
+            if [d["key"] for d in b["disks"]] == ["xva"]:
+                # An XVA archive: each of the VM's disks is restored out of it by its userdevice.
+                self.expected[vid] = {key: h for (name, key), h in hashes.items() if name == vm}
+            else:
+                self.expected[vid] = {d["key"]: hashes[(vm, d["key"])] for d in b["disks"]}
         return problems
 
-    def restore_all(self, tag):
-        """Every version restores bit-identically. Returns problems."""
-        jobs = [(vid, key, digest) for vid, disks in sorted(self.expected.items()) for key, digest in sorted(disks.items())]
+    def restore_all(self, tag, only=None):
+        """Every version (or those in `only`) restores bit-identically. Returns problems."""
+        jobs = [(vid, key, digest) for vid, disks in sorted(self.expected.items()) for key, digest in sorted(disks.items())
+                if only is None or vid in only]
         outdir = os.path.join(self.scn.dir, "restores")
         os.makedirs(outdir, exist_ok=True)
 
@@ -186,12 +243,12 @@ class Bench:
     def start(self):
         self.make_user_objects()
         # app's versions are the replication's single-pass backups.
-        self.disks = self.scn.source_disks(["web", "db", "app"])
+        self.disks = self.scn.source_disks(["web", "db", "app", "arch", "box"])
 
     def guest_writes(self, rng, counter):
         """Guest writes on some of the protected VMs, then the clock moves on past every schedule;
         returns the sources' hashes (what versions made next must restore to)."""
-        for vm, seed in (("web", 1), ("db", 2), ("app", 3), ("legacy", 4)):
+        for vm, seed in (("web", 1), ("db", 2), ("app", 3), ("legacy", 4), ("arch", 5), ("box", 6)):
             if rng.random() < 0.6:
                 self.scn.sim_control(["write", "--vm", vm, "--percent", str(rng.choice([2, 5, 12])), "--seed", str(counter * 10 + seed)])
         self.scn.now += 3700

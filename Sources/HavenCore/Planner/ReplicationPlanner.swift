@@ -153,6 +153,25 @@ extension Planner.Context {
                 add(PlannedAction(key: key, action: .retireAnchor(OwnedRemoval(uuid: a.snapshotVDI, label: "\(a.snapshotVDI) (\(name))")), vm: identity,
                                   reason: "a failover anchor of \(vm.name) left by a fail-back that stopped before retiring it"))
             }
+            // The snapshot a failover takes of the replica to make its anchors, left by a failover
+            // killed before it removed it (its disks' data is not yet destroyed).
+            for o in inventoryByPool[target.name] ?? [] where o.cls == "VM" && o.role == "failover-anchor" && o.policy == owner && o.vmUUID == vm.uuid {
+                guard let snap = target.snapshots.first(where: { $0.uuid == o.uuid }), owned(target.name, "VM", o.uuid, in: target) else { continue }
+                let key = ActionKey(.deleteSnapshot, pool: target.name, subject: o.uuid, policy: owner)
+                guard !keys.contains(key) else { continue }
+                add(PlannedAction(key: key, action: .deleteSnapshot(OwnedRemoval(uuid: o.uuid, label: "\(snap.name) (\(o.uuid))")), vm: identity,
+                                  reason: "left by a failover that stopped before removing it"))
+            }
+            // Its disks, once that snapshot went and before they were recorded as anchors.
+            let ofSnapshots = Set(target.snapshots.flatMap { $0.disks.map(\.vdiUUID) })
+            for o in inventoryByPool[target.name] ?? [] where o.cls == "VDI" && o.role == "failover-anchor" && o.policy == owner && o.vmUUID == vm.uuid
+                && !ofSnapshots.contains(o.uuid) {
+                guard let vdi = target.vdis[o.uuid], owned(target.name, "VDI", o.uuid, in: target) else { continue }
+                let key = ActionKey(.retireAnchor, pool: target.name, subject: o.uuid, policy: owner)
+                guard !keys.contains(key), !keys.contains(ActionKey(.retireAnchor, pool: target.name, subject: o.uuid, policy: failoverAnchorKey(r.name))) else { continue }
+                add(PlannedAction(key: key, action: .retireAnchor(OwnedRemoval(uuid: o.uuid, label: "\(o.uuid) (\(vdi.name))")), vm: identity,
+                                  reason: "a disk of a failover's anchor snapshot, left by a failover that stopped before recording it"))
+            }
             guard let reason = dueReason(spec.schedule, last: record?.lastSync).map({ $0.replacingOccurrences(of: "never backed up", with: "never replicated").replacingOccurrences(of: "last backup", with: "last sync") }) else { continue }
             let anchors = anchorsByKey["\(sourceName)\u{0}\(owner)\u{0}\(vm.uuid)"] ?? []
             let replicaDisks = record?.diskMap ?? [:]

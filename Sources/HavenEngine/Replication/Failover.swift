@@ -53,6 +53,14 @@ extension Engine {
                     let list = points.map { "\($0.record.uuid) (\(ISO8601DateFormatter().string(from: $0.time)))" }.joined(separator: ", ")
                     throw EngineError(.notFound, record.replicaUUID, "no restore point of \(rec.nameLabel) matches" + (list.isEmpty ? "; it has none" : "; it has: \(list)"))
                 }
+                // The failover is recorded before the replica is touched: killed from here on, the
+                // replica is the VM of record (no sync writes it, no plan removes it; `haven
+                // failback` or `haven replicas delete` ends it). Recorded after, a run killed after
+                // the revert (new disks, so the recorded ones are gone) let the next apply take the
+                // replica for an unfinished one and destroy it (kill sweep).
+                var opened = record
+                opened.failedOverAt = now
+                try catalog.setReplica(opened)
                 if rec.powerState != .halted { try await client.hardShutdown(replica) }
                 try await withRetry { try await client.revert(to: point.ref) }
                 // xapi's revert restores the settings of snapshot time (blocked_operations included)
@@ -89,12 +97,18 @@ extension Engine {
     /// failover anchors (catalog key `failover:POLICY`); the snapshot VM itself goes.
     func recordFailoverAnchors(_ client: XenAPIClient, replica: VMRef, record: ReplicaRecord, name: String, now: Date) async throws {
         let owner = replicationOwnerKey(record.policy)
-        let snap = try await withRetry { try await client.snapshot(replica, name: "\(name) failover anchor \(ISO8601DateFormatter().string(from: now))") }
+        // As for a restore point: the intent first (a snapshot made after this process died is found
+        // by it and removed), marks before the inventory, and only then the intent cleared.
+        let snapName = "\(name) failover anchor \(ISO8601DateFormatter().string(from: now))"
+        let replicaUUID = try await client.record(replica).uuid
+        try catalog.recordIntent(SnapshotIntent(pool: record.targetPool, vmUUID: replicaUUID, policy: owner, name: snapName, requestedAt: now))
+        let snap = try await withRetry { try await client.snapshot(replica, name: snapName) }
         let snapRecord = try await client.record(snap)
-        try catalog.own(OwnedObject(pool: record.targetPool, cls: "VM", uuid: snapRecord.uuid, role: "failover-anchor", policy: owner, vmUUID: record.sourceVM, createdAt: now))
         try await client.setOtherConfig(snap, key: OwnershipMarks.owner, value: instance)
         try await client.setOtherConfig(snap, key: OwnershipMarks.role, value: "failover-anchor")
         try await client.setOtherConfig(snap, key: OwnershipMarks.policy, value: owner)
+        try catalog.own(OwnedObject(pool: record.targetPool, cls: "VM", uuid: snapRecord.uuid, role: "failover-anchor", policy: owner, vmUUID: record.sourceVM, createdAt: now))
+        try catalog.clearIntent(pool: record.targetPool, name: snapName)
         var disks: [(String, VDIRef, String)] = []
         for vbd in snapRecord.vbds {
             let b = try await client.record(vbd)
