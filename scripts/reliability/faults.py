@@ -39,11 +39,17 @@ RULES = [
     ("SR full: Replica storage", "sr-full:Replica storage"),
 ]
 
+if os.environ.get("RELIABILITY_FAULT_RULES"):
+    # Some rules only (names containing one of the comma-separated words), to iterate on a cell.
+    RULES = [(n, r) for n, r in RULES if any(w in n for w in os.environ["RELIABILITY_FAULT_RULES"].split(","))]
+
 # backup: `backup now` of the CBT policy; apply: everything due (backups of both policies, the
 # replication sync, prune); restore: a version back onto the pool; gc: `repo gc` after a forget.
 # failover: `haven failover dr app --no-start` (then, without the fault, a fail-back); xva and
 # appliance backups are in the apply (policies `archive` and `boxes` of the world).
 OPERATIONS = ["backup", "apply", "restore", "gc", "failover"]
+if os.environ.get("RELIABILITY_FAULT_OPS"):
+    OPERATIONS = [o for o in OPERATIONS if o in os.environ["RELIABILITY_FAULT_OPS"].split(",")]
 TIMEOUT = 180
 
 

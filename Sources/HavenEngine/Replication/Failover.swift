@@ -61,32 +61,45 @@ extension Engine {
                 var opened = record
                 opened.failedOverAt = now
                 try catalog.setReplica(opened)
-                if rec.powerState != .halted { try await client.hardShutdown(replica) }
-                try await withRetry { try await client.revert(to: point.ref) }
-                // xapi's revert restores the settings of snapshot time (blocked_operations included)
-                // and gives the VM new disks without CBT: unblock, and switch CBT on again so that a
-                // later fail-back can tell what the running replica changed.
-                for op in ReplicateRun.blockedOperations { try await client.unblock(replica, operation: op) }
-                try await client.setOtherConfig(replica, key: "haven.failed-over", value: ISO8601DateFormatter().string(from: now))
-                var disks: [String: String] = [:]
-                for vbd in try await client.record(replica).vbds {
-                    let b = try await client.record(vbd)
-                    guard b.type == "Disk", !b.vdi.isNull else { continue }
-                    let v = try await client.record(b.vdi)
-                    if !v.cbtEnabled { try await withRetry { try await client.enableCBT(b.vdi) } }
-                    disks[b.userdevice] = v.uuid
+                var reverted = false
+                do {
+                    if rec.powerState != .halted { try await client.hardShutdown(replica) }
+                    try await withRetry { try await client.revert(to: point.ref) }
+                    reverted = true
+                    // xapi's revert restores the settings of snapshot time (blocked_operations included)
+                    // and gives the VM new disks without CBT: unblock, and switch CBT on again so that a
+                    // later fail-back can tell what the running replica changed.
+                    for op in ReplicateRun.blockedOperations { try await client.unblock(replica, operation: op) }
+                    try await client.setOtherConfig(replica, key: "haven.failed-over", value: ISO8601DateFormatter().string(from: now))
+                    var disks: [String: String] = [:]
+                    for vbd in try await client.record(replica).vbds {
+                        let b = try await client.record(vbd)
+                        guard b.type == "Disk", !b.vdi.isNull else { continue }
+                        let v = try await client.record(b.vdi)
+                        if !v.cbtEnabled { try await withRetry { try await client.enableCBT(b.vdi) } }
+                        disks[b.userdevice] = v.uuid
+                    }
+                    // The fail-back anchor: the replica's disks as they are before it starts, reduced to
+                    // CBT metadata, so a fail-back sends only what the running replica changes.
+                    try await recordFailoverAnchors(client, replica: replica, record: record, name: rec.nameLabel, now: now)
+                    if let newest = points.first, newest.ref != point.ref {
+                        try await client.setOtherConfig(replica, key: failoverBehindMark, value: point.record.uuid)
+                    }
+                    var failed = ReplicaRecord(policy: record.policy, sourcePool: record.sourcePool, sourceVM: record.sourceVM, sourceName: record.sourceName,
+                                               targetPool: record.targetPool, replicaUUID: record.replicaUUID, disks: disks, lastSync: record.lastSync)
+                    failed.failedOverAt = now
+                    try catalog.setReplica(failed)
+                    if start { try await client.start(replica) }
+                } catch let e as XenAPIError {
+                    // Failed (not killed): before the revert nothing changed, and the replica goes
+                    // back to being a replica; after it, the failover stays recorded (the
+                    // replica's disks are the restore point's now) and the error says so.
+                    if !reverted {
+                        try? catalog.setReplica(record)
+                        throw EngineError(.action, record.replicaUUID, "failover of \(record.sourceName) to \(rec.nameLabel) failed before the replica was reverted (\(e)); nothing changed, the replica stays a replica")
+                    }
+                    throw EngineError(.action, record.replicaUUID, "failover of \(record.sourceName) to \(rec.nameLabel) failed after the replica was reverted to restore point \(point.record.nameLabel) (\(e)); the failover is recorded: start the replica by hand, or `haven failback \(record.policy) \(record.sourceName)`")
                 }
-                // The fail-back anchor: the replica's disks as they are before it starts, reduced to
-                // CBT metadata, so a fail-back sends only what the running replica changes.
-                try await recordFailoverAnchors(client, replica: replica, record: record, name: rec.nameLabel, now: now)
-                if let newest = points.first, newest.ref != point.ref {
-                    try await client.setOtherConfig(replica, key: failoverBehindMark, value: point.record.uuid)
-                }
-                var failed = ReplicaRecord(policy: record.policy, sourcePool: record.sourcePool, sourceVM: record.sourceVM, sourceName: record.sourceName,
-                                           targetPool: record.targetPool, replicaUUID: record.replicaUUID, disks: disks, lastSync: record.lastSync)
-                failed.failedOverAt = now
-                try catalog.setReplica(failed)
-                if start { try await client.start(replica) }
                 return FailoverOutcome(replicaName: rec.nameLabel, targetPool: record.targetPool, restorePoint: point.record.uuid,
                                        restorePointTime: ISO8601DateFormatter().string(from: point.time), started: start)
             }
@@ -120,7 +133,11 @@ extension Engine {
             try catalog.own(OwnedObject(pool: record.targetPool, cls: "VDI", uuid: v.uuid, role: "failover-anchor", policy: owner, vmUUID: record.sourceVM, createdAt: now))
             disks.append((b.userdevice, b.vdi, v.uuid))
         }
-        try await withRetry { try await client.destroy(snap) }
+        do {
+            try await withRetry { try await client.destroy(snap) }
+        } catch let e as XenAPIError where e.code == XenAPIError.Code.handleInvalid || e.code == XenAPIError.Code.uuidInvalid {
+            // Already gone.
+        }
         try catalog.disown(pool: record.targetPool, uuid: snapRecord.uuid)
         var replicaDisks: [String: String] = [:]
         for vbd in try await client.record(replica).vbds {
