@@ -200,4 +200,46 @@ import XenAPI
         #expect(try await replicas().map(\.uuid) == [replica.uuid])
         #expect(try s.diff().status == 0)
     }
+
+    /// An XVA version restored to the pool: xapi's `/import` gave the VM and its disks the marks
+    /// the archive's snapshot carried (haven's owner, role backup-snapshot / snapshot-disk), which
+    /// the restore then removed; killed in between, a VM and disks marked as haven's stayed that
+    /// no inventory or plan covered. The archive now goes in without them.
+    @Test(arguments: ["after /import", "before xapi VM.remove_from_other_config"])
+    func anXVARestoreKilledAfterTheImportLeavesNothingMarkedAsHavens(point: String) async throws {
+        let s = try Scenario(vms: XVARestoreEndToEndTests.vms, policy: XVARestoreEndToEndTests.policy)
+        let id = try XVARestoreEndToEndTests().backUp(s)
+        let c = s.client()
+        let run = try s.haven(["restore", "-f", s.config, "--backup", id, "--to-pool", "lab", "--sr", "Local storage", "--name", "back"],
+                              env: ["HAVEN_CRASH_AT": point])
+        #expect(run.status == 99, "\(run.stdout)\(run.stderr)")
+        // The import (named `back` or not yet): a VM that is not a snapshot, with app's disks.
+        let imports = try await c.records(VMRecord.self).filter { !$0.value.isASnapshot && $0.value.nameLabel != "app" && !$0.value.isControlDomain
+            && !$0.value.vbds.isEmpty }
+        #expect(imports.count == 1, "\(imports.values.map(\.nameLabel))")
+        for (vm, rec) in imports {
+            #expect(rec.otherConfig["haven.owner"] == nil && rec.otherConfig["haven.role"] == nil, "\(rec.otherConfig)")
+            for d in try await XVARestoreEndToEndTests().disks(c, vm) {
+                #expect(!d.vdi.otherConfig.keys.contains { $0.hasPrefix("haven.") }, "\(d.vdi.otherConfig)")
+            }
+        }
+    }
+
+    /// `restore --disk N --to-file` of an XVA version wrote into the target as it went: killed
+    /// halfway, the target held part of a disk under its final name. It is now written beside it
+    /// and renamed once complete (the steps every restore to a file has).
+    @Test func anXVADiskExtractionKilledBeforeItsRenameLeavesNoTarget() async throws {
+        let s = try Scenario(vms: XVARestoreEndToEndTests.vms, policy: XVARestoreEndToEndTests.policy)
+        let id = try XVARestoreEndToEndTests().backUp(s)
+        let target = s.dir.appendingPathComponent("disk0.raw").path
+        let killed = try s.haven(["restore", "-f", s.config, "--backup", id, "--disk", "0", "--to-file", target],
+                                 env: ["HAVEN_CRASH_AT": "restored image written"])
+        #expect(killed.status == 99, "\(killed.stdout)\(killed.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: target), "no partial image under the target's name")
+        let run = try s.haven(["restore", "-f", s.config, "--backup", id, "--disk", "0", "--to-file", target])
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let c = s.client()
+        let source = try await XVARestoreEndToEndTests().disks(c, try await c.vmNamed("app").0)[0]
+        #expect(try s.sha(target) == s.sha(s.diskFile(source.vdi.uuid)))
+    }
 }

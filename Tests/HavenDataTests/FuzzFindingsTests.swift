@@ -32,4 +32,11 @@ import Testing
         #expect { try ChangedBlocks(base64: "AA==", diskSize: -65_536) } throws: { ($0 as? DataError)?.code == .badBitmap }
         #expect(ChangedBlocks(diskSize: -65_536, blocks: []).base64 == "")
     }
+
+    /// FuzzCBTBitmap (second recorded run): a disk size near Int64.max overflowed while the
+    /// blocks were rounded up (a trap). Now the bitmap is just too short for such a disk.
+    @Test func aDiskSizeNearInt64MaxIsABadBitmapNotATrap() throws {
+        #expect { try ChangedBlocks(base64: "AA==", diskSize: .max) } throws: { ($0 as? DataError)?.code == .badBitmap }
+        #expect { try ChangedBlocks(base64: "AA==", diskSize: .max - 100) } throws: { ($0 as? DataError)?.code == .badBitmap }
+    }
 }

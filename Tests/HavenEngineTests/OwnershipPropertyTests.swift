@@ -119,7 +119,7 @@ import Testing
                   vms: \(selector)
                   schedule: {every: 1h}
                   method: \(method)
-                  cbt: \(method == "delta" ? "false" : (rng.chance(0.8) ? "true" : "false"))
+                  cbt: \(method == "delta" ? "false" : method == "cbt" ? "true" : (rng.chance(0.8) ? "true" : "false"))
                   repository: local
                   retention: {keepLast: \(Int.random(in: 1...2, using: &rng))}
                   snapshotRetention: \(Int.random(in: 0...1, using: &rng))

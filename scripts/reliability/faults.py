@@ -62,6 +62,8 @@ class Matrix(Bench):
         self.worker = worker
         self.counter = 0
         self.cells = []
+        self.reported = set()
+        self.repeats = 0
 
     def args(self, op):
         scn = self.scn
@@ -135,7 +137,12 @@ class Matrix(Bench):
         problems += self.check_user_objects()
         self.cells.append({"rule": rule_name, "operation": op, "outcome": outcome or "FAILED", "seconds": round(r.seconds, 1),
                            "problems": problems})
+        # A leftover that stays is reported after the cell that made it, not after every later one.
         for p in problems:
+            if p in self.reported:
+                self.repeats += 1
+                continue
+            self.reported.add(p)
             self.res.fail("fault-matrix", "%s x %s" % (rule_name, op), p)
         print("    %-44s %-8s %s" % (rule_name, op, (outcome or "FAILED")[:100]), flush=True)
 

@@ -69,6 +69,7 @@ class Sweep(Bench):
         self.reported = set()
         self.repeats = 0
         self.full_checks = 0      # kills after which every version was restored
+        self.failed = 0           # problems this worker reported (its own failure budget)
 
     def prepare(self, op):
         """Arguments of one run of `op`, and the source hashes the versions it makes will hold
@@ -196,6 +197,7 @@ class Sweep(Bench):
                 self.repeats += 1
                 continue
             self.reported.add(p)
+            self.failed += 1
             self.res.fail(self.section, what, p)
 
     def recover(self, context):
@@ -248,7 +250,6 @@ class Sweep(Bench):
             self.note_versions(h, "apply", True)
         self.at_rest_learnt = self.learn_at_rest()
         ops, weights = [o for o, _ in OPERATIONS], [w for _, w in OPERATIONS]
-        failures_before = len(self.res.failures)
         while len(self.kills) < self.target and time.monotonic() - start < self.budget:
             op = self.rng.choices(ops, weights)[0]
             args, hashes = self.prepare(op)
@@ -271,7 +272,7 @@ class Sweep(Bench):
             # every fourth kill a clean apply must succeed and leave nothing to do.
             if len(self.kills) % RECOVER_EVERY == 0:
                 self.recover(context)
-            if len(self.res.failures) - failures_before > 25:
+            if self.failed > 25:
                 self.res.fail(self.section, "too many failures; the sweep stopped early")
                 break
         self.recover("the sweep")

@@ -50,7 +50,8 @@ def run_property(res, seeds, built):
                        capture_output=True, text=True, env=env)
     out = t.stdout + t.stderr
     if t.returncode != 0:
-        res.fail("property", "OwnershipPropertyTests failed with HAVEN_PROPERTY_SEEDS=%d" % seeds, out[-6000:])
+        issues = [ln for ln in out.splitlines() if "recorded an issue" in ln or ("Expectation failed" in ln and not ln.startswith("2"))]
+        res.fail("property", "OwnershipPropertyTests failed with HAVEN_PROPERTY_SEEDS=%d" % seeds, "\n".join(issues)[:6000] + "\n" + out[-2000:])
     checked = [ln for ln in out.splitlines() if "ownership property:" in ln]
     return {"seeds": seeds, "passed": t.returncode == 0, "report": checked[-1].split("ownership property:", 1)[1].strip() if checked else "",
             "seconds": round(time.monotonic() - start, 1)}

@@ -26,7 +26,9 @@ public struct ChangedBlocks: Sendable, Equatable {
             throw DataError(.badBitmap, "list_changed_blocks", "the disk's size \(diskSize) is negative")
         }
         let bytes = [UInt8](data)
-        let needed = Int((diskSize + Int64(Self.blockSize) - 1) / Int64(Self.blockSize))
+        // Rounded up without `diskSize + blockSize - 1`, which overflows for a size near Int64.max
+        // (the pool's `virtual_size`; found by FuzzCBTBitmap).
+        let needed = Int(diskSize / Int64(Self.blockSize) + (diskSize % Int64(Self.blockSize) == 0 ? 0 : 1))
         guard bytes.count * 8 >= needed else {
             throw DataError(.badBitmap, "list_changed_blocks",
                             "the bitmap has \(bytes.count * 8) bits but the disk of \(diskSize) bytes has \(needed) blocks of 64 KiB")

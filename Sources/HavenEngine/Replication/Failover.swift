@@ -27,6 +27,17 @@ extension Engine {
             throw EngineError(.action, record.replicaUUID, "the replica of \(record.sourceName) was already failed over at \(ISO8601DateFormatter().string(from: record.failedOverAt!))")
         }
         guard let client = sessions.client(record.targetPool) else { throw EngineError(.connect, record.targetPool, "no session to pool \(record.targetPool)") }
+        do {
+            return try await failoverLocked(record: record, client: client, restorePoint: restorePoint, at: at, start: start, lockTimeout: lockTimeout, now: now)
+        } catch let e as XenAPIError {
+            // Before anything changed (the replica's record, its restore points): a bare xapi code
+            // would not say what failed.
+            throw EngineError(.action, record.replicaUUID, "failover of \(record.sourceName) failed before the replica was touched (\(e)); nothing changed")
+        }
+    }
+
+    func failoverLocked(record: ReplicaRecord, client: XenAPIClient, restorePoint: String?, at: Date?, start: Bool, lockTimeout: Double?,
+                        now: Date) async throws -> FailoverOutcome {
         return try await withSessions {
             try await withPoolLocks([record.sourcePool, record.targetPool].sorted().reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } },
                                     timeout: lockTimeout) {
@@ -133,11 +144,7 @@ extension Engine {
             try catalog.own(OwnedObject(pool: record.targetPool, cls: "VDI", uuid: v.uuid, role: "failover-anchor", policy: owner, vmUUID: record.sourceVM, createdAt: now))
             disks.append((b.userdevice, b.vdi, v.uuid))
         }
-        do {
-            try await withRetry { try await client.destroy(snap) }
-        } catch let e as XenAPIError where e.code == XenAPIError.Code.handleInvalid || e.code == XenAPIError.Code.uuidInvalid {
-            // Already gone.
-        }
+        try await withRetry { try await client.destroy(snap) }
         try catalog.disown(pool: record.targetPool, uuid: snapRecord.uuid)
         var replicaDisks: [String: String] = [:]
         for vbd in try await client.record(replica).vbds {

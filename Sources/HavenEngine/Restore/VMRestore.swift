@@ -145,7 +145,13 @@ extension VMRestore {
         let pipe = StreamPipe(rawOf: archive, restore: DiskRestore(repository: repository))
         let imported: [VMRef]
         do {
-            imported = try await client.importXVA(sr: sr, length: archive.size) { try pipe.read(into: $0) }
+            // The archive's ova.xml goes without haven's marks: imported with them, the restored
+            // VM and its disks carried the snapshot's ownership marks until haven removed them, and
+            // a restore killed in between left a VM and disks marked as haven's that no inventory
+            // or plan covers (kill sweep). The marks stay removed below for archives this cannot parse.
+            let head = try XVAArchive.unmarkedHead(read: { try pipe.read(into: $0) })
+            let feed = PrefixedReader(prefix: head.bytes) { try pipe.read(into: $0) }
+            imported = try await client.importXVA(sr: sr, length: archive.size - head.replaced + Int64(head.bytes.count)) { try feed.read(into: $0) }
             try pipe.finish()
         } catch {
             pipe.abandon()

@@ -1,3 +1,4 @@
+import CrashPoints
 import DiskFormats
 import Foundation
 import HavenData
@@ -79,23 +80,36 @@ public enum XVAArchive {
         guard let archive = stream(of: manifest) else {
             throw EngineError(.restore, manifest.id, "version \(manifest.id) is not an XVA backup")
         }
+        // Written under a temporary name beside the target and renamed once complete, as every
+        // restore to a file: a run killed or failing halfway never leaves a partial image under
+        // the target's name (the kill sweep found one).
+        // A target that exists and is not a regular file (a block device) is written in place.
+        var st = stat()
+        let inPlace = stat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFREG
+        let url = URL(fileURLWithPath: path)
+        let partial = inPlace ? path :  url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).haven-partial-\(getpid())").path
+        defer { if !inPlace { unlink(partial) } }
+        let result: Extracted
         switch format {
         case .raw:
-            return try extractRaw(archive, wanted: wanted, versionID: manifest.id, repository: repository, to: path)
+            result = try extractRaw(archive, wanted: wanted, versionID: manifest.id, repository: repository, to: partial)
         case .vhd:
             // The VHD writer wants to know the blocks with data before it writes the first one,
             // and the archive names them only as it goes: take the disk out as a sparse raw file
             // beside the target first, then write the VHD from it.
-            let staging = path + ".haven-xva-staging"
+            let staging = partial + ".raw"
             defer { unlink(staging) }
-            let result = try extractRaw(archive, wanted: wanted, versionID: manifest.id, repository: repository, to: staging)
-            try rawToVHD(staging, size: result.disk.size, to: path)
-            return result
+            result = try extractRaw(archive, wanted: wanted, versionID: manifest.id, repository: repository, to: staging)
+            try rawToVHD(staging, size: result.disk.size, to: partial)
         }
+        CrashPoints.hit("restored image written")
+        guard inPlace || rename(partial, path) == 0 else { throw DataError(.io, path, "cannot rename the restored image into place: \(String(cString: strerror(errno)))") }
+        CrashPoints.hit("restored image renamed")
+        return result
     }
 
     static func extractRaw(_ archive: DiskVersion, wanted: String, versionID: String, repository: BackupRepository, to path: String) throws -> Extracted {
-        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
+        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
         guard fd >= 0 else { throw DataError(.io, path, String(cString: strerror(errno))) }
         defer { close(fd) }
         var chosen: Disk?
@@ -180,4 +194,70 @@ private func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset:
         done += n
     }
     return true
+}
+
+extension XVAArchive {
+    /// The head of an XVA stream (its first member, `ova.xml`) with every `haven.*` key taken out
+    /// of the other_config maps it describes; `replaced` is how many bytes of the original stream
+    /// it stands for. An archive whose first member is not a readable `ova.xml` passes unchanged.
+    public static func unmarkedHead(read: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> (bytes: [UInt8], replaced: Int64) {
+        var head: [UInt8] = []
+        func fill(_ n: Int) throws -> Bool {
+            while head.count < n {
+                var buf = [UInt8](repeating: 0, count: min(1 << 16, n - head.count))
+                let got = try buf.withUnsafeMutableBytes { try read($0) }
+                if got == 0 { return false }
+                head += buf[0..<got]
+            }
+            return true
+        }
+        guard try fill(512) else { return (head, Int64(head.count)) }
+        let name = String(decoding: head[0..<100].prefix { $0 != 0 }, as: UTF8.self)
+        let sizeField = String(decoding: head[124..<136].filter { $0 != 0 && $0 != 32 }, as: UTF8.self)
+        guard name == "ova.xml", let size = Int(sizeField, radix: 8), size >= 0, size < 64 << 20 else { return (head, Int64(head.count)) }
+        let padded = (size + 511) / 512 * 512
+        guard try fill(512 + padded) else { return (head, Int64(head.count)) }
+        let xml = String(decoding: head[512..<(512 + size)], as: UTF8.self)
+        let stripped = Array(stripHavenMarks(xml).utf8)
+        if stripped.count == size { return (head, Int64(head.count)) }
+        var header = Array(head[0..<512])
+        let octal = Array(String(format: "%011o", stripped.count).utf8)
+        for i in 0..<12 { header[124 + i] = i < octal.count ? octal[i] : 0 }
+        for i in 148..<156 { header[i] = 32 }
+        let sum = header.reduce(0) { $0 + Int($1) }
+        let check = Array(String(format: "%06o", sum).utf8) + [0, 32]
+        for i in 0..<8 { header[148 + i] = check[i] }
+        let body = stripped + [UInt8](repeating: 0, count: (stripped.count + 511) / 512 * 512 - stripped.count)
+        return (header + body, Int64(512 + padded))
+    }
+
+    /// `<member><name>haven.…</name><value>…</value></member>` taken out (ova.xml is XML-RPC-like).
+    static func stripHavenMarks(_ xml: String) -> String {
+        guard let re = try? NSRegularExpression(pattern: "<member>\\s*<name>haven\\.[^<]*</name>\\s*<value>(?:(?!</value>).)*</value>\\s*</member>",
+                                                options: [.dotMatchesLineSeparators]) else { return xml }
+        return re.stringByReplacingMatches(in: xml, range: NSRange(xml.startIndex..., in: xml), withTemplate: "")
+    }
+}
+
+/// Serves `prefix` first, then what `rest` reads.
+final class PrefixedReader: @unchecked Sendable {
+    // @unchecked: one upload reads it, sequentially, from one thread at a time.
+    let prefix: [UInt8]
+    var offset = 0
+    let rest: (UnsafeMutableRawBufferPointer) throws -> Int
+
+    init(prefix: [UInt8], rest: @escaping (UnsafeMutableRawBufferPointer) throws -> Int) {
+        self.prefix = prefix
+        self.rest = rest
+    }
+
+    func read(into out: UnsafeMutableRawBufferPointer) throws -> Int {
+        if offset < prefix.count {
+            let n = min(out.count, prefix.count - offset)
+            prefix.withUnsafeBytes { out.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
+            offset += n
+            return n
+        }
+        return try rest(out)
+    }
 }

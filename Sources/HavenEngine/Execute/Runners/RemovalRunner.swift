@@ -34,7 +34,9 @@ enum RemovalRunner {
         }
         var vdis: [VDIRef] = []
         for vbd in record.vbds {
-            let b = try await c.record(vbd)
+            // Gone since the VM was read: its disk was destroyed (by an anchor's retirement
+            // beside this action), which took the VBD with it.
+            guard let b = try await lookup({ try await c.record(vbd) }) else { continue }
             if !b.vdi.isNull, b.type == "Disk" { vdis.append(b.vdi) }
         }
         // Its disks first, then the snapshot VM: killed in between, the VM (marked, in the
