@@ -77,6 +77,31 @@ import XenAPI
         #expect(try s.diff().status == 0)
     }
 
+    /// With singlePass, the replication's anchors are also the snapshots its backup versions were
+    /// read from: `catalog rebuild` recorded them under the version's policy (the replication's
+    /// bare name) instead of the replication's, and the next sync left them beside its own for
+    /// good (one CBT anchor too many per disk after every rebuild).
+    @Test func aRebuiltCatalogKeepsSinglePassAnchorsUnderTheReplication() async throws {
+        let s = try Scenario(vms: ReplicationEndToEndTests.vms, policy: ReplicationEndToEndTests.policy(extra: "  singlePass: {repository: local}"),
+                             srs: Self.srs)
+        #expect(try s.apply().status == 0)
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "5"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        #expect(try s.apply().status == 0)
+        let rebuild = try s.haven(["catalog", "rebuild", "-f", s.config])
+        #expect(rebuild.status == 0, "\(rebuild.stdout)\(rebuild.stderr)")
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "5", "--seed", "9"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        let run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let c = s.client()
+        for vdi in try await c.diskVDIs(try await c.vmNamed("web").0) {
+            let disk = try await c.record(vdi).uuid
+            #expect(try await anchors(c, of: disk).count == 1, "one CBT anchor per disk after the sync that followed the rebuild")
+        }
+        #expect(try s.diff().status == 0)
+    }
+
     /// `haven catalog rebuild` used to drop the replica VM from the inventory and to record its
     /// disks as anchors of no policy: the next apply planned "retire CBT anchor" on the replica's
     /// own disks. After a rebuild nothing is planned, and the next sync is an incremental.

@@ -151,12 +151,12 @@ def main():
         section("ownership property test")
         results["property"] = run_property(res, int(os.environ.get("RELIABILITY_PROPERTY_SEEDS", "40")), built)
     results["seconds"] = round(time.monotonic() - start, 1)
+    load = os.getloadavg()
+    results["loadAverageAtEnd"] = [round(x, 1) for x in load]
     results["failures"] = res.failures
     results["passed"] = not res.failures
     with open(os.path.join(ROOT, "reliability-results.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
-    load = os.getloadavg()
-    results["loadAverageAtEnd"] = [round(x, 1) for x in load]
     print("\n== summary (seed %d, %.0f s, load average at the end %.1f %.1f %.1f)" % ((args.seed, results["seconds"]) + load))
     # The table docs/RELIABILITY.md carries.
     print("| section | figures | seconds |\n|---|---|---|")

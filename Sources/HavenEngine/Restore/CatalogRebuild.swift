@@ -101,6 +101,10 @@ public enum CatalogRebuild {
                     }
                 }
                 if backupID.isEmpty, let replication = replicationOf[vmUUID] { policy = replication }
+                // A single-pass version is recorded under the replication's name; the snapshot it
+                // was read from is the replication's anchor (kill sweep: recorded under the bare
+                // name, it was an anchor no plan retired, beside the replication's own).
+                if let replication = replicationOf[vmUUID], replication == replicationOwnerKey(policy) { policy = replication }
                 view.inventory.append(OwnedObject(pool: poolName, cls: "VDI", uuid: vdi.uuid, role: vdi.otherConfig[OwnershipMarks.role] ?? "",
                                                   policy: policy, vmUUID: vmUUID, createdAt: Date()))
                 if vdi.otherConfig[OwnershipMarks.role] == "delta-base", vdi.type != "cbt_metadata", !backupID.isEmpty, let vbd {
