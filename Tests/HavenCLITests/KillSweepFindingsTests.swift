@@ -102,6 +102,41 @@ import XenAPI
         #expect(try s.diff().status == 0)
     }
 
+    /// A sync killed after the pool made the restore point and before haven marked it (the
+    /// snapshot carries the replica's copied marks), then `catalog rebuild`: the rebuild dropped
+    /// the recorded intents, the only proof of what the snapshot was, and the restore point with
+    /// its disks (`replica-disk`, copied) stayed for good beside the `keep` ones (kill sweep of
+    /// 10:04: a restore point, a `replica-disk` beyond those kept). The rebuild keeps the intents.
+    @Test(arguments: ["after xapi VM.snapshot#2", "before xapi VM.add_to_other_config#7"])
+    func aRestorePointLeftByAKilledSyncIsStillFoundAfterACatalogRebuild(point: String) async throws {
+        let s = try Scenario(vms: ReplicationEndToEndTests.vms, policy: ReplicationEndToEndTests.policy(keep: 2), srs: Self.srs)
+        #expect(try s.apply().status == 0)
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "10"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        let killed = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": point])
+        #expect(killed.status == 99, "\(killed.stderr)")
+        let c = s.client()
+        func points() async throws -> [VMRecord] {
+            try await c.records(VMRecord.self).values.filter { $0.isASnapshot && $0.nameLabel.hasPrefix("replica-web restore point") }
+        }
+        let unfinished = try await points().filter { $0.otherConfig["haven.role"] != "restore-point" }
+        #expect(unfinished.count == 1, "the pool made the restore point; haven died before marking it")
+        let rebuild = try s.haven(["catalog", "rebuild", "-f", s.config])
+        #expect(rebuild.status == 0, "\(rebuild.stdout)\(rebuild.stderr)")
+        s.now = s.now.addingTimeInterval(3_700)
+        let run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let after = try await points()
+        #expect(!after.contains { $0.uuid == unfinished.first?.uuid }, "the unfinished restore point is gone")
+        #expect(after.allSatisfy { $0.otherConfig["haven.role"] == "restore-point" })
+        let vms = try await c.records(VMRecord.self).values
+        let mine = vms.filter { $0.otherConfig["haven.owner"] != nil }
+        #expect(!mine.contains { $0.otherConfig["haven.role"] == nil }, "no VM of haven's without a role")
+        let vdis = try await c.records(VDIRecord.self).values
+        #expect(!vdis.contains { $0.otherConfig["haven.owner"] != nil && $0.vbds.isEmpty && $0.type != "cbt_metadata" }, "no loose disk of haven's")
+        #expect(try s.diff().status == 0)
+    }
+
     /// `haven catalog rebuild` used to drop the replica VM from the inventory and to record its
     /// disks as anchors of no policy: the next apply planned "retire CBT anchor" on the replica's
     /// own disks. After a rebuild nothing is planned, and the next sync is an incremental.

@@ -46,7 +46,18 @@ class Run:
     def brief(self, n=600):
         t = self.text.strip()
         return ("haven " + " ".join(self.args) + " -> rc %s" % self.rc + (" (timed out)" if self.timed_out else "")
-                + ("\n" + t[-n:] if t else ""))
+                + ("\n" + t[-n:] if t else "") + failing_lines(t, self.rc))
+
+
+def failing_lines(text, rc):
+    """The lines of a failed run's output that say what failed (the tail alone often shows only
+    the last action, which succeeded): appended after the tail, so that a report cut to its end
+    keeps them."""
+    if rc in (0, 99) or not text:
+        return ""
+    keep = [ln[:400] for ln in text.splitlines()
+            if '"event":"failed"' in ln or "failed" in ln.lower() or "error" in ln.lower() or ln.startswith("haven:")]
+    return ("\n-- lines of the output saying what failed:\n" + "\n".join(keep[-12:])) if keep else ""
 
 
 def run_haven(args, env=None, timeout=300, cwd=None):

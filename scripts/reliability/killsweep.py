@@ -20,7 +20,7 @@ import random
 import signal
 import time
 
-from common import check_orphans, sha256_file
+from common import check_orphans, failing_lines, sha256_file
 from world import Bench
 
 # How often each operation is the one killed (apply covers incremental backups, prune, GC
@@ -47,7 +47,8 @@ class Killed:
         self.steps = steps      # the durable steps the run reached (its HAVEN_CRASH_TRACE), None if unknown
 
     def brief(self, n=600):
-        return "haven %s -> rc %s\n%s" % (" ".join(self.args), self.rc, (self.out + self.err)[-n:])
+        return "haven %s -> rc %s\n%s%s" % (" ".join(self.args), self.rc, (self.out + self.err)[-n:],
+                                            failing_lines((self.out + self.err).strip(), self.rc))
 
 
 class Sweep(Bench):

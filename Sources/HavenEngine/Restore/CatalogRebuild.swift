@@ -24,6 +24,8 @@ public enum CatalogRebuild {
             var vdis: [VDIRef: VDIRecord]
             var vbds: [VBDRef: VBDRecord]
         }
+        // Intents are not rebuilt (`replaceAll` keeps them): what they name is found through them.
+        let intents = (try? engine.catalog.view().intents) ?? []
         var pools: [(String, PoolRecords)] = []
         for pool in engine.desired.pools {
             guard let client = engine.clients[pool.name] else { continue }
@@ -42,9 +44,15 @@ public enum CatalogRebuild {
         for (poolName, p) in pools {
             let (vms, vdis, vbds) = (p.vms, p.vdis, p.vbds)
             let vdiUUID = Dictionary(uniqueKeysWithValues: vdis.map { ($0.key, $0.value.uuid) })
-            // haven's snapshots, and its replicas (VMs, not snapshots, that carry its mark).
+            // haven's snapshots, and its replicas (VMs, not snapshots, that carry its mark). A
+            // snapshot a recorded intent names (a run died between VM.snapshot and recording it;
+            // a restore point carries the replica's copied marks) stays out: in the inventory, the
+            // intent no longer adopted it and nothing planned it away (kill sweep: a restore
+            // point with haven's mark and no role, and its disks, stayed for good).
+            let pending = Set(intents.filter { $0.pool == poolName }.map { "\($0.vmUUID)\u{0}\($0.name)" })
             for (_, vm) in vms where vm.otherConfig[OwnershipMarks.owner] == engine.instance
-                && (vm.isASnapshot || vm.otherConfig[OwnershipMarks.role] == "replica") {
+                && (vm.isASnapshot || vm.otherConfig[OwnershipMarks.role] == "replica")
+                && !(vm.isASnapshot && pending.contains("\(vms[vm.snapshotOf]?.uuid ?? "")\u{0}\(vm.nameLabel)")) {
                 view.inventory.append(OwnedObject(pool: poolName, cls: "VM", uuid: vm.uuid, role: vm.otherConfig[OwnershipMarks.role] ?? "",
                                                   policy: vm.otherConfig[OwnershipMarks.policy] ?? "", vmUUID: vm.otherConfig[OwnershipMarks.source] ?? "",
                                                   createdAt: ISO8601DateFormatter().date(from: vm.otherConfig["haven.created"] ?? "") ?? Date()))
