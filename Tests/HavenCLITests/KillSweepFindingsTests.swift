@@ -107,8 +107,11 @@ import XenAPI
     /// the recorded intents, the only proof of what the snapshot was, and the restore point with
     /// its disks (`replica-disk`, copied) stayed for good beside the `keep` ones (kill sweep of
     /// 10:04: a restore point, a `replica-disk` beyond those kept). The rebuild keeps the intents.
-    @Test(arguments: ["after xapi VM.snapshot#2", "before xapi VM.add_to_other_config#7"])
-    func aRestorePointLeftByAKilledSyncIsStillFoundAfterACatalogRebuild(point: String) async throws {
+    /// With the catalog lost too (no intent left), a restore point marked as haven's with no role
+    /// yet is removed by its mark and the rebuilt inventory.
+    @Test(arguments: [("after xapi VM.snapshot#2", false), ("before xapi VM.add_to_other_config#7", false),
+                      ("before xapi VM.add_to_other_config#7", true)])
+    func aRestorePointLeftByAKilledSyncIsStillFoundAfterACatalogRebuild(point: String, catalogLost: Bool) async throws {
         let s = try Scenario(vms: ReplicationEndToEndTests.vms, policy: ReplicationEndToEndTests.policy(keep: 2), srs: Self.srs)
         #expect(try s.apply().status == 0)
         #expect(try s.simControl(["write", "--vm", "web", "--percent", "10"]).status == 0)
@@ -121,6 +124,10 @@ import XenAPI
         }
         let unfinished = try await points().filter { $0.otherConfig["haven.role"] != "restore-point" }
         #expect(unfinished.count == 1, "the pool made the restore point; haven died before marking it")
+        if catalogLost {
+            #expect(unfinished.first?.otherConfig["haven.owner"] != nil && unfinished.first?.otherConfig["haven.role"] == nil)
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: s.dir.appendingPathComponent("state/catalog.sqlite\(suffix)").path) }
+        }
         let rebuild = try s.haven(["catalog", "rebuild", "-f", s.config])
         #expect(rebuild.status == 0, "\(rebuild.stdout)\(rebuild.stderr)")
         s.now = s.now.addingTimeInterval(3_700)
