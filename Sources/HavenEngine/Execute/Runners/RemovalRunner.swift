@@ -48,13 +48,27 @@ enum RemovalRunner {
             guard info.otherConfig[OwnershipMarks.owner] == ctx.instance else { continue }
             // A snapshot disk that serves as a CBT anchor stays (as CBT metadata) until replaced.
             if anchors.contains(info.uuid) { continue }
-            try await transfers(a, c, ctx).detachTransfers(of: vdi)
-            try await withRetry(on: { ctx.log(a, $0) }) { try await c.destroy(vdi) }
+            try await unlessGone({ try await c.vdi(uuid: info.uuid) }) {
+                try await transfers(a, c, ctx).detachTransfers(of: vdi)
+                try await withRetry(on: { ctx.log(a, $0) }) { try await c.destroy(vdi) }
+            }
             try ctx.catalog.disown(pool: a.pool, uuid: info.uuid)
         }
-        try await withRetry(on: { ctx.log(a, $0) }) { try await c.destroy(vm) }
+        try await unlessGone({ try await c.vm(uuid: record.uuid) }) { try await withRetry(on: { ctx.log(a, $0) }) { try await c.destroy(vm) } }
         try ctx.catalog.disown(pool: a.pool, uuid: r.uuid)
         return ActionOutcome("deleted snapshot \(record.nameLabel)")
+    }
+
+    /// Runs a removal; HANDLE_INVALID / UUID_INVALID from it is "already gone" only when the object
+    /// is really gone (looked up again by uuid): an action beside this one removed it — an xva
+    /// sync removing the previous replica with the restore point a killed run left (kill sweep: the
+    /// apply failed on `HANDLE_INVALID [VDI, …]`). Still there, the error stands.
+    static func unlessGone<T: Sendable>(_ find: () async throws -> T, _ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let e as XenAPIError where e.code == XenAPIError.Code.uuidInvalid || e.code == XenAPIError.Code.handleInvalid {
+            guard try await lookup(find) == nil else { throw e }
+        }
     }
 
     /// Proves a snapshot left by a run that died inside VM.snapshot is haven's — the recorded
