@@ -368,14 +368,15 @@ struct ReplicateRun {
             counters.read = version!.readBytes
         } else if job.mode != .initial {
             // Every block read is sent: the VHD goes out while the read runs.
-            let (_, written, sent) = try await staged.readAndSend(blocks: blocks, to: target, vdi: replicaVDI) {
+            let (readEnd, written, sent) = try await staged.readAndSend(blocks: blocks, to: target, vdi: replicaVDI) {
                 let nbd = try NBDDiskSource(endpoint, size: size, connections: connections)
                 try staged.read(blocks: blocks, from: nbd)
+                return ContinuousClock.now
             }
             counters.read = staged.extents(blocks).reduce(0) { $0 + Int64($1.length) }
             counters.written = written
             counters.sent = sent
-            logCopied(disk, blocks: blocks.count, counters, since: clock, cpu: cpu, queried: queried)
+            logCopied(disk, blocks: blocks.count, counters, since: clock, cpu: cpu, queried: queried, readEnd: readEnd)
             return (counters, notes, version)
         } else {
             try await blocking {
@@ -397,10 +398,11 @@ struct ReplicateRun {
     /// The data path alone (changed blocks listed, NBD read, VHD delta written), wall and CPU
     /// seconds of this process: what `make bench` compares with reading the blocks.
     func logCopied(_ disk: ReplicaDiskJob, blocks: Int, _ counters: CopyCounters, since clock: ContinuousClock.Instant, cpu: Double,
-                   queried: ContinuousClock.Instant) {
+                   queried: ContinuousClock.Instant, readEnd: ContinuousClock.Instant? = nil) {
         func s(_ d: Duration) -> String { String(format: "%.3f", Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18) }
         let now = ContinuousClock.now
-        log("disk \(disk.key): \(blocks) blocks of 64 KiB copied in \(s(now - clock)) s (changed blocks listed in \(s(queried - clock)) s; "
+        let overlap = readEnd.map { "read done at \(s($0 - clock)) s, the VHD sent beside it; " } ?? ""
+        log("disk \(disk.key): \(blocks) blocks of 64 KiB copied in \(s(now - clock)) s (changed blocks listed in \(s(queried - clock)) s; \(overlap)"
             + "CPU \(String(format: "%.3f", processCPUSeconds() - cpu)) s; read \(counters.read) bytes, wrote \(counters.written), VHD of \(counters.sent))")
     }
 
