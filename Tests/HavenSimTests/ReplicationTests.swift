@@ -288,18 +288,17 @@ import XenAPI
         let head = Int(delta.fileSize) - 4 * (512 + (64 << 10)) - 512
         _ = try Simulator.control(stateDirectory: sim.state.appendingPathComponent("state"), pool: "dr",
                                   ["command": "fault", "rule": .string("upload-cut:\(head + (512 + (64 << 10)) + 512 + 1000)@count=1")])
-        var at = 0
-        var failed = false
-        do {
+        func upload() async throws {
+            var at = 0
             try await dr.importRawVDI(vdi, format: .vhd, length: delta.fileSize) { buf in
                 let n = min(buf.count, file.count - at)
                 file.withUnsafeBytes { buf.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)])) }
                 at += n
                 return n
             }
-        } catch {
-            failed = true
         }
+        var failed = false
+        do { try await upload() } catch { failed = true }
         #expect(failed, "the cut import fails")
         let bytes = try await diskBytes(sim, pool: "dr", dr, vdi)
         #expect(bytes[0..<(64 << 10)].allSatisfy { $0 == 0x10 }, "the first block arrived whole")
@@ -309,13 +308,7 @@ import XenAPI
         let snap2 = try await dr.disks(of: try await dr.snapshot(vm, name: "after the cut"))[0]
         #expect(decodeBitmap(try await dr.listChangedBlocks(from: snap1, to: snap2)) == [0, 10], "CBT logged what was written")
         // The rule was used up: the same import goes through now.
-        at = 0
-        try await dr.importRawVDI(vdi, format: .vhd, length: delta.fileSize) { buf in
-            let n = min(buf.count, file.count - at)
-            file.withUnsafeBytes { buf.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)])) }
-            at += n
-            return n
-        }
+        try await upload()
         #expect(try await diskBytes(sim, pool: "dr", dr, vdi)[(30 << 16)..<(31 << 16)].allSatisfy { $0 == 0x2E })
     }
 

@@ -17,12 +17,15 @@ final class StagedDisk: Sendable {
     let path: String
     let fd: Int32
     let size: Int64
-    /// 64 KiB blocks (CBT's unit) that hold a non-zero byte, among those staged.
+    /// 64 KiB blocks (CBT's unit) that hold a non-zero byte, among those staged (when asked
+    /// for: an initial sync sends only those; every other copy sends every block it reads).
     let nonZero = Mutex<Set<Int>>([])
+    let findsNonZero: Bool
     /// Which blocks are staged and how the read ended: what a streaming upload waits on.
     let progress: StagingProgress
 
-    init(scratch: URL, name: String, size: Int64) throws {
+    init(scratch: URL, name: String, size: Int64, findsNonZero: Bool = false) throws {
+        self.findsNonZero = findsNonZero
         path = scratch.appendingPathComponent("replica-\(name).raw").path
         fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
         self.size = size
@@ -47,7 +50,7 @@ final class StagedDisk: Sendable {
         for r in job.ranges {
             let base = buffer.memory.baseAddress! + Int(r.offset - chunkStart)
             let bytes = UnsafeRawBufferPointer(start: base, count: r.length)
-            var at = 0
+            var at = findsNonZero ? 0 : r.length
             while at < r.length {
                 let blockStart = r.offset + Int64(at)
                 let block = Int(blockStart / Int64(ChangedBlocks.blockSize))

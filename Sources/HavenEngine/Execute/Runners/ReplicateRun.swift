@@ -337,7 +337,7 @@ struct ReplicateRun {
         }
         let endpoint = NBDEndpoint(address: info.address, port: info.port, exportName: info.exportName,
                                    tls: settings.nbdTLS ? .certificate(info.cert) : .off)
-        let staged = try StagedDisk(scratch: ctx.state.scratch, name: snapInfo.uuid, size: size)
+        let staged = try StagedDisk(scratch: ctx.state.scratch, name: snapInfo.uuid, size: size, findsNonZero: job.mode == .initial)
         defer { staged.close() }
         let blocks = wanted.sorted()
         let connections = settings.nbdConnections
