@@ -15,10 +15,10 @@ import XenAPI
 /// - `deny-inbound` — the pool's appliances accept no connection from outside their site (a DR
 ///   site that only connects outward): other appliances cannot reach their movers; haven, whose
 ///   connections come from 127.0.0.1, still can; their own outbound connections still work.
-/// - `upload-cut:BYTES[@count=N]` — an HTTP upload to the pool (`/import_raw_vdi`, `/import`)
-///   is cut after BYTES bytes of its body, as a link that drops mid-transfer: what arrived is
-///   imported as far as it goes (a VHD's blocks before the cut are on the VDI), then the
-///   connection closes without an answer.
+/// - `upload-cut:BYTES[@count=N]` — an upload to `/import_raw_vdi` is cut after BYTES bytes of
+///   its body, as a link that drops mid-transfer: what arrived is written (a VHD's blocks before
+///   the cut are on the VDI, and CBT logged them), the task fails, and the connection closes
+///   without an answer.
 /// - `unreachable[@count=N]` — the pool's hosts close every HTTP connection without an answer
 ///   (XenAPI calls and data paths; a transfer already streaming goes on), as a site whose
 ///   link is cut; the simulator's control endpoint still answers, so the rule can be cleared.
