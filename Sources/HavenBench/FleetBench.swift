@@ -12,7 +12,9 @@ import HavenSim
 func benchFleet(havenPath: String) async throws -> [String: Double] {
     var results: [String: Double] = [:]
     var rows: [(Int, Double, Double, Double, Int)] = []
-    for (i, count) in [100, 1_000].enumerated() {
+    // HAVEN_BENCH_FLEET="30,300" runs other fleet sizes (a quick look; the targets are at 100 and 1,000).
+    let counts = (ProcessInfo.processInfo.environment["HAVEN_BENCH_FLEET"] ?? "").split(separator: ",").compactMap { Int($0) }
+    for (i, count) in (counts.count == 2 ? counts : [100, 1_000]).enumerated() {
         let dir = URL(fileURLWithPath: ".bench/fleet-\(count)")
         try? FileManager.default.removeItem(at: dir)
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -55,8 +57,10 @@ func benchFleet(havenPath: String) async throws -> [String: Double] {
         let configPath = dir.appendingPathComponent("haven.yaml").path
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         let env = ["HAVEN_STATE": dir.appendingPathComponent("state").path, "BENCH_PW": "bench", "HAVEN_LOG_LEVEL": "warning"]
+        let fillStart = DispatchTime.now().uptimeNanoseconds
         let first = try spawnMeasured(havenPath, ["apply", "-f", configPath, "--auto-approve"], env: env, log: dir.appendingPathComponent("first.log").path)
         guard first.status == 0 else { throw BenchError("the first apply of \(count) VMs exited \(first.status); see \(dir.path)/first.log") }
+        print("fleet \(count): first apply \(String(format: "%.1f", Double(DispatchTime.now().uptimeNanoseconds - fillStart) / 1e9)) s wall, \(String(format: "%.1f", first.cpu)) s haven CPU")
         let callsBefore = pool.callsServed.load(ordering: .relaxed)
         let noop = try spawnMeasured(havenPath, ["apply", "-f", configPath, "--auto-approve"], env: env, log: dir.appendingPathComponent("noop.log").path)
         let calls = pool.callsServed.load(ordering: .relaxed) - callsBefore
