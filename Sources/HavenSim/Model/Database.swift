@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XenAPI
 
 /// One object of the simulated pool: its class, its wire record, and when it changed.
@@ -76,9 +77,18 @@ final class Database: @unchecked Sendable {
         }
     }
 
+    /// The thread inside `withLock` now (0: none). Only for tests that check slow work, such as
+    /// encoding the state, runs outside the lock; a body waiting in `lock.wait` blurs it.
+    private let holder = Atomic<UInt>(0)
+    var heldByThisThread: Bool { holder.load(ordering: .relaxed) == UInt(pthread_self()) }
+
     func withLock<T>(_ body: () throws -> T) rethrows -> T {
         lock.lock()
-        defer { lock.unlock() }
+        holder.store(UInt(pthread_self()), ordering: .relaxed)
+        defer {
+            holder.store(0, ordering: .relaxed)
+            lock.unlock()
+        }
         return try body()
     }
 

@@ -157,13 +157,13 @@ public final class SimPool: @unchecked Sendable {
     /// Writes the database when it changed (atomically: temporary file, then rename). Only the
     /// copy is taken under the lock (the collections are copy-on-write); encoding and writing run
     /// outside it, so calls are not held up by the size of the pool.
-    func flush() {
+    func flush(encode: (DatabaseSnapshot) throws -> Data = { try JSONEncoder().encode($0) }) {
         let state: DatabaseSnapshot? = db.withLock {
             guard db.dirty else { return nil }
             db.markClean()
             return db.snapshot()
         }
-        guard let state, let data = try? JSONEncoder().encode(state) else { return }
+        guard let state, let data = try? encode(state) else { return }
         flushed.withLock { written in
             // Two flushes (the loop and stop) may race: the later generation wins.
             guard state.generation >= written else { return }
