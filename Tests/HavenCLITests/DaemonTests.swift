@@ -231,6 +231,30 @@ import XenAPI
         await c.logout()
     }
 
+    /// A second SIGTERM during a long grace cancels the running transfer at once, as cleanly as
+    /// the end of the grace would: no half version, no orphan snapshot, exit 0.
+    @Test func aSecondSignalEndsTheGraceAndStillLeavesNothing() async throws {
+        let s = try Scenario(vms: Self.vms, policy: Self.policy())
+        #expect(try s.simControl(["fault", "--rule", "latency:VDI.get_nbd_info:4s"]).status == 0)
+        let d = try DaemonProcess(s, grace: "1h")
+        defer { d.kill() }
+        _ = try await d.port()
+        let c = s.client()
+        try await until("haven's snapshot exists", 30) { try await c.records(VMRecord.self).values.contains { $0.isASnapshot } }
+        d.signal(SIGTERM)
+        try await until("the graceful shutdown began", 30) { d.stderr.contains("running transfers have") }
+        d.signal(SIGTERM)
+        // Well inside the hour of grace: only the second signal can have ended it.
+        let code = try await d.exitStatus(within: 60)
+        #expect(code == 0, "exit 0: \(d.stderr.suffix(3000))")
+        #expect(d.stderr.contains("a second SIGTERM came during the grace: cancelling 1 running reconcile(s)"), "\(d.stderr.suffix(3000))")
+        #expect(!d.stderr.contains("grace of"), "the grace did not end by itself")
+        let snapshots = try await c.records(VMRecord.self).values.filter { $0.isASnapshot }
+        #expect(snapshots.isEmpty, "no orphan snapshot: \(snapshots.map(\.nameLabel))")
+        #expect(try s.backups().isEmpty, "no half version")
+        await c.logout()
+    }
+
     /// A listen address that cannot be bound is said at start, naming it, before the daemon takes
     /// its lock (exit 2); a --git-pull interval under a second is an argument error (64).
     @Test func anAddressInUseOrAZeroPullIntervalIsRefusedClearly() async throws {

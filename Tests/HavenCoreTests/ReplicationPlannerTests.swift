@@ -148,6 +148,10 @@ import Testing
         #expect(!p.actions.contains { $0.kind == .enableCBT && $0.policy == "replication:dr" })
         p = plan(w, w.desired(extra: Self.policy("  direction: pull")))
         #expect(p.errors.contains { $0.message.contains("direction pull has the target side fetch the blocks, which only appliances do (method abd)") })
+        // The summary counts a plan error as an error, not as one more warning.
+        #expect(p.summary.errors == p.errors.count && p.summary.errors > 0)
+        #expect(p.summary.warnings == p.warnings.count - p.errors.count)
+        #expect(p.summary.line.hasSuffix("warning\(p.summary.warnings == 1 ? "" : "s"), \(p.summary.errors) error\(p.summary.errors == 1 ? "" : "s")."))
     }
 
     static let appliancePools = "\n" + """

@@ -57,7 +57,9 @@ public struct Plan: Sendable, Codable {
             default: s.destroy += 1
             }
         }
-        s.warnings = warnings.count
+        // A plan error is not a warning: counted apart, so "0 warnings" never hides an exit 2.
+        s.errors = warnings.filter(\.isError).count
+        s.warnings = warnings.count - s.errors
         return s
     }
 
@@ -74,9 +76,11 @@ public struct Plan: Sendable, Codable {
         public var change = 0
         public var destroy = 0
         public var warnings = 0
+        public var errors = 0
 
         public var line: String {
-            "Plan: \(add) to add, \(change) to change, \(destroy) to destroy, \(warnings) warning\(warnings == 1 ? "" : "s")."
+            let errorText = errors == 0 ? "" : ", \(errors) error\(errors == 1 ? "" : "s")"
+            return "Plan: \(add) to add, \(change) to change, \(destroy) to destroy, \(warnings) warning\(warnings == 1 ? "" : "s")\(errorText)."
         }
     }
 }
