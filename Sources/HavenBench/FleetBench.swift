@@ -109,6 +109,11 @@ func benchFleet(havenPath: String) async throws -> [String: Double] {
     return results
 }
 
+/// The `haven` built with this benchmark: beside it, whatever the scratch path.
+var havenNextToBench: String {
+    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("haven").path
+}
+
 /// Runs a program to its end with standard output and error to `log`: exit status, wall seconds,
 /// and its CPU seconds (user + system, from wait4).
 func spawnMeasured(_ tool: String, _ args: [String], env: [String: String], log: String) throws -> (status: Int32, wall: Double, cpu: Double) {
