@@ -139,6 +139,69 @@ import XenAPI
         #expect(try s.diff().status == 0)
     }
 
+    /// The VHD delta goes out while the source is still being read: an upload cut halfway fails
+    /// the sync (the blocks before the cut are on the replica, as with xapi, and its CBT logged
+    /// them), the replica and its restore points stay, and the next run rewrites the replica
+    /// equal to the source.
+    @Test func anUploadCutMidStreamFailsTheSyncAndTheNextRunRepairsTheReplica() async throws {
+        let s = try T.scenario()
+        let lab = s.client()
+        let dr = try s.client(pool: "dr")
+        #expect(try s.apply().status == 0)
+        let (rep, _) = try #require(try await T.replicas(dr).first)
+        func points() async throws -> Set<String> {
+            Set(try await dr.records(VMRecord.self).values.filter { $0.isASnapshot && $0.snapshotOf == rep }.map(\.uuid))
+        }
+        let before = try await points()
+        let replicaDisk = try #require(try await dr.diskVDIs(rep).first)
+        let disk0 = try await T.exported(s, dr, replicaDisk)
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "30", "--seed", "231"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        // The first upload is cut after its head and one block of 64 KiB and a bit.
+        #expect(try s.simControl(["fault", "--pool", "dr", "--rule", "upload-cut:100000@count=1"]).status == 0)
+        var run = try s.apply()
+        #expect(run.status == 2, "\(run.stdout)\(run.stderr)")
+        #expect(run.stdout.contains("import_raw_vdi") || run.stdout.contains("upload"), "\(run.stdout)")
+        #expect(try await T.replicas(dr).map(\.0) == [rep], "the replica stays")
+        #expect(try await points() == before, "no restore point is taken or removed by the failed sync")
+        #expect(try await T.exported(s, dr, replicaDisk) != disk0, "the blocks before the cut were written")
+        try await Self.expectNoStrays(lab, "lab")
+        try await Self.expectNoStrays(dr, "dr")
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        // The replica's CBT saw the cut import's writes: the guard names them, and they are rewritten.
+        #expect((run.stdout + run.stderr).contains("was written since the last sync"), "\(run.stdout)\(run.stderr)")
+        try await T.expectEqual(s, lab: lab, dr: dr, "the run after the cut upload")
+        try await Self.expectNoStrays(dr, "dr")
+        try await Self.expectNoStrays(lab, "lab")
+        #expect(try s.diff().status == 0)
+    }
+
+    /// The read failing while the VHD delta is already going out (every NBD connection of the
+    /// source drops at once, beyond the retries) stops the upload: the sync fails with the NBD
+    /// error, not the upload's, and the next run leaves the replica equal to the source.
+    @Test func aReadFailingMidStreamStopsTheUploadAndTheNextRunCatchesUp() async throws {
+        let s = try T.scenario()
+        let lab = s.client()
+        let dr = try s.client(pool: "dr")
+        #expect(try s.apply().status == 0)
+        #expect(try s.simControl(["write", "--vm", "web", "--percent", "30", "--seed", "232"]).status == 0)
+        s.now = s.now.addingTimeInterval(3_700)
+        #expect(try s.simControl(["fault", "--pool", "lab", "--rule", "nbd-drop:100"]).status == 0)
+        var run = try s.apply()
+        #expect(run.status == 2, "\(run.stdout)\(run.stderr)")
+        #expect(run.stdout.lowercased().contains("nbd"), "the read's error, not the cut upload's: \(run.stdout)")
+        #expect(try await T.replicas(dr).count == 1)
+        try await Self.expectNoStrays(lab, "lab")
+        try await Self.expectNoStrays(dr, "dr")
+        #expect(try s.simControl(["fault", "--pool", "lab", "--clear"]).status == 0)
+        run = try s.apply()
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        try await T.expectEqual(s, lab: lab, dr: dr, "the run after the failed read")
+        try await Self.expectNoStrays(dr, "dr")
+        #expect(try s.diff().status == 0)
+    }
+
     @Test func statusShowsEachReplicaWithLastSyncLagRestorePointsAndGuard() async throws {
         let s = try T.scenario()
         let dr = try s.client(pool: "dr")

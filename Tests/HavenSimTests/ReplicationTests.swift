@@ -271,6 +271,47 @@ import XenAPI
         #expect(changed == [2, 48, 95], "64 KiB blocks 2, 48 (3 MiB + 4 KiB) and the last one")
     }
 
+    /// An upload cut mid-stream (`upload-cut`): the import fails, the VHD's blocks that arrived
+    /// before the cut are on the VDI and CBT logged them (tapdisk writes as data arrives), and
+    /// nothing after the cut was written.
+    @Test func aVHDImportCutMidStreamLeavesItsFirstBlocksWrittenAndLogged() async throws {
+        let sim = try SimHarness(Self.twoPools)
+        let dr = try client(sim, pool: "dr")
+        let size: Int64 = 4 << 20
+        let (vm, vdi) = try await makeReplica(dr, name: "cut", size: size)
+        try await dr.enableCBT(vdi)
+        let snap1 = try await dr.disks(of: try await dr.snapshot(vm, name: "sync 1"))[0]
+        // Four 64 KiB blocks, far apart; the cut falls inside the second one's data.
+        let writes: [(offset: UInt64, bytes: [UInt8])] = [0, 10, 20, 30].map { (offset: UInt64($0) << 16, bytes: [UInt8](repeating: UInt8(0x10 + $0), count: 64 << 10)) }
+        let delta = try VHDDelta(size: UInt64(size), writes: writes, blockSize: 64 << 10)
+        let file = try VHDDelta.bytes(size: UInt64(size), writes: writes, blockSize: 64 << 10)
+        let head = Int(delta.fileSize) - 4 * (512 + (64 << 10)) - 512
+        _ = try Simulator.control(stateDirectory: sim.state.appendingPathComponent("state"), pool: "dr",
+                                  ["command": "fault", "rule": .string("upload-cut:\(head + (512 + (64 << 10)) + 512 + 1000)@count=1")])
+        func upload() async throws {
+            var at = 0
+            try await dr.importRawVDI(vdi, format: .vhd, length: delta.fileSize) { buf in
+                let n = min(buf.count, file.count - at)
+                file.withUnsafeBytes { buf.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)])) }
+                at += n
+                return n
+            }
+        }
+        var failed = false
+        do { try await upload() } catch { failed = true }
+        #expect(failed, "the cut import fails")
+        let bytes = try await diskBytes(sim, pool: "dr", dr, vdi)
+        #expect(bytes[0..<(64 << 10)].allSatisfy { $0 == 0x10 }, "the first block arrived whole")
+        #expect(bytes[(10 << 16)..<((10 << 16) + 1000)].allSatisfy { $0 == 0x1A }, "the second one up to the cut")
+        #expect(bytes[((10 << 16) + 1000)..<(11 << 16)].allSatisfy { $0 == 0 }, "nothing after the cut")
+        #expect(bytes[(20 << 16)...].allSatisfy { $0 == 0 }, "the blocks after the cut never came")
+        let snap2 = try await dr.disks(of: try await dr.snapshot(vm, name: "after the cut"))[0]
+        #expect(decodeBitmap(try await dr.listChangedBlocks(from: snap1, to: snap2)) == [0, 10], "CBT logged what was written")
+        // The rule was used up: the same import goes through now.
+        try await upload()
+        #expect(try await diskBytes(sim, pool: "dr", dr, vdi)[(30 << 16)..<(31 << 16)].allSatisfy { $0 == 0x2E })
+    }
+
     @Test func revertClonesTheSnapshotsDisksAndRestoresItsSettings() async throws {
         let sim = try SimHarness(Self.twoPools)
         let dr = try client(sim, pool: "dr")

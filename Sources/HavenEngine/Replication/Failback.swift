@@ -167,11 +167,11 @@ struct FailbackRun {
         defer { staged.close() }
         let blocks = wanted.sorted()
         let connections = settings.nbdConnections
-        try await blocking {
+        // The VHD goes out while the replica is read.
+        let (_, written, sent) = try await staged.readAndSend(blocks: blocks, to: source, vdi: originalVDI) {
             let nbd = try NBDDiskSource(endpoint, size: size, connections: connections)
             try staged.read(blocks: blocks, from: nbd)
         }
-        let (written, sent) = try await staged.send(blocks: blocks, to: source, vdi: originalVDI)
         log("disk \(disk.key): wrote \(blocks.count) blocks of 64 KiB (\(written) bytes) onto the original")
         return (CopyCounters(read: written, written: written, sent: sent), notes)
     }

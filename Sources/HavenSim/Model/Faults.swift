@@ -15,11 +15,15 @@ import XenAPI
 /// - `deny-inbound` — the pool's appliances accept no connection from outside their site (a DR
 ///   site that only connects outward): other appliances cannot reach their movers; haven, whose
 ///   connections come from 127.0.0.1, still can; their own outbound connections still work.
+/// - `upload-cut:BYTES[@count=N]` — an upload to `/import_raw_vdi` is cut after BYTES bytes of
+///   its body, as a link that drops mid-transfer: what arrived is written (a VHD's blocks before
+///   the cut are on the VDI, and CBT logged them), the task fails, and the connection closes
+///   without an answer.
 /// - `unreachable[@count=N]` — the pool's hosts close every HTTP connection without an answer
 ///   (XenAPI calls and data paths; a transfer already streaming goes on), as a site whose
 ///   link is cut; the simulator's control endpoint still answers, so the rule can be cleared.
 struct FaultRule: Codable, Hashable, Sendable {
-    enum Kind: String, Codable, Sendable { case error, latency, sessionExpiry, nbdDrop, failover, taskFail, srFull, denyInbound, unreachable }
+    enum Kind: String, Codable, Sendable { case error, latency, sessionExpiry, nbdDrop, failover, taskFail, srFull, denyInbound, unreachable, uploadCut }
 
     var kind: Kind
     var method: String = "*"
@@ -74,6 +78,11 @@ struct FaultRule: Codable, Hashable, Sendable {
             rule.kind = .nbdDrop
             guard let b = Int64(parts[1]) else { throw SimError("fault '\(text)': BYTES must be a number") }
             rule.bytes = b
+        case "upload-cut":
+            try need(2, "upload-cut:BYTES")
+            rule.kind = .uploadCut
+            guard let b = Int64(parts[1]), b >= 0 else { throw SimError("fault '\(text)': BYTES must be a number") }
+            rule.bytes = b
         case "failover":
             try need(2, "failover:ADDRESS")
             rule.kind = .failover
@@ -94,7 +103,7 @@ struct FaultRule: Codable, Hashable, Sendable {
             guard parts.count == 1 else { throw SimError("fault '\(text)': unreachable takes no argument (name the pool with --pool)") }
             rule.kind = .unreachable
         default:
-            throw SimError("fault '\(text)': unknown kind '\(parts[0])' (error, latency, session-expiry, nbd-drop, failover, task-fail, sr-full, deny-inbound, unreachable)")
+            throw SimError("fault '\(text)': unknown kind '\(parts[0])' (error, latency, session-expiry, nbd-drop, upload-cut, failover, task-fail, sr-full, deny-inbound, unreachable)")
         }
         return rule
     }

@@ -158,8 +158,19 @@ extension SimPool {
             refuse(res, 500, task: task, XenAPIError(code: XenAPIError.Code.vdiInUse, parameters: [vdi, "import"]))
             return
         }
+        req.cutAfter = uploadCut()
         var written = Set<Int>()
+        // What reached the disk is on it whether or not the import completes, and CBT saw it
+        // (tapdisk logs every write): a cut import leaves its first blocks written and logged.
+        defer {
+            db.withLock {
+                markChanged(vdi, blocks: written.sorted())
+                db.set(vdi, "physical_utilisation", .int(disks.allocated(uuid)))
+            }
+        }
         do {
+            let writer = try disks.writer(uuid)
+            defer { writer.close() }
             if format == "raw" {
                 var offset: Int64 = 0
                 var buffer = [UInt8](repeating: 0, count: 1 << 20)
@@ -167,25 +178,29 @@ extension SimPool {
                     let n = buffer.withUnsafeMutableBytes { req.readBody(into: $0) }
                     if n == 0 { break }
                     guard offset + Int64(n) <= size else { throw SimError("stream longer than the VDI (\(size) bytes)") }
-                    try buffer.withUnsafeBytes { try disks.write(uuid, offset: offset, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                    try buffer.withUnsafeBytes { try writer.write(offset: offset, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                     for blk in Int(offset / Self.cbtBlock)...Int((offset + Int64(n) - 1) / Self.cbtBlock) { written.insert(blk) }
                     offset += Int64(n)
                 }
             } else {
                 let vhdSize = try VHD.read(from: { req.readBody(into: $0) }, write: { offset, bytes in
                     guard offset + UInt64(bytes.count) <= UInt64(size) else { throw SimError("VHD data beyond the VDI's size") }
-                    try disks.write(uuid, offset: Int64(offset), bytes)
+                    try writer.write(offset: Int64(offset), bytes)
                     for blk in Int(Int64(offset) / Self.cbtBlock)...Int((Int64(offset) + Int64(bytes.count) - 1) / Self.cbtBlock) { written.insert(blk) }
                 })
                 if vhdSize > UInt64(size) { throw SimError("VHD of \(vhdSize) bytes is larger than the VDI") }
             }
-            db.withLock {
-                markChanged(vdi, blocks: written.sorted())
-                db.set(vdi, "physical_utilisation", .int(disks.allocated(uuid)))
-            }
+            try writer.flush()
+            if req.wasCut { throw SimError("the upload was cut (upload-cut fault)") }
             finishTask(task, .success(.string(vdi)))
             res.send(200, [], contentType: "text/plain", extra: [("task-id", task)])
         } catch {
+            if req.wasCut {
+                // The link dropped: the task fails, and no answer reaches the client.
+                finishTask(task, .failure(XenAPIError(code: "VDI_IO_ERROR", parameters: ["\(error)"])))
+                res.abort()
+                return
+            }
             refuse(res, 500, task: task, XenAPIError(code: "VDI_IO_ERROR", parameters: ["\(error)"]))
             res.markClose()
         }

@@ -43,15 +43,29 @@ final class HTTPServerRequest {
 
     var contentLength: Int? { Int(headers["content-length"] ?? "") }
 
+    /// The `upload-cut` fault: the body ends (the link drops) after this many more bytes.
+    var cutAfter: Int?
+    /// True once `cutAfter` ended the body.
+    private(set) var wasCut = false
+
     /// Reads body bytes; 0 at the end of the body.
     func readBody(into buffer: UnsafeMutableRawBufferPointer) -> Int {
         guard remainingBody > 0 else { return 0 }
-        let n = reader.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, remainingBody)]))
+        var want = min(buffer.count, remainingBody)
+        if let cut = cutAfter {
+            guard cut > 0 else {
+                wasCut = true
+                return 0
+            }
+            want = min(want, cut)
+        }
+        let n = reader.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))
         if n <= 0 {
             remainingBody = 0
             return 0
         }
         remainingBody -= n
+        if let cut = cutAfter { cutAfter = cut - n }
         return n
     }
 

@@ -53,6 +53,21 @@ extension SimPool {
         }
     }
 
+    /// The `upload-cut` fault: how many body bytes this upload may send before the link drops
+    /// (a counted rule is used up one upload at a time); nil when no rule holds.
+    func uploadCut() -> Int? {
+        let cut: Int? = db.withLock {
+            guard let i = faults.firstIndex(where: { $0.kind == .uploadCut }) else { return nil }
+            let bytes = Int(faults[i].bytes)
+            if let n = faults[i].remaining {
+                if n <= 1 { faults.remove(at: i) } else { faults[i].remaining = n - 1 }
+            }
+            return bytes
+        }
+        if cut != nil { saveFaults() }
+        return cut
+    }
+
     /// The session behind an HTTP data request: `session_id` in the query or a cookie, or HTTP
     /// Basic credentials (xapi logs in and out around the request).
     func httpSession(_ req: HTTPServerRequest, host: SimHost) -> String? {

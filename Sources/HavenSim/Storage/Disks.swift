@@ -84,6 +84,13 @@ struct DiskStore: Sendable {
         }
     }
 
+    /// A writer that keeps the disk open for a whole import.
+    func writer(_ uuid: String) throws -> DiskWriter {
+        let fd = open(path(uuid), O_WRONLY)
+        guard fd >= 0 else { throw SimError("cannot open disk \(uuid)") }
+        return DiskWriter(fd: fd, uuid: uuid)
+    }
+
     /// Bytes actually allocated on the host (the VDI's physical_utilisation).
     func allocated(_ uuid: String) -> Int64 {
         var st = stat()
@@ -102,6 +109,58 @@ struct DiskStore: Sendable {
         let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, length, off_t(offset)) }
         guard n > 0 else { return false }
         return !buffer.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[0..<n]).allZero }
+    }
+}
+
+/// Writes of one import onto one disk: one descriptor, and runs of adjacent pieces (an upload
+/// arrives in TLS-record-sized pieces) gathered into writes of up to 1 MiB.
+final class DiskWriter {
+    let fd: Int32
+    let uuid: String
+    private var pending: [UInt8] = []
+    private var pendingOffset: Int64 = 0
+    private var closed = false
+    static let gather = 1 << 20
+
+    init(fd: Int32, uuid: String) {
+        self.fd = fd
+        self.uuid = uuid
+        pending.reserveCapacity(Self.gather)
+    }
+
+    deinit { close() }
+
+    func write(offset: Int64, _ bytes: UnsafeRawBufferPointer) throws {
+        if !pending.isEmpty, offset != pendingOffset + Int64(pending.count) || pending.count + bytes.count > Self.gather { try flush() }
+        if pending.isEmpty {
+            pendingOffset = offset
+            if bytes.count >= Self.gather { return try put(offset, bytes) }
+        }
+        pending.append(contentsOf: bytes)
+    }
+
+    /// Writes what is gathered.
+    func flush() throws {
+        guard !pending.isEmpty else { return }
+        try pending.withUnsafeBytes { try put(pendingOffset, $0) }
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    private func put(_ offset: Int64, _ bytes: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+            guard n > 0 else { throw SimError("write to disk \(uuid) failed: \(String(cString: strerror(errno)))") }
+            done += n
+        }
+    }
+
+    /// Closes the disk (what is still gathered is written first, as far as it goes).
+    func close() {
+        guard !closed else { return }
+        closed = true
+        try? flush()
+        Glibc.close(fd)
     }
 }
 
