@@ -89,4 +89,19 @@ import XenAPI
         #expect(run.status == 0, "cut \(cut): \(run.stdout)\(run.stderr)")
         try await Self.expectClean(s, lab, dr, "cut \(cut): the run after")
     }
+
+    /// A target pool that cannot be read leaves nothing to plan: the plan says so, and does not
+    /// claim that the pools match the configuration.
+    @Test func aPlanWithErrorsAndNoActionsDoesNotSayThePoolsMatch() async throws {
+        let s = try Self.scenario()
+        #expect(try s.apply().status == 0)
+        #expect(try s.simControl(["fault", "--pool", "dr", "--rule", "unreachable"]).status == 0)
+        let diff = try s.diff()
+        #expect(diff.status == 2, "\(diff.stdout)\(diff.stderr)")
+        #expect(diff.stdout.contains("pool dr cannot be read"), "\(diff.stdout)")
+        #expect(!diff.stdout.contains("The pools match the configuration"), "\(diff.stdout)")
+        #expect(diff.stdout.contains("No changes planned, but what the errors above name could not be planned"), "\(diff.stdout)")
+        #expect(try s.simControl(["fault", "--pool", "dr", "--clear"]).status == 0)
+        #expect(try s.diff().stdout.contains("No changes. The pools match the configuration."))
+    }
 }
