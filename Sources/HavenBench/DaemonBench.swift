@@ -60,7 +60,7 @@ func benchDaemon() async throws -> [String: Double] {
     try config.write(to: dir.appendingPathComponent("config/haven.yaml"), atomically: true, encoding: .utf8)
 
     let daemon = Process()
-    daemon.executableURL = URL(fileURLWithPath: ProcessInfo.processInfo.environment["HAVEN_BIN"] ?? ".build/release/haven")
+    daemon.executableURL = URL(fileURLWithPath: ProcessInfo.processInfo.environment["HAVEN_BIN"] ?? havenNextToBench)
     daemon.arguments = ["daemon", "-f", dir.appendingPathComponent("config").path, "--listen", "127.0.0.1:0", "--shutdown-grace", "30s"]
     var env = ProcessInfo.processInfo.environment
     env["HAVEN_STATE"] = dir.appendingPathComponent("state").path

@@ -9,10 +9,15 @@ import HavenSim
 /// pool (served in this process, so its CPU is not haven's): haven's CPU (user + system of the
 /// `haven apply` process) and the XenAPI calls it made, per VM. The first apply backs every VM up;
 /// the second, measured, finds everything current. The per-VM cost must not grow with the fleet.
+/// The first apply's cost per VM is printed too (a backup of each VM, for scale; no target).
+/// `HAVEN_BENCH_FLEET=30,300` measures two other sizes.
 func benchFleet(havenPath: String) async throws -> [String: Double] {
     var results: [String: Double] = [:]
     var rows: [(Int, Double, Double, Double, Int)] = []
-    for (i, count) in [100, 1_000].enumerated() {
+    var fills: [(count: Int, wall: Double, cpuPerVM: Double, callsPerVM: Double)] = []
+    // HAVEN_BENCH_FLEET="30,300" runs other fleet sizes (a quick look; the targets are at 100 and 1,000).
+    let counts = (ProcessInfo.processInfo.environment["HAVEN_BENCH_FLEET"] ?? "").split(separator: ",").compactMap { Int($0) }
+    for (i, count) in (counts.count == 2 ? counts : [100, 1_000]).enumerated() {
         let dir = URL(fileURLWithPath: ".bench/fleet-\(count)")
         try? FileManager.default.removeItem(at: dir)
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -28,7 +33,7 @@ func benchFleet(havenPath: String) async throws -> [String: Double] {
 
             """
         for v in 0..<count {
-            world += "          - {name: vm-\(v), power: Running, disks: [{name: vm-\(v)-root, size: 1Mi, fill: {seed: \(v + 1), unallocated: 0.5, random: 0.5}}]}\n"
+            world += "          - {name: vm-\(v), power: Running, disks: [{name: vm-\(v)-root, size: 1Mi, fill: {seed: \(v + 1), unallocated: 0.5, random: 0.5, text: 0, duplicate: 0}}]}\n"
         }
         try world.write(to: dir.appendingPathComponent("world.yaml"), atomically: true, encoding: .utf8)
         let sim = Simulator(world: try World.load(path: dir.appendingPathComponent("world.yaml").path), stateDirectory: dir.appendingPathComponent("sim"))
@@ -55,8 +60,17 @@ func benchFleet(havenPath: String) async throws -> [String: Double] {
         let configPath = dir.appendingPathComponent("haven.yaml").path
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         let env = ["HAVEN_STATE": dir.appendingPathComponent("state").path, "BENCH_PW": "bench", "HAVEN_LOG_LEVEL": "warning"]
+        // The first apply backs every VM up (enable CBT, snapshot, NBD read, data_destroy): the
+        // setup, reported for what a backup of each VM costs, not a target.
+        let fillCallsBefore = pool.callsServed.load(ordering: .relaxed)
         let first = try spawnMeasured(havenPath, ["apply", "-f", configPath, "--auto-approve"], env: env, log: dir.appendingPathComponent("first.log").path)
         guard first.status == 0 else { throw BenchError("the first apply of \(count) VMs exited \(first.status); see \(dir.path)/first.log") }
+        let fill = (count, first.wall, first.cpu * 1_000 / Double(count),
+                    Double(pool.callsServed.load(ordering: .relaxed) - fillCallsBefore) / Double(count))
+        fills.append(fill)
+        results["fleet_backup_seconds_\(count)"] = fill.1
+        results["fleet_backup_cpu_ms_per_vm_\(count)"] = fill.2
+        results["fleet_backup_calls_per_vm_\(count)"] = fill.3
         let callsBefore = pool.callsServed.load(ordering: .relaxed)
         let noop = try spawnMeasured(havenPath, ["apply", "-f", configPath, "--auto-approve"], env: env, log: dir.appendingPathComponent("noop.log").path)
         let calls = pool.callsServed.load(ordering: .relaxed) - callsBefore
@@ -73,6 +87,9 @@ func benchFleet(havenPath: String) async throws -> [String: Double] {
     }
     let growth = rows.count == 2 && rows[0].3 > 0 ? rows[1].3 / rows[0].3 : 0
     results["fleet_noop_cpu_growth_1000_vs_100"] = growth
+    // What one more VM costs, the process's fixed cost (start, login, reading the pool) taken out.
+    let marginal = rows.count == 2 ? (rows[1].2 - rows[0].2) * 1_000 / Double(rows[1].0 - rows[0].0) : 0
+    results["fleet_noop_marginal_cpu_ms_per_vm"] = marginal
     results["fleet_calls_per_vm"] = results["fleet_calls_per_vm_1000"] ?? 0
     print("")
     print("| no-change reconcile, 1 pool, 4 transfers | wall | haven CPU | CPU per VM (target ≤ 20 ms) | XenAPI calls (per VM) |")
@@ -82,7 +99,19 @@ func benchFleet(havenPath: String) async throws -> [String: Double] {
               + "| \(calls) (\(String(format: "%.2f", Double(calls) / Double(count)))) |")
     }
     print("| per-VM CPU at 1,000 vs 100 VMs (target ≤ 1.2×) | | | \(String(format: "%.2f", growth))× | |")
+    print("| CPU of one more VM (between the two sizes) | | | \(String(format: "%.2f", marginal)) ms | |")
+    print("")
+    print("| first apply (a full backup of every VM; setup) | wall | haven CPU per VM | XenAPI calls per VM |")
+    print("|---|---|---|---|")
+    for f in fills {
+        print("| \(f.count) VMs | \(String(format: "%.1f", f.wall)) s | \(String(format: "%.1f", f.cpuPerVM)) ms | \(String(format: "%.1f", f.callsPerVM)) |")
+    }
     return results
+}
+
+/// The `haven` built with this benchmark: beside it, whatever the scratch path.
+var havenNextToBench: String {
+    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("haven").path
 }
 
 /// Runs a program to its end with standard output and error to `log`: exit status, wall seconds,

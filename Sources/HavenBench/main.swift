@@ -14,8 +14,7 @@ if wants("spec") { results.merge(try benchSpec()) { _, b in b } }
 if wants("planner") { results.merge(try benchPlanner()) { _, b in b } }
 if wants("xenapi") { results.merge(try await benchXenAPI()) { _, b in b } }
 if wants("fleet") {
-    let haven = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("haven").path
-    results.merge(try await benchFleet(havenPath: haven)) { _, b in b }
+    results.merge(try await benchFleet(havenPath: havenNextToBench)) { _, b in b }
 }
 if wants("daemon") { results.merge(try await benchDaemon()) { _, b in b } }
 if wants("data") {
@@ -25,7 +24,6 @@ if wants("data") {
     results.merge(bench.results) { _, b in b }
 }
 if wants("replication") {
-    let haven = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("haven").path
-    results.merge(try await benchReplication(sizeGiB: Int(ProcessInfo.processInfo.environment["HAVEN_BENCH_GIB"] ?? "") ?? 4, havenPath: haven)) { _, b in b }
+    results.merge(try await benchReplication(sizeGiB: Int(ProcessInfo.processInfo.environment["HAVEN_BENCH_GIB"] ?? "") ?? 4, havenPath: havenNextToBench)) { _, b in b }
 }
 try mergeResults(results)

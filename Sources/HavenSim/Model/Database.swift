@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XenAPI
 
 /// One object of the simulated pool: its class, its wire record, and when it changed.
@@ -58,6 +59,9 @@ final class Database: @unchecked Sendable {
     var cbt: [String: CBTLog] = [:]
     var sessions: [String: SimSession] = [:]
     private(set) var dirty = false
+    /// uuid → ref, a hint checked on every use (a stale entry falls back to a scan): lookups by
+    /// uuid are per call, and a scan per call made a large pool's reconcile quadratic.
+    private var uuidIndex: [String: String] = [:]
 
     init() {}
 
@@ -67,12 +71,24 @@ final class Database: @unchecked Sendable {
         tombstones = snapshot.tombstones
         cbt = snapshot.cbt
         sessions = snapshot.sessions
-        for (ref, o) in objects { byClass[o.cls, default: []].insert(ref) }
+        for (ref, o) in objects {
+            byClass[o.cls, default: []].insert(ref)
+            if let u = o.fields["uuid"]?.stringValue { uuidIndex[u] = ref }
+        }
     }
+
+    /// The thread inside `withLock` now (0: none). Only for tests that check slow work, such as
+    /// encoding the state, runs outside the lock; a body waiting in `lock.wait` blurs it.
+    private let holder = Atomic<UInt>(0)
+    var heldByThisThread: Bool { holder.load(ordering: .relaxed) == UInt(pthread_self()) }
 
     func withLock<T>(_ body: () throws -> T) rethrows -> T {
         lock.lock()
-        defer { lock.unlock() }
+        holder.store(UInt(pthread_self()), ordering: .relaxed)
+        defer {
+            holder.store(0, ordering: .relaxed)
+            lock.unlock()
+        }
         return try body()
     }
 
@@ -94,6 +110,7 @@ final class Database: @unchecked Sendable {
         if f["uuid"] == nil { f["uuid"] = .string(Database.newUUID()) }
         objects[ref] = SimObject(cls: cls, fields: f, created: generation, modified: generation)
         byClass[cls, default: []].insert(ref)
+        if let u = f["uuid"]?.stringValue { uuidIndex[u] = ref }
         return ref
     }
 
@@ -101,6 +118,7 @@ final class Database: @unchecked Sendable {
         guard let o = objects.removeValue(forKey: ref) else { return }
         touch()
         byClass[o.cls]?.remove(ref)
+        if let u = o.fields["uuid"]?.stringValue, uuidIndex[u] == ref { uuidIndex[u] = nil }
         tombstones.append(Tombstone(cls: o.cls, ref: ref, created: o.created, deleted: generation))
         if tombstones.count > 20_000 { tombstones.removeFirst(tombstones.count - 10_000) }
     }
@@ -139,7 +157,10 @@ final class Database: @unchecked Sendable {
     }
 
     func byUUID(_ cls: String, _ uuid: String) -> String? {
-        (byClass[cls] ?? []).first { objects[$0]?.fields["uuid"]?.stringValue == uuid }
+        if let ref = uuidIndex[uuid], let o = objects[ref], o.cls == cls, o.fields["uuid"]?.stringValue == uuid { return ref }
+        let found = (byClass[cls] ?? []).first { objects[$0]?.fields["uuid"]?.stringValue == uuid }
+        if let found { uuidIndex[uuid] = found }
+        return found
     }
 
     /// Adds `item` to a set-valued field.

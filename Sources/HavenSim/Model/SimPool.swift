@@ -57,6 +57,8 @@ public final class SimPool: @unchecked Sendable {
     /// Running appliances' guests, by VM ref. Guarded by `db.lock`.
     var appliances: [String: ApplianceGuest] = [:]
     private var flusher: Thread?
+    /// The generation last written to db.json; held while writing it.
+    private let flushed = Mutex<Int64>(-1)
     private var stopping = false
     /// XenAPI calls served, of any method (the fleet benchmark counts calls per VM).
     public let callsServed = Atomic<Int>(0)
@@ -138,24 +140,36 @@ public final class SimPool: @unchecked Sendable {
         flush()
     }
 
+    /// Writes the database after changes, at most every 0.2 s, and never spending more than about
+    /// a fifth of the time encoding: with thousands of objects one encoding takes a while, and a
+    /// flush after every change made a large pool's reconcile quadratic.
     private func flushLoop() {
+        var pause = 0.2
         while true {
-            Thread.sleep(forTimeInterval: 0.2)
+            Thread.sleep(forTimeInterval: pause)
             if db.withLock({ stopping }) { return }
+            let start = DispatchTime.now().uptimeNanoseconds
             flush()
+            pause = max(0.2, 4 * Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         }
     }
 
-    /// Writes the database when it changed (atomically: temporary file, then rename).
-    func flush() {
-        let data: Data? = db.withLock {
+    /// Writes the database when it changed (atomically: temporary file, then rename). Only the
+    /// copy is taken under the lock (the collections are copy-on-write); encoding and writing run
+    /// outside it, so calls are not held up by the size of the pool.
+    func flush(encode: (DatabaseSnapshot) throws -> Data = { try JSONEncoder().encode($0) }) {
+        let state: DatabaseSnapshot? = db.withLock {
             guard db.dirty else { return nil }
             db.markClean()
-            return try? JSONEncoder().encode(db.snapshot())
+            return db.snapshot()
         }
-        guard let data else { return }
-        let file = directory.appendingPathComponent("db.json")
-        try? data.write(to: file, options: .atomic)
+        guard let state, let data = try? encode(state) else { return }
+        flushed.withLock { written in
+            // Two flushes (the loop and stop) may race: the later generation wins.
+            guard state.generation >= written else { return }
+            written = state.generation
+            try? data.write(to: directory.appendingPathComponent("db.json"), options: .atomic)
+        }
     }
 
     func saveFaults() {
