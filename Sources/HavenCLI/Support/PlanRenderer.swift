@@ -45,7 +45,11 @@ enum PlanRenderer {
             }
             out.append("")
         }
-        if plan.actions.isEmpty { out.append("No changes. The pools match the configuration.") }
+        if plan.actions.isEmpty {
+            // A pool that could not be read is not known to match: never say it does.
+            out.append(plan.summary.errors == 0 ? "No changes. The pools match the configuration."
+                                                : "No changes planned, but what the errors above name could not be planned: it is not known to match the configuration.")
+        }
         out.append(plan.summary.line)
         return out.joined(separator: "\n")
     }

@@ -117,7 +117,8 @@ final class StagedDisk: Sendable {
     /// change on the target. Returns the bytes the extents cover and the bytes of the VHD sent.
     /// `streaming`: the read is still running (`readAndSend`), each piece waits until its blocks
     /// are staged; otherwise the read is over and blocks it did not stage are holes (zeros).
-    func send(blocks: [Int], to client: XenAPIClient, vdi: VDIRef, streaming: Bool = false) async throws -> (written: Int64, sent: Int64) {
+    /// `what` names the disk and where it goes, for the error of a connection lost mid-upload.
+    func send(blocks: [Int], to client: XenAPIClient, vdi: VDIRef, what: String, streaming: Bool = false) async throws -> (written: Int64, sent: Int64) {
         guard !blocks.isEmpty else { return (0, 0) }
         let delta = try VHDDelta(size: UInt64(size), extents: extents(blocks), blockSize: VHDDelta.blockSize(forDisk: UInt64(size)))
         let fd = self.fd
@@ -134,7 +135,18 @@ final class StagedDisk: Sendable {
                 done += r
             }
         }
-        try await client.importRawVDI(vdi, format: .vhd, length: delta.fileSize) { try stream.read(into: $0) }
+        let handed = Atomic<Int64>(0)
+        do {
+            try await client.importRawVDI(vdi, format: .vhd, length: delta.fileSize) {
+                let n = try stream.read(into: $0)
+                handed.add(Int64(n), ordering: .relaxed)
+                return n
+            }
+        } catch let e as HTTPTransportError where handed.load(ordering: .relaxed) > 0 {
+            // The pool answered and the body was going out: the link dropped mid-upload, which
+            // is not "could not be reached". Say what was being written and how far it got.
+            throw EngineError(.action, what, "the upload of \(what) (/import_raw_vdi, a VHD delta of \(delta.fileSize) bytes) broke off after \(handed.load(ordering: .relaxed)) bytes had been handed to the connection: \(e)")
+        }
         return (delta.extentBytes, delta.fileSize)
     }
 
@@ -144,7 +156,7 @@ final class StagedDisk: Sendable {
     /// piece (xapi then fails the import, as for any cut upload; what came before it is written,
     /// and the next sync, whose anchor did not move, writes those blocks again); a failed upload
     /// stops the read at its next delivery. The read is always over when this returns.
-    func readAndSend<T: Sendable>(blocks: [Int], to client: XenAPIClient, vdi: VDIRef,
+    func readAndSend<T: Sendable>(blocks: [Int], to client: XenAPIClient, vdi: VDIRef, what: String,
                                   read: @escaping @Sendable () throws -> T) async throws -> (T, written: Int64, sent: Int64) {
         let progress = self.progress
         async let reading: T = blocking {
@@ -159,7 +171,7 @@ final class StagedDisk: Sendable {
         }
         let sent: (written: Int64, sent: Int64)
         do {
-            sent = try await send(blocks: blocks, to: client, vdi: vdi, streaming: true)
+            sent = try await send(blocks: blocks, to: client, vdi: vdi, what: what, streaming: true)
         } catch {
             progress.stop()
             _ = try? await reading

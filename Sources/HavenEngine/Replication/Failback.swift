@@ -168,7 +168,8 @@ struct FailbackRun {
         let blocks = wanted.sorted()
         let connections = settings.nbdConnections
         // The VHD goes out while the replica is read.
-        let (_, written, sent) = try await staged.readAndSend(blocks: blocks, to: source, vdi: originalVDI) {
+        let (_, written, sent) = try await staged.readAndSend(blocks: blocks, to: source, vdi: originalVDI,
+                                                                 what: "disk \(disk.key) (\(disk.name)) onto \(action.vm?.name ?? "the original VM") on pool \(sourcePool)") {
             let nbd = try NBDDiskSource(endpoint, size: size, connections: connections)
             try staged.read(blocks: blocks, from: nbd)
         }

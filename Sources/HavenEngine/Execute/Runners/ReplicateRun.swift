@@ -339,6 +339,7 @@ struct ReplicateRun {
                                    tls: settings.nbdTLS ? .certificate(info.cert) : .off)
         let staged = try StagedDisk(scratch: ctx.state.scratch, name: snapInfo.uuid, size: size, findsNonZero: job.mode == .initial)
         defer { staged.close() }
+        let onto = "disk \(disk.key) (\(disk.name)) onto replica \(job.replicaName) on pool \(job.targetPool)"
         let blocks = wanted.sorted()
         let connections = settings.nbdConnections
         var counters = CopyCounters()
@@ -368,7 +369,7 @@ struct ReplicateRun {
             counters.read = version!.readBytes
         } else if job.mode != .initial {
             // Every block read is sent: the VHD goes out while the read runs.
-            let (readEnd, written, sent) = try await staged.readAndSend(blocks: blocks, to: target, vdi: replicaVDI) {
+            let (readEnd, written, sent) = try await staged.readAndSend(blocks: blocks, to: target, vdi: replicaVDI, what: onto) {
                 let nbd = try NBDDiskSource(endpoint, size: size, connections: connections)
                 try staged.read(blocks: blocks, from: nbd)
                 return ContinuousClock.now
@@ -388,7 +389,7 @@ struct ReplicateRun {
         // An initial sync sends only the blocks that are not zero, known once they are read.
         let nonZero = staged.nonZero.withLock { $0 }
         let send = job.mode == .initial ? blocks.filter(nonZero.contains) : blocks
-        let (written, sent) = try await staged.send(blocks: send, to: target, vdi: replicaVDI)
+        let (written, sent) = try await staged.send(blocks: send, to: target, vdi: replicaVDI, what: onto)
         counters.written = written
         counters.sent = sent
         logCopied(disk, blocks: send.count, counters, since: clock, cpu: cpu, queried: queried)
