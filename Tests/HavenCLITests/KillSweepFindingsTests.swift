@@ -205,6 +205,35 @@ import XenAPI
         #expect(try s.diff().status == 0)
     }
 
+    /// An xva sync killed after the import was marked and recorded as the replica, but while it
+    /// was still a template (before `VM.set_is_a_template false`): the observer does not count a
+    /// template as a VM, so the marked import must be found among haven's templates by the
+    /// inventory even when no intent is open any more (the kill sweep's extra `replica`).
+    @Test(arguments: [false, true])
+    func anXVAImportKilledWhileStillATemplateIsRemovedByTheNextRun(previousReplica: Bool) async throws {
+        let s = try Scenario(vms: R.vms, policy: R.policy(keep: 2, extra: "  method: xva"), srs: R.srs)
+        let c = s.client()
+        if previousReplica {
+            #expect(try s.apply().status == 0)
+            #expect(try s.simControl(["write", "--vm", "web", "--percent", "5", "--seed", "74"]).status == 0)
+            s.now = s.now.addingTimeInterval(3_700)
+        }
+        let killed = try s.haven(["apply", "-f", s.config, "--auto-approve"], env: ["HAVEN_CRASH_AT": "before xapi VM.set_is_a_template#1"])
+        #expect(killed.status == 99, "\(killed.stdout)\(killed.stderr)")
+        for _ in 0..<2 {
+            s.now = s.now.addingTimeInterval(3_700)
+            let next = try s.apply()
+            #expect(next.status == 0, "\(next.stdout)\(next.stderr)")
+        }
+        let templates = try await c.records(VMRecord.self).values.filter { $0.isATemplate && !$0.isASnapshot && $0.otherConfig["haven.role"] != nil }
+        #expect(templates.isEmpty, "\(templates.map { "\($0.nameLabel) \($0.uuid) \($0.otherConfig)" })")
+        let loose = try await looseDisks(c)
+        #expect(loose.isEmpty, "\(loose.map { "\($0.nameLabel) \($0.uuid) \($0.otherConfig)" })")
+        let replicas = try await c.records(VMRecord.self).values.filter { $0.isRealVM && $0.nameLabel == "replica-web" }
+        #expect(replicas.count == 1)
+        #expect(try s.diff().status == 0)
+    }
+
     /// A fail-back killed after it closed the failover in the catalog and before it retired the
     /// failover anchors (snapshots of the replica's disks, CBT metadata) left them for good: no
     /// failover was open, so nothing looked at them. The next run retires them.

@@ -28,6 +28,7 @@ final class HostileServer: @unchecked Sendable {
     /// Body bytes the server managed to send.
     let bytesSent = Atomic<Int64>(0)
     private let open = Mutex<[Int32]>([])
+    private let stopped = Atomic<Bool>(false)
 
     init(_ behaviour: Behaviour) throws {
         self.behaviour = behaviour
@@ -54,15 +55,17 @@ final class HostileServer: @unchecked Sendable {
 
     var url: String { "http://127.0.0.1:\(port)" }
 
+    /// Only shuts sockets down: the accept thread closes the listener as it leaves. Closing here
+    /// (and again from deinit, after an explicit stop) closed whatever descriptor had reused the
+    /// number by then — a pipe or socket of another test in the same process.
     func stop() {
+        guard !stopped.exchange(true, ordering: .sequentiallyConsistent) else { return }
         shutdown(listenFD, Int32(SHUT_RDWR))
-        close(listenFD)
         for fd in open.withLock({ $0 }) { shutdown(fd, Int32(SHUT_RDWR)) }
     }
 
-    deinit { stop() }
-
     private func acceptLoop() {
+        defer { close(listenFD) }
         while true {
             let client = accept(listenFD, nil, nil)
             if client < 0 {

@@ -271,10 +271,12 @@ extension Planner.Context {
         for s in target.snapshots { for d in s.disks { attached.insert(d.vdiUUID) } }
         // An xva run stopped between `/import` and the end of making the import a replica leaves a
         // template carrying its source snapshot's marks (role replication-snapshot), or a role
-        // being rewritten (none), or already `replica`: haven's only while the intent recorded
-        // before the import is open.
-        let imports = intent == nil ? [] : target.havenTemplates.filter {
-            [nil, "replication-snapshot", "replica"].contains($0.otherConfig[OwnershipMarks.role])
+        // being rewritten (none), or already `replica`: haven's while the intent recorded before
+        // the import is open, or once the inventory holds it (recorded as the replica just before
+        // it stopped being a template).
+        let imports = target.havenTemplates.filter { t in
+            [nil, "replication-snapshot", "replica"].contains(t.otherConfig[OwnershipMarks.role])
+                && (intent != nil || inventory.contains { $0.uuid == t.uuid && $0.cls == "VM" })
         }
         for candidate in target.vms.filter(\.isHavenReplica) + imports where candidate.uuid != keep && ours(candidate.otherConfig)
             && candidate.otherConfig[OwnershipMarks.source] == vm.uuid {
