@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import XenAPI
 
@@ -86,5 +87,75 @@ import XenAPI
             #expect(ends.count == 1)
             #expect(ends.first.flatMap { pool.db.field($0, "other_config")?.stringMap["written"] } == "at-the-end")
         }
+    }
+    /// stop() racing the flusher: the loop has taken the last change and is still encoding when
+    /// stop()'s flush finds the database clean. That flush must wait for the write, or the process
+    /// exits (after SIGTERM) with the last change never on disk.
+    @Test func aFlushThatFindsTheDatabaseCleanWaitsForTheWriteInProgress() throws {
+        let sim = try SimHarness(SimHarness.basicWorld)
+        let pool = sim.pool
+        let file = pool.directory.appendingPathComponent("db.json")
+        let encoding = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let taken = Mutex<Int64>(-1)
+        // Hold a flush in its encoding, with a fresh change in its copy (again if the simulator's
+        // own flusher took the change first).
+        Thread {
+            while taken.withLock({ $0 }) < 0 {
+                pool.db.withLock { _ = pool.db.insert("message", ["uuid": .string(UUID().uuidString), "name": "last"]) }
+                pool.flush { state in
+                    taken.withLock { $0 = state.generation }
+                    encoding.signal()
+                    release.wait()
+                    return try JSONEncoder().encode(state)
+                }
+            }
+        }.start()
+        encoding.wait()
+        let generation = taken.withLock { $0 }
+        // The second flush (what stop() does) on its own thread; what is on disk when it returns.
+        let onDisk = Mutex<Int64?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            pool.flush()
+            let data = try? Data(contentsOf: file)
+            onDisk.withLock { $0 = data.flatMap { try? JSONDecoder().decode(DatabaseSnapshot.self, from: $0) }?.generation ?? -1 }
+            done.signal()
+        }.start()
+        // Give a flush that does not wait the time to return early (not a limit: with the wait it
+        // passes however long this takes), then let the encoding finish.
+        Thread.sleep(forTimeInterval: 0.3)
+        release.signal()
+        done.wait()
+        #expect(onDisk.withLock { $0 } == generation)
+    }
+
+    /// A simulator killed while haven read a disk over NBD: its dom0 VBD (xapi-nbd's) is in the
+    /// saved state. Started again, the simulator drops it, so the VDI can be destroyed.
+    @Test func nbdAttachmentsLeakedByAKillAreDroppedAtStart() async throws {
+        let sim = try SimHarness(SimHarness.basicWorld)
+        let c = sim.client()
+        let (web, _) = try await c.vm(named: "web")
+        let snap = try await c.snapshot(web, name: "read over nbd")
+        let pool = sim.pool
+        let (vdi, vdiUUID): (String, String) = try #require(pool.db.withLock {
+            pool.db.find("VDI") { $0["is_a_snapshot"]?.boolValue == true }.first.map { ($0, pool.db.field($0, "uuid")?.stringValue ?? "") }
+        })
+        let session = try await c.sessionReference()
+        let opened = pool.nbdOpen(export: "/\(vdiUUID)?session_id=\(session)", hostAddress: pool.hosts[0].address)
+        let vbd = try #require(opened.structValue?["vbd"]?.stringValue)
+        #expect(!vbd.isEmpty)
+        // What a kill -9 leaves: the state with the VBD, and no connection.
+        pool.flush()
+        sim.simulator.stop()
+        let again = Simulator(world: try World.load(path: sim.state.appendingPathComponent("world.yaml").path),
+                              stateDirectory: sim.state.appendingPathComponent("state"))
+        _ = try again.start()
+        defer { again.stop() }
+        let restarted = again.pools[0]
+        restarted.db.withLock {
+            #expect(restarted.db.get(vbd, "VBD") == nil)
+            #expect(restarted.db.field(vdi, "VBDs")?.stringArray.contains(vbd) == false)
+        }
+        _ = snap
     }
 }

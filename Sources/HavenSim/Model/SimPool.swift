@@ -57,8 +57,8 @@ public final class SimPool: @unchecked Sendable {
     /// Running appliances' guests, by VM ref. Guarded by `db.lock`.
     var appliances: [String: ApplianceGuest] = [:]
     private var flusher: Thread?
-    /// The generation last written to db.json; held while writing it.
-    private let flushed = Mutex<Int64>(-1)
+    /// Held by a flush from taking its copy until db.json is renamed into place.
+    private let flushing = Mutex<Void>(())
     private var stopping = false
     /// XenAPI calls served, of any method (the fleet benchmark counts calls per VM).
     public let callsServed = Atomic<Int>(0)
@@ -115,6 +115,7 @@ public final class SimPool: @unchecked Sendable {
         if db.objects.isEmpty {
             try bootstrap()
         }
+        dropLeakedNBDAttachments()
         for host in hosts {
             let tls = useTLS ? try TLSServerContext(certificate: host.certificate, key: host.key) : nil
             let server = HTTPServer(address: host.address, port: port, tls: tls) { [weak self, host] req, res in
@@ -127,6 +128,15 @@ public final class SimPool: @unchecked Sendable {
         startRunningAppliances()
         flusher = Thread { [weak self] in self?.flushLoop() }
         flusher?.start()
+    }
+
+    /// No NBD connection outlives the simulator, yet a kill -9 leaves its dom0 VBDs in the saved
+    /// state, and the VDI then stays in use (VDI_IN_USE) for good. Like xapi-nbd, which records its
+    /// VBDs and removes leaked ones when it starts, drop them at start.
+    func dropLeakedNBDAttachments() {
+        db.withLock {
+            for vbd in db.find("VBD") { $0["other_config"]?.stringMap["xapi-nbd"] == "true" } { nbdCloseLocked(vbd: vbd) }
+        }
     }
 
     func stop() {
@@ -156,19 +166,24 @@ public final class SimPool: @unchecked Sendable {
 
     /// Writes the database when it changed (atomically: temporary file, then rename). Only the
     /// copy is taken under the lock (the collections are copy-on-write); encoding and writing run
-    /// outside it, so calls are not held up by the size of the pool.
+    /// outside it, so calls are not held up by the size of the pool. `flushing` is held from the
+    /// copy to the rename: a flush that finds the database clean while another is still encoding
+    /// (stop() racing the loop) waits for that write, so stop() returns only once the last state is
+    /// on disk, and no older copy can be written over a newer one.
     func flush(encode: (DatabaseSnapshot) throws -> Data = { try JSONEncoder().encode($0) }) {
-        let state: DatabaseSnapshot? = db.withLock {
-            guard db.dirty else { return nil }
-            db.markClean()
-            return db.snapshot()
-        }
-        guard let state, let data = try? encode(state) else { return }
-        flushed.withLock { written in
-            // Two flushes (the loop and stop) may race: the later generation wins.
-            guard state.generation >= written else { return }
-            written = state.generation
-            try? data.write(to: directory.appendingPathComponent("db.json"), options: .atomic)
+        flushing.withLock { _ in
+            let state: DatabaseSnapshot? = db.withLock {
+                guard db.dirty else { return nil }
+                db.markClean()
+                return db.snapshot()
+            }
+            guard let state else { return }
+            do {
+                try encode(state).write(to: directory.appendingPathComponent("db.json"), options: .atomic)
+            } catch {
+                // Not written: the next flush tries again.
+                db.withLock { db.markDirty() }
+            }
         }
     }
 

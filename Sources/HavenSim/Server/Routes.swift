@@ -157,11 +157,14 @@ extension SimPool {
     }
 
     func nbdClose(vbd: String) {
-        db.withLock {
-            guard db.get(vbd, "VBD") != nil else { return }
-            if let vm = db.field(vbd, "VM")?.stringValue { db.removeFromSet(vm, "VBDs", vbd) }
-            if let vdi = db.field(vbd, "VDI")?.stringValue { db.removeFromSet(vdi, "VBDs", vbd) }
-            db.remove(vbd)
-        }
+        db.withLock { nbdCloseLocked(vbd: vbd) }
+    }
+
+    /// nbdClose with `db.lock` held.
+    func nbdCloseLocked(vbd: String) {
+        guard db.get(vbd, "VBD") != nil else { return }
+        if let vm = db.field(vbd, "VM")?.stringValue { db.removeFromSet(vm, "VBDs", vbd) }
+        if let vdi = db.field(vbd, "VDI")?.stringValue { db.removeFromSet(vdi, "VBDs", vbd) }
+        db.remove(vbd)
     }
 }
