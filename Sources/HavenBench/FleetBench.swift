@@ -138,7 +138,7 @@ func spawnMeasured(_ tool: String, _ args: [String], env: [String: String], log:
     var usage = rusage()
     while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
     let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-    let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    let cpu = cpuSeconds(usage)
     let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     return (code, wall, cpu)
 }

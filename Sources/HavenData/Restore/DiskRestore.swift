@@ -109,7 +109,7 @@ public struct DiskRestore: Sendable {
     /// any failure the temporary file is removed and `path` is untouched. The file is 0600: it
     /// holds a disk's contents. A `path` that exists and is not a regular file (a block device,
     /// a pipe) is written in place, as a rename would replace the device node itself.
-    static func writeReplacing(_ path: String, _ body: (_ fd: Int32, _ regular: Bool) throws -> Void) throws {
+    public static func writeReplacing(_ path: String, _ body: (_ fd: Int32, _ regular: Bool) throws -> Void) throws {
         var st = stat()
         if stat(path, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
             let fd = open(path, O_WRONLY)

@@ -1,4 +1,3 @@
-import CrashPoints
 import DiskFormats
 import Foundation
 import HavenData
@@ -80,45 +79,44 @@ public enum XVAArchive {
         guard let archive = stream(of: manifest) else {
             throw EngineError(.restore, manifest.id, "version \(manifest.id) is not an XVA backup")
         }
-        // Written under a temporary name beside the target and renamed once complete, as every
-        // restore to a file: a run killed or failing halfway never leaves a partial image under
-        // the target's name (the kill sweep found one).
-        // A target that exists and is not a regular file (a block device) is written in place.
-        var st = stat()
-        let inPlace = stat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFREG
-        let url = URL(fileURLWithPath: path)
-        let partial = inPlace ? path :  url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).haven-partial-\(getpid())").path
-        defer { if !inPlace { unlink(partial) } }
-        let result: Extracted
-        switch format {
-        case .raw:
-            result = try extractRaw(archive, wanted: wanted, versionID: manifest.id, repository: repository, to: partial)
-        case .vhd:
-            // The VHD writer wants to know the blocks with data before it writes the first one,
-            // and the archive names them only as it goes: take the disk out as a sparse raw file
-            // beside the target first, then write the VHD from it.
-            let staging = partial + ".raw"
-            defer { unlink(staging) }
-            result = try extractRaw(archive, wanted: wanted, versionID: manifest.id, repository: repository, to: staging)
-            try rawToVHD(staging, size: result.disk.size, to: partial)
+        // Written under a temporary name beside the target, made durable and renamed once
+        // complete, as every restore to a file: a run killed or failing halfway never leaves a
+        // partial image under the target's name (the kill sweep found one).
+        var result: Extracted?
+        try DiskRestore.writeReplacing(path) { fd, regular in
+            switch format {
+            case .raw:
+                result = try extractRaw(archive, wanted: wanted, versionID: manifest.id, repository: repository, into: fd, sizing: regular, label: path)
+            case .vhd:
+                // The VHD writer wants to know the blocks with data before it writes the first one,
+                // and the archive names them only as it goes: take the disk out as a sparse raw file
+                // beside the target first, then write the VHD from it.
+                let url = URL(fileURLWithPath: path)
+                let staging = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).haven-xva-staging-\(getpid())").path
+                let sfd = open(staging, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+                guard sfd >= 0 else { throw DataError(.io, staging, String(cString: strerror(errno))) }
+                defer {
+                    close(sfd)
+                    unlink(staging)
+                }
+                let r = try extractRaw(archive, wanted: wanted, versionID: manifest.id, repository: repository, into: sfd, sizing: true, label: staging)
+                try rawToVHD(sfd, label: staging, size: r.disk.size, into: fd, target: path)
+                result = r
+            }
         }
-        CrashPoints.hit("restored image written")
-        guard inPlace || rename(partial, path) == 0 else { throw DataError(.io, path, "cannot rename the restored image into place: \(String(cString: strerror(errno)))") }
-        CrashPoints.hit("restored image renamed")
-        return result
+        return result!
     }
 
-    static func extractRaw(_ archive: DiskVersion, wanted: String, versionID: String, repository: BackupRepository, to path: String) throws -> Extracted {
-        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
-        guard fd >= 0 else { throw DataError(.io, path, String(cString: strerror(errno))) }
-        defer { close(fd) }
+    /// Writes the disk onto `fd` (sized first when `sizing`: a regular file; a device has its size).
+    static func extractRaw(_ archive: DiskVersion, wanted: String, versionID: String, repository: BackupRepository, into fd: Int32, sizing: Bool,
+                           label path: String) throws -> Extracted {
         var chosen: Disk?
         let extractor = XVA.DiskExtractor(choose: { ova in
             let disks = try disks(ovaXML: ova)
             guard let d = select(wanted, from: disks) else {
                 throw EngineError(.restore, versionID, "the XVA of version \(versionID) has no disk \(wanted) (disks by userdevice: \(disks.map(\.key).joined(separator: ", ")))")
             }
-            guard ftruncate(fd, off_t(d.size)) == 0 else { throw DataError(.io, path, "cannot size the file: \(String(cString: strerror(errno)))") }
+            guard !sizing || ftruncate(fd, off_t(d.size)) == 0 else { throw DataError(.io, path, "cannot size the file: \(String(cString: strerror(errno)))") }
             chosen = d
             return XVA.Target(id: d.id, size: d.size)
         }, write: { offset, bytes in
@@ -140,7 +138,6 @@ public enum XVAArchive {
             try DiskRestore(repository: repository).toRawStream(archive) { try extractor.feed($0) }
             let summary = try extractor.finish()
             guard let chosen else { throw EngineError(.restore, versionID, "the XVA of version \(versionID) names no disks") }
-            guard fsync(fd) == 0 else { throw DataError(.io, path, "fsync failed") }
             return Extracted(disk: chosen, chunks: summary.chunks, verifiedChunks: summary.verifiedChunks)
         } catch let e as XVA.FormatError {
             throw EngineError(.restore, versionID, "the XVA of version \(versionID) is damaged: \(e.message)")
@@ -149,10 +146,7 @@ public enum XVAArchive {
         }
     }
 
-    static func rawToVHD(_ raw: String, size: Int64, to path: String) throws {
-        let input = open(raw, O_RDONLY)
-        guard input >= 0 else { throw DataError(.io, raw, String(cString: strerror(errno))) }
-        defer { close(input) }
+    static func rawToVHD(_ input: Int32, label raw: String, size: Int64, into fd: Int32, target path: String) throws {
         let blockSize = VHD.blockSize
         let blocks = Int((size + Int64(blockSize) - 1) / Int64(blockSize))
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: 4096)
@@ -173,15 +167,11 @@ public enum XVAArchive {
             try readBlock(i, into: buffer)
             if !UnsafeRawBufferPointer(buffer).allSatisfy({ $0 == 0 }) { present.append(i) }
         }
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw DataError(.io, path, String(cString: strerror(errno))) }
-        defer { close(fd) }
         var position: Int64 = 0
         try VHD.write(size: UInt64(size), presentBlocks: present, readBlock: { i, out in try readBlock(i, into: out) }, emit: { bytes in
             guard writeFully(fd, bytes, at: position) else { throw DataError(.io, path, "write failed: \(String(cString: strerror(errno)))") }
             position += Int64(bytes.count)
         })
-        guard fsync(fd) == 0 else { throw DataError(.io, path, "fsync failed") }
     }
 }
 
@@ -212,23 +202,16 @@ extension XVAArchive {
             return true
         }
         guard try fill(512) else { return (head, Int64(head.count)) }
-        let name = String(decoding: head[0..<100].prefix { $0 != 0 }, as: UTF8.self)
-        let sizeField = String(decoding: head[124..<136].filter { $0 != 0 && $0 != 32 }, as: UTF8.self)
-        guard name == "ova.xml", let size = Int(sizeField, radix: 8), size >= 0, size < 64 << 20 else { return (head, Int64(head.count)) }
-        let padded = (size + 511) / 512 * 512
+        guard let member = try? Tar.parseHeader(Array(head[0..<512])), member.name == "ova.xml", member.size < 64 << 20 else {
+            return (head, Int64(head.count))
+        }
+        let padded = member.size + Tar.padding(for: member.size)
         guard try fill(512 + padded) else { return (head, Int64(head.count)) }
-        let xml = String(decoding: head[512..<(512 + size)], as: UTF8.self)
+        let xml = String(decoding: head[512..<(512 + member.size)], as: UTF8.self)
         let stripped = Array(stripHavenMarks(xml).utf8)
-        if stripped.count == size { return (head, Int64(head.count)) }
-        var header = Array(head[0..<512])
-        let octal = Array(String(format: "%011o", stripped.count).utf8)
-        for i in 0..<12 { header[124 + i] = i < octal.count ? octal[i] : 0 }
-        for i in 148..<156 { header[i] = 32 }
-        let sum = header.reduce(0) { $0 + Int($1) }
-        let check = Array(String(format: "%06o", sum).utf8) + [0, 32]
-        for i in 0..<8 { header[148 + i] = check[i] }
-        let body = stripped + [UInt8](repeating: 0, count: (stripped.count + 511) / 512 * 512 - stripped.count)
-        return (header + body, Int64(512 + padded))
+        if stripped.count == member.size { return (head, Int64(head.count)) }
+        let body = stripped + [UInt8](repeating: 0, count: Tar.padding(for: stripped.count))
+        return (Tar.header(name: "ova.xml", size: stripped.count) + body, Int64(512 + padded))
     }
 
     /// `<member><name>haven.…</name><value>…</value></member>` taken out (ova.xml is XML-RPC-like).

@@ -73,15 +73,9 @@ struct DiskStore: Sendable {
     }
 
     func write(_ uuid: String, offset: Int64, _ bytes: UnsafeRawBufferPointer) throws {
-        let fd = open(path(uuid), O_WRONLY)
-        guard fd >= 0 else { throw SimError("cannot open disk \(uuid)") }
-        defer { close(fd) }
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
-            guard n > 0 else { throw SimError("write to disk \(uuid) failed: \(String(cString: strerror(errno)))") }
-            done += n
-        }
+        let w = try writer(uuid)
+        defer { w.close() }
+        try w.put(offset, bytes)
     }
 
     /// A writer that keeps the disk open for a whole import.
@@ -146,7 +140,8 @@ final class DiskWriter {
         pending.removeAll(keepingCapacity: true)
     }
 
-    private func put(_ offset: Int64, _ bytes: UnsafeRawBufferPointer) throws {
+    /// Writes `bytes` at `offset` now, past what is gathered.
+    func put(_ offset: Int64, _ bytes: UnsafeRawBufferPointer) throws {
         var done = 0
         while done < bytes.count {
             let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
